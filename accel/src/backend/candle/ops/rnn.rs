@@ -1,0 +1,405 @@
+//! LSTM, GRU and RNN in every direction (forward, reverse, bidirectional), both layouts, with
+//! `sequence_lens` (steps past a sequence's end leave its state unchanged and output zeros, so reverse
+//! directions start at each sequence's own last step), initial states, peepholes, `clip`,
+//! `input_forget` and GRU's `linear_before_reset`. The input projection of all time steps is one matrix
+//! product; each step then adds one product with the recurrent weights.
+
+use candle_core::{DType, Tensor, bail};
+
+use super::{Kernel, NodeCtx, Result, arg, host_i64, opt};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    Sigmoid,
+    Tanh,
+    Relu,
+}
+
+impl Act {
+    fn parse(name: &str) -> Result<Act> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "sigmoid" => Act::Sigmoid,
+            "tanh" => Act::Tanh,
+            "relu" => Act::Relu,
+            other => bail!(
+                "recurrent activation '{other}' is not supported (Sigmoid, Tanh and Relu are)"
+            ),
+        })
+    }
+
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Act::Sigmoid => candle_nn::ops::sigmoid(&x.contiguous()?),
+            Act::Tanh => x.tanh(),
+            Act::Relu => x.relu(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Common {
+    hidden: usize,
+    /// `true` for a reverse direction, one entry per direction.
+    reverse: Vec<bool>,
+    batch_first: bool,
+    clip: Option<f64>,
+    /// `per_direction` activations for each direction.
+    acts: Vec<Vec<Act>>,
+}
+
+impl Common {
+    fn read(ctx: &NodeCtx<'_>, defaults: &[Act]) -> Result<Common> {
+        let a = ctx.attrs();
+        let reverse = match a.string("direction").as_deref().unwrap_or("forward") {
+            "forward" => vec![false],
+            "reverse" => vec![true],
+            "bidirectional" => vec![false, true],
+            other => bail!("{} direction '{other}'", ctx.node.op_type),
+        };
+        let hidden = a.int("hidden_size", 0);
+        let Ok(hidden) = usize::try_from(hidden) else {
+            bail!("hidden_size {hidden}")
+        };
+        let clip = a.get("clip").map(|c| c.f as f64).filter(|&c| c > 0.0);
+        let n = defaults.len();
+        let acts = match a.strings("activations") {
+            Some(list) if !list.is_empty() => {
+                if list.len() != n * reverse.len() {
+                    bail!(
+                        "{} activations {list:?}: expected {} names",
+                        ctx.node.op_type,
+                        n * reverse.len()
+                    )
+                }
+                list.chunks(n)
+                    .map(|c| c.iter().map(|s| Act::parse(s)).collect::<Result<Vec<_>>>())
+                    .collect::<Result<_>>()?
+            }
+            _ => vec![defaults.to_vec(); reverse.len()],
+        };
+        if a.floats("activation_alpha").is_some_and(|v| !v.is_empty()) {
+            bail!("{} activation_alpha is not supported", ctx.node.op_type)
+        }
+        Ok(Common {
+            hidden,
+            reverse,
+            batch_first: a.int("layout", 0) != 0,
+            clip,
+            acts,
+        })
+    }
+
+    /// X as (seq, batch, input).
+    fn time_major(&self, x: &Tensor) -> Result<Tensor> {
+        if self.batch_first {
+            x.transpose(0, 1)?.contiguous()
+        } else {
+            x.contiguous()
+        }
+    }
+
+    /// An initial state (dirs, batch, hidden) in the node's layout, or zeros.
+    fn initial(&self, t: Option<&Tensor>, d: usize, batch: usize, like: &Tensor) -> Result<Tensor> {
+        match t {
+            Some(t) => {
+                let t = if self.batch_first {
+                    t.transpose(0, 1)?
+                } else {
+                    t.clone()
+                };
+                t.get(d)?.to_dtype(like.dtype())?.contiguous()
+            }
+            None => Tensor::zeros((batch, self.hidden), like.dtype(), like.device()),
+        }
+    }
+
+    /// Per-step masks (batch, 1): 1 while a sequence lasts. `None` when every sequence is full length.
+    fn masks(
+        &self,
+        lens: Option<&Tensor>,
+        seq: usize,
+        batch: usize,
+        like: &Tensor,
+    ) -> Result<Option<Vec<Tensor>>> {
+        let Some(lens) = lens else { return Ok(None) };
+        let lens = host_i64(lens)?;
+        if lens.len() != batch {
+            bail!(
+                "sequence_lens has {} entries for a batch of {batch}",
+                lens.len()
+            )
+        }
+        if lens.iter().all(|&l| l as usize == seq) {
+            return Ok(None);
+        }
+        if lens.iter().any(|&l| l < 0 || l as usize > seq) {
+            bail!("sequence_lens {lens:?} outside 0..={seq}")
+        }
+        (0..seq)
+            .map(|t| {
+                let m: Vec<f32> = lens
+                    .iter()
+                    .map(|&l| if (t as i64) < l { 1.0 } else { 0.0 })
+                    .collect();
+                Tensor::from_vec(m, (batch, 1), like.device())?.to_dtype(like.dtype())
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn clip(&self, g: Tensor) -> Result<Tensor> {
+        match self.clip {
+            Some(c) => g.clamp(-c, c),
+            None => Ok(g),
+        }
+    }
+
+    /// Stacks per-direction outputs into Y, Y_h (and Y_c) in the node's layout.
+    fn finish(&self, ys: Vec<Vec<Tensor>>, finals: Vec<Vec<Tensor>>) -> Result<Vec<Tensor>> {
+        // ys[d][t]: (batch, hidden) -> Y (seq, dirs, batch, hidden)
+        let per_dir: Vec<Tensor> = ys
+            .iter()
+            .map(|steps| Tensor::stack(steps, 0))
+            .collect::<Result<_>>()?;
+        let y = Tensor::stack(&per_dir, 1)?;
+        let mut out = vec![if self.batch_first {
+            y.permute((2, 0, 1, 3))?.contiguous()?
+        } else {
+            y
+        }];
+        let states = finals.first().map_or(0, Vec::len);
+        for s in 0..states {
+            let per: Vec<Tensor> = finals.iter().map(|f| f[s].clone()).collect();
+            let st = Tensor::stack(&per, 0)?;
+            out.push(if self.batch_first {
+                st.transpose(0, 1)?.contiguous()?
+            } else {
+                st
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// W (dirs, G*H, I) -> per direction W^T (I, G*H), contiguous.
+fn transposed(w: &Tensor, d: usize) -> Result<Tensor> {
+    w.get(d)?.t()?.contiguous()
+}
+
+/// Blends the new state into the old one where the mask is 1.
+fn masked(mask: Option<&Tensor>, new: Tensor, old: &Tensor) -> Result<Tensor> {
+    match mask {
+        Some(m) => old.add(&new.sub(old)?.broadcast_mul(m)?),
+        None => Ok(new),
+    }
+}
+
+fn output(mask: Option<&Tensor>, h: &Tensor) -> Result<Tensor> {
+    match mask {
+        Some(m) => h.broadcast_mul(m),
+        None => Ok(h.clone()),
+    }
+}
+
+fn steps(reverse: bool, seq: usize) -> Box<dyn Iterator<Item = usize>> {
+    if reverse {
+        Box::new((0..seq).rev())
+    } else {
+        Box::new(0..seq)
+    }
+}
+
+/// x (seq, batch, input) x W^T + bias -> (seq, batch, G*H).
+fn project(x: &Tensor, wt: &Tensor, bias: Option<Tensor>) -> Result<Tensor> {
+    let (seq, batch, input) = x.dims3()?;
+    let y = x.reshape((seq * batch, input))?.matmul(wt)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b)?,
+        None => y,
+    };
+    y.reshape((seq, batch, wt.dims()[1]))
+}
+
+fn check_float(x: &Tensor, op: &str) -> Result<()> {
+    if !matches!(
+        x.dtype(),
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16
+    ) {
+        bail!("{op} on {:?} inputs is not supported", x.dtype())
+    }
+    Ok(())
+}
+
+pub(super) fn lstm(ctx: &NodeCtx<'_>) -> Result<Kernel> {
+    let c = Common::read(ctx, &[Act::Sigmoid, Act::Tanh, Act::Tanh])?;
+    let input_forget = ctx.attrs().int("input_forget", 0) != 0;
+    Ok(Kernel::new(move |i| {
+        let x = arg(i, 0)?;
+        check_float(x, "LSTM")?;
+        let (w, r) = (arg(i, 1)?, arg(i, 2)?);
+        let h4 = 4 * c.hidden;
+        let x = c.time_major(x)?;
+        let (seq, batch, _) = x.dims3()?;
+        let masks = c.masks(opt(i, 4), seq, batch, &x)?;
+        let mut ys = Vec::with_capacity(c.reverse.len());
+        let mut finals = Vec::with_capacity(c.reverse.len());
+        for (d, &rev) in c.reverse.iter().enumerate() {
+            let bias = opt(i, 3)
+                .map(|b| -> Result<Tensor> {
+                    let b = b.get(d)?;
+                    b.narrow(0, 0, h4)?.add(&b.narrow(0, h4, h4)?)
+                })
+                .transpose()?;
+            let xw = project(&x, &transposed(w, d)?, bias)?;
+            let rt = transposed(r, d)?;
+            let peep = opt(i, 7).map(|p| p.get(d)).transpose()?;
+            let (pi, po, pf) = match &peep {
+                Some(p) => (
+                    Some(p.narrow(0, 0, c.hidden)?),
+                    Some(p.narrow(0, c.hidden, c.hidden)?),
+                    Some(p.narrow(0, 2 * c.hidden, c.hidden)?),
+                ),
+                None => (None, None, None),
+            };
+            let mut h = c.initial(opt(i, 5), d, batch, &x)?;
+            let mut cell = c.initial(opt(i, 6), d, batch, &x)?;
+            let mut out = vec![h.clone(); seq];
+            let [fa, ga, ha] = [c.acts[d][0], c.acts[d][1], c.acts[d][2]];
+            for t in steps(rev, seq) {
+                let gates = xw.get(t)?.add(&h.matmul(&rt)?)?;
+                let gate = |k: usize| gates.narrow(1, k * c.hidden, c.hidden);
+                let mut gi = gate(0)?;
+                let mut gf = gate(2)?;
+                if let Some(p) = &pi {
+                    gi = gi.broadcast_add(&cell.broadcast_mul(p)?)?;
+                }
+                if let Some(p) = &pf {
+                    gf = gf.broadcast_add(&cell.broadcast_mul(p)?)?;
+                }
+                let it = fa.apply(&c.clip(gi)?)?;
+                let ft = if input_forget {
+                    it.affine(-1.0, 1.0)?
+                } else {
+                    fa.apply(&c.clip(gf)?)?
+                };
+                let ct = ga.apply(&c.clip(gate(3)?)?)?;
+                let new_cell = ft.mul(&cell)?.add(&it.mul(&ct)?)?;
+                let mut go = gate(1)?;
+                if let Some(p) = &po {
+                    go = go.broadcast_add(&new_cell.broadcast_mul(p)?)?;
+                }
+                let ot = fa.apply(&c.clip(go)?)?;
+                let new_h = ot.mul(&ha.apply(&new_cell)?)?;
+                let m = masks.as_ref().map(|m| &m[t]);
+                out[t] = output(m, &new_h)?;
+                h = masked(m, new_h, &h)?;
+                cell = masked(m, new_cell, &cell)?;
+            }
+            ys.push(out);
+            finals.push(vec![h, cell]);
+        }
+        c.finish(ys, finals)
+    }))
+}
+
+pub(super) fn gru(ctx: &NodeCtx<'_>) -> Result<Kernel> {
+    let c = Common::read(ctx, &[Act::Sigmoid, Act::Tanh])?;
+    let linear_before_reset = ctx.attrs().int("linear_before_reset", 0) != 0;
+    Ok(Kernel::new(move |i| {
+        let x = arg(i, 0)?;
+        check_float(x, "GRU")?;
+        let (w, r) = (arg(i, 1)?, arg(i, 2)?);
+        let hs = c.hidden;
+        let x = c.time_major(x)?;
+        let (seq, batch, _) = x.dims3()?;
+        let masks = c.masks(opt(i, 4), seq, batch, &x)?;
+        let mut ys = Vec::with_capacity(c.reverse.len());
+        let mut finals = Vec::with_capacity(c.reverse.len());
+        for (d, &rev) in c.reverse.iter().enumerate() {
+            let b = opt(i, 3).map(|b| b.get(d)).transpose()?;
+            let (wb, rb) = match &b {
+                Some(b) => (
+                    Some(b.narrow(0, 0, 3 * hs)?),
+                    Some(b.narrow(0, 3 * hs, 3 * hs)?),
+                ),
+                None => (None, None),
+            };
+            let xw = project(&x, &transposed(w, d)?, wb)?;
+            let rt = transposed(r, d)?;
+            let rt_zr = rt.narrow(1, 0, 2 * hs)?.contiguous()?;
+            let rt_h = rt.narrow(1, 2 * hs, hs)?.contiguous()?;
+            let rb_zr = rb.as_ref().map(|b| b.narrow(0, 0, 2 * hs)).transpose()?;
+            let rb_h = rb.as_ref().map(|b| b.narrow(0, 2 * hs, hs)).transpose()?;
+            let mut h = c.initial(opt(i, 5), d, batch, &x)?;
+            let mut out = vec![h.clone(); seq];
+            let [fa, ga] = [c.acts[d][0], c.acts[d][1]];
+            for t in steps(rev, seq) {
+                let xt = xw.get(t)?;
+                let mut hzr = h.matmul(&rt_zr)?;
+                if let Some(b) = &rb_zr {
+                    hzr = hzr.broadcast_add(b)?;
+                }
+                let z = fa.apply(&c.clip(xt.narrow(1, 0, hs)?.add(&hzr.narrow(1, 0, hs)?)?)?)?;
+                let rg = fa.apply(&c.clip(xt.narrow(1, hs, hs)?.add(&hzr.narrow(1, hs, hs)?)?)?)?;
+                let recur = if linear_before_reset {
+                    let mut hh = h.matmul(&rt_h)?;
+                    if let Some(b) = &rb_h {
+                        hh = hh.broadcast_add(b)?;
+                    }
+                    rg.mul(&hh)?
+                } else {
+                    let mut hh = rg.mul(&h)?.matmul(&rt_h)?;
+                    if let Some(b) = &rb_h {
+                        hh = hh.broadcast_add(b)?;
+                    }
+                    hh
+                };
+                let cand = ga.apply(&c.clip(xt.narrow(1, 2 * hs, hs)?.add(&recur)?)?)?;
+                // h = (1 - z) * cand + z * h
+                let new_h = cand.add(&z.mul(&h.sub(&cand)?)?)?;
+                let m = masks.as_ref().map(|m| &m[t]);
+                out[t] = output(m, &new_h)?;
+                h = masked(m, new_h, &h)?;
+            }
+            ys.push(out);
+            finals.push(vec![h]);
+        }
+        c.finish(ys, finals)
+    }))
+}
+
+pub(super) fn rnn(ctx: &NodeCtx<'_>) -> Result<Kernel> {
+    let c = Common::read(ctx, &[Act::Tanh])?;
+    Ok(Kernel::new(move |i| {
+        let x = arg(i, 0)?;
+        check_float(x, "RNN")?;
+        let (w, r) = (arg(i, 1)?, arg(i, 2)?);
+        let hs = c.hidden;
+        let x = c.time_major(x)?;
+        let (seq, batch, _) = x.dims3()?;
+        let masks = c.masks(opt(i, 4), seq, batch, &x)?;
+        let mut ys = Vec::with_capacity(c.reverse.len());
+        let mut finals = Vec::with_capacity(c.reverse.len());
+        for (d, &rev) in c.reverse.iter().enumerate() {
+            let bias = opt(i, 3)
+                .map(|b| -> Result<Tensor> {
+                    let b = b.get(d)?;
+                    b.narrow(0, 0, hs)?.add(&b.narrow(0, hs, hs)?)
+                })
+                .transpose()?;
+            let xw = project(&x, &transposed(w, d)?, bias)?;
+            let rt = transposed(r, d)?;
+            let mut h = c.initial(opt(i, 5), d, batch, &x)?;
+            let mut out = vec![h.clone(); seq];
+            for t in steps(rev, seq) {
+                let new_h = c.acts[d][0].apply(&c.clip(xw.get(t)?.add(&h.matmul(&rt)?)?)?)?;
+                let m = masks.as_ref().map(|m| &m[t]);
+                out[t] = output(m, &new_h)?;
+                h = masked(m, new_h, &h)?;
+            }
+            ys.push(out);
+            finals.push(vec![h]);
+        }
+        c.finish(ys, finals)
+    }))
+}

@@ -1,0 +1,103 @@
+//! An executor thread: it owns one model instance, takes batches from the scheduler, concatenates the
+//! inputs (`assemble`), runs the backend, splits the outputs by rows and answers each request. A panic
+//! inside the backend fails that batch's requests and leaves the thread serving.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::queue::Pending;
+use super::task::Command;
+use super::{SubmitError, assemble};
+use crate::backend::{BackendError, ModelInstance};
+use crate::core::ModelSpec;
+use crate::stats::{BatchTimes, ModelStats};
+
+pub(super) fn run(
+    spec: &ModelSpec,
+    mut instance: Box<dyn ModelInstance>,
+    stats: &ModelStats,
+    batches: &Receiver<Vec<Pending>>,
+    done: &Sender<Command>,
+) {
+    while let Ok(mut entries) = batches.recv() {
+        // A client that went away while its request waited does not get compute spent on it.
+        entries.retain(|p| !p.is_cancelled());
+        if !entries.is_empty() {
+            execute(spec, instance.as_mut(), stats, entries);
+        }
+        if done.send(Command::Idle).is_err() {
+            break;
+        }
+    }
+}
+
+fn execute(
+    spec: &ModelSpec,
+    instance: &mut dyn ModelInstance,
+    stats: &ModelStats,
+    entries: Vec<Pending>,
+) {
+    let started = Instant::now();
+    let batch = assemble::batch(spec, &entries);
+    let assembled = Instant::now();
+    let result = catch_unwind(AssertUnwindSafe(|| instance.execute(&batch))).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(model = %spec.name, %what, "backend panicked; the batch fails and the executor continues");
+        Err(BackendError::Execution(format!("the backend panicked: {what}")))
+    });
+    let computed = Instant::now();
+    let rows: usize = entries.iter().map(|p| p.request.batch_size).sum();
+    let requests = entries.len();
+    let replies: Vec<_> = match result {
+        Ok(outputs) => assemble::split(spec, &batch.outputs, outputs, &entries)
+            .into_iter()
+            .map(|r| {
+                r.map_err(|message| SubmitError::Output {
+                    model: spec.name.clone(),
+                    message,
+                })
+            })
+            .collect(),
+        Err(source) => {
+            let _span = entries.first().map(|p| p.span.enter());
+            tracing::warn!(model = %spec.name, error = %source, requests = entries.len(), "batch failed");
+            entries
+                .iter()
+                .map(|_| {
+                    Err(SubmitError::Backend {
+                        model: spec.name.clone(),
+                        source: source.clone(),
+                    })
+                })
+                .collect()
+        }
+    };
+    let finished = Instant::now();
+    let ok = replies.iter().all(Result::is_ok);
+    for (p, reply) in entries.into_iter().zip(replies) {
+        let elapsed = p.received.elapsed();
+        if reply.is_ok() {
+            stats.record_success(elapsed);
+        } else {
+            stats.record_failure(elapsed);
+        }
+        let _ = p.reply.send(reply);
+    }
+    if ok {
+        stats.record_execution(
+            rows,
+            requests,
+            BatchTimes {
+                input: assembled - started,
+                infer: computed - assembled,
+                output: finished - computed,
+            },
+        );
+    }
+}

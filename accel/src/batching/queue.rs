@@ -1,0 +1,187 @@
+//! The queue of one model: one FIFO per priority level (Triton's `PolicyQueue`s inside a
+//! `PriorityQueue`), each applying its level's policy: a bound on its length, and queue timeouts that
+//! either reject a request (REJECT) or move it behind the level's punctual requests (DELAY). Plain
+//! data: the scheduler thread owns it, and the decision function only reads it.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::SubmitError;
+use crate::core::{QueuePolicy, Tensor, TimeoutAction, ValidatedRequest};
+
+/// What a queued request is answered with.
+pub(crate) type Reply = Result<Vec<Tensor>, SubmitError>;
+
+/// A request waiting in the queue.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub request: ValidatedRequest,
+    /// When the server received the request (for the success duration).
+    pub received: Instant,
+    pub enqueued: Instant,
+    /// When its queue timeout expires, if it has one.
+    pub deadline: Option<Instant>,
+    /// 0-based priority level.
+    pub level: usize,
+    pub reply: oneshot::Sender<Reply>,
+    pub span: tracing::Span,
+}
+
+impl Pending {
+    /// The client is gone: nothing will read the answer.
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+#[derive(Debug)]
+struct PolicyQueue {
+    policy: QueuePolicy,
+    queue: VecDeque<Pending>,
+    /// Timed-out requests of a DELAY level, served after every punctual one.
+    delayed: VecDeque<Pending>,
+}
+
+impl PolicyQueue {
+    fn len(&self) -> usize {
+        self.queue.len() + self.delayed.len()
+    }
+}
+
+/// All levels of one model's queue. Level 0 is served first.
+#[derive(Debug)]
+pub(crate) struct PriorityQueue {
+    levels: Vec<PolicyQueue>,
+    len: usize,
+}
+
+impl PriorityQueue {
+    pub(super) fn new(policies: Vec<QueuePolicy>) -> Self {
+        let levels = policies
+            .into_iter()
+            .map(|policy| PolicyQueue {
+                policy,
+                queue: VecDeque::new(),
+                delayed: VecDeque::new(),
+            })
+            .collect();
+        PriorityQueue { levels, len: 0 }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(super) fn levels(&self) -> usize {
+        self.levels.len()
+    }
+
+    pub(super) fn policy(&self, level: usize) -> &QueuePolicy {
+        &self.levels[level].policy
+    }
+
+    /// Appends a request to its level, or gives it back when the level is full.
+    pub(super) fn push(&mut self, p: Pending) -> Result<(), Pending> {
+        let level = &mut self.levels[p.level];
+        if level
+            .policy
+            .max_queue_size
+            .is_some_and(|max| level.len() >= max)
+        {
+            return Err(p);
+        }
+        level.queue.push_back(p);
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Requests in dispatch order: by level, punctual before delayed, then by arrival.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.levels
+            .iter()
+            .flat_map(|l| l.queue.iter().chain(l.delayed.iter()))
+    }
+
+    /// Removes the first `n` requests in dispatch order.
+    pub(super) fn take(&mut self, n: usize) -> Vec<Pending> {
+        let mut out = Vec::with_capacity(n);
+        for level in &mut self.levels {
+            while out.len() < n {
+                match level
+                    .queue
+                    .pop_front()
+                    .or_else(|| level.delayed.pop_front())
+                {
+                    Some(p) => out.push(p),
+                    None => break,
+                }
+            }
+        }
+        self.len -= out.len();
+        out
+    }
+
+    /// When the oldest queued request arrived.
+    pub(super) fn oldest_enqueued(&self) -> Option<Instant> {
+        self.levels
+            .iter()
+            .flat_map(|l| [l.queue.front(), l.delayed.front()])
+            .flatten()
+            .map(|p| p.enqueued)
+            .min()
+    }
+
+    /// The earliest queue timeout still to come.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.levels
+            .iter()
+            .flat_map(|l| l.queue.iter())
+            .filter_map(|p| p.deadline)
+            .min()
+    }
+
+    /// Applies queue timeouts at `now`: REJECT levels hand expired requests back to be answered,
+    /// DELAY levels move them behind the level's punctual requests. Also drops cancelled requests.
+    pub(super) fn expire(&mut self, now: Instant) -> Vec<Pending> {
+        let mut rejected = Vec::new();
+        let mut removed = 0;
+        for level in &mut self.levels {
+            let before = level.len();
+            let mut kept = VecDeque::with_capacity(level.queue.len());
+            for p in level.queue.drain(..) {
+                if p.is_cancelled() {
+                    continue;
+                }
+                if p.deadline.is_some_and(|d| d <= now) {
+                    match level.policy.timeout_action {
+                        TimeoutAction::Reject => rejected.push(p),
+                        TimeoutAction::Delay => {
+                            let mut p = p;
+                            p.deadline = None;
+                            level.delayed.push_back(p);
+                        }
+                    }
+                } else {
+                    kept.push_back(p);
+                }
+            }
+            level.queue = kept;
+            level.delayed.retain(|p| !p.is_cancelled());
+            removed += before - level.len();
+        }
+        self.len -= removed;
+        rejected
+    }
+
+    /// Drains everything (shutdown).
+    pub(super) fn drain(&mut self) -> Vec<Pending> {
+        let n = self.len;
+        self.take(n)
+    }
+}

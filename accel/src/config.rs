@@ -1,0 +1,210 @@
+//! The command line: one `Config` with tritonserver's flag names where the concept is the same, every
+//! flag also readable from an `ACCEL_*` environment variable (how a Helm chart configures a
+//! container). The whole configuration is checked before any port is bound; an invalid one exits 64.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::residency::ControlMode;
+
+/// Accel: a batching inference sidecar for KServe, speaking the v2 / Open Inference Protocol.
+#[derive(Debug, Parser)]
+#[command(name = "accel", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the models of a model repository over gRPC.
+    Serve(Config),
+}
+
+/// Everything `accel serve` can be told.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Model repository in Triton's layout: <DIR>/<model>/config.pbtxt and <DIR>/<model>/<version>/model.onnx.
+    /// A model without config.pbtxt gets its inputs and outputs from the ONNX graph.
+    #[arg(long, env = "ACCEL_MODEL_REPOSITORY", value_name = "DIR")]
+    pub model_repository: PathBuf,
+
+    /// Address the gRPC server binds. The default serves only the pod (a sidecar's predictor reaches it
+    /// on localhost); use 0.0.0.0 to serve other pods.
+    #[arg(long, env = "ACCEL_GRPC_ADDRESS", default_value = "127.0.0.1")]
+    pub grpc_address: IpAddr,
+
+    /// gRPC port (KServe v2 / Triton protocol). 0 picks a free port, printed at start.
+    #[arg(long, env = "ACCEL_GRPC_PORT", default_value_t = 8001)]
+    pub grpc_port: u16,
+
+    /// Address of the HTTP/REST server (reserved: the REST v2 endpoint is not served yet).
+    #[arg(long, env = "ACCEL_HTTP_ADDRESS", default_value = "127.0.0.1")]
+    pub http_address: IpAddr,
+
+    /// HTTP/REST port (reserved: the REST v2 endpoint is not served yet).
+    #[arg(long, env = "ACCEL_HTTP_PORT", default_value_t = 8000)]
+    pub http_port: u16,
+
+    /// Prometheus metrics port (reserved: /metrics is not served yet).
+    #[arg(long, env = "ACCEL_METRICS_PORT", default_value_t = 8002)]
+    pub metrics_port: u16,
+
+    /// Which models are loaded: `none` loads every model at start; `explicit` loads only those named
+    /// with --load-model.
+    #[arg(
+        long,
+        env = "ACCEL_MODEL_CONTROL_MODE",
+        value_enum,
+        default_value = "none"
+    )]
+    pub model_control_mode: ControlMode,
+
+    /// A model to load at start; repeat the flag (or separate names with commas) for several.
+    #[arg(
+        long = "load-model",
+        env = "ACCEL_LOAD_MODEL",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub load_models: Vec<String>,
+
+    /// Log verbosity: 0 logs information, 1 adds debug detail, 2 and more trace everything.
+    #[arg(long, env = "ACCEL_LOG_VERBOSE", default_value_t = 0)]
+    pub log_verbose: u8,
+
+    /// Largest gRPC message accepted or sent, in bytes. The default (the protocol's 4 GiB framing
+    /// limit) carries tensors of 2 GiB and more; lower it to bound the memory one request may take.
+    #[arg(long, env = "ACCEL_GRPC_MAX_MESSAGE_BYTES", default_value_t = u32::MAX as usize)]
+    pub grpc_max_message_bytes: usize,
+
+    /// Requests one model may hold queued; beyond it requests fail at once with UNAVAILABLE (retryable)
+    /// instead of waiting without bound. Per-level `max_queue_size` in config.pbtxt applies as well.
+    #[arg(long, env = "ACCEL_MAX_QUEUED_REQUESTS", default_value_t = 4096)]
+    pub max_queued_requests: usize,
+
+    /// max_batch_size given to a model that has no config.pbtxt when its graph can batch (every input
+    /// and output has a variable first dimension); dynamic batching is enabled for it too. 0 disables.
+    #[arg(long, env = "ACCEL_DEFAULT_MAX_BATCH_SIZE", default_value_t = 32)]
+    pub default_max_batch_size: usize,
+
+    /// Models loaded in parallel at start.
+    #[arg(long, env = "ACCEL_MODEL_LOAD_THREADS", default_value_t = 2)]
+    pub model_load_threads: usize,
+
+    /// Threads one execution may use inside candle's CPU kernels. Instances already run in parallel
+    /// (one executor thread each) and the server needs a core too: on small machines 1 is fastest,
+    /// since threads that compete for the same cores stall each other.
+    #[arg(long, env = "ACCEL_INTRA_OP_THREADS", default_value_t = 1)]
+    pub intra_op_threads: usize,
+
+    /// Threads of the async runtime that serves the network (decoding, encoding, batching handoff).
+    /// 0: one per core.
+    #[arg(long, env = "ACCEL_SERVER_THREADS", default_value_t = 0)]
+    pub server_threads: usize,
+}
+
+impl Config {
+    /// Checks what can be checked before binding anything.
+    pub fn validate(&self) -> Result<(), String> {
+        match std::fs::metadata(&self.model_repository) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "--model-repository {} is not a directory",
+                    self.model_repository.display()
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "--model-repository {}: {e}",
+                    self.model_repository.display()
+                ));
+            }
+        }
+        if self.model_control_mode == ControlMode::Explicit && self.load_models.is_empty() {
+            tracing::warn!(
+                "--model-control-mode explicit without --load-model: no model will be loaded"
+            );
+        }
+        if self.grpc_max_message_bytes < 1024 {
+            return Err(format!(
+                "--grpc-max-message-bytes {} is too small",
+                self.grpc_max_message_bytes
+            ));
+        }
+        if self.max_queued_requests == 0 {
+            return Err("--max-queued-requests must be at least 1".into());
+        }
+        if self.intra_op_threads == 0 {
+            return Err("--intra-op-threads must be at least 1".into());
+        }
+        if let Some(bad) = self
+            .load_models
+            .iter()
+            .find(|n| n.is_empty() || n.contains('/') || n.starts_with('.'))
+        {
+            return Err(format!("--load-model '{bad}' is not a model name"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "accel",
+            "serve",
+            "--model-repository",
+            "/tmp",
+            "--load-model",
+            "a,b",
+            "--load-model",
+            "c",
+        ])
+        .unwrap();
+        let Command::Serve(c) = cli.command;
+        assert_eq!(c.grpc_port, 8001);
+        assert_eq!(c.grpc_address.to_string(), "127.0.0.1");
+        assert_eq!(c.load_models, vec!["a", "b", "c"]);
+        assert_eq!(c.model_control_mode, ControlMode::None);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        assert!(
+            Cli::try_parse_from([
+                "accel",
+                "serve",
+                "--model-repository",
+                "/tmp",
+                "--grpc-port",
+                "70000"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "accel",
+                "serve",
+                "--model-repository",
+                "/tmp",
+                "--model-control-mode",
+                "poll"
+            ])
+            .is_err()
+        );
+        let cli =
+            Cli::try_parse_from(["accel", "serve", "--model-repository", "/nonexistent/repo"])
+                .unwrap();
+        let Command::Serve(c) = cli.command;
+        assert!(c.validate().unwrap_err().contains("/nonexistent/repo"));
+    }
+}

@@ -1,0 +1,22 @@
+//! Protocol-neutral types shared by every layer: datatypes, tensors, requests and responses, the model
+//! specification a request is validated against, and the error codes every boundary maps to. Nothing
+//! here knows about tonic, prost or axum; `server/` converts the wire messages into these types.
+
+mod datatype;
+mod error;
+mod model;
+mod request;
+mod tensor;
+mod validate;
+
+pub use datatype::DataType;
+pub use error::{Code, Error, ValidationError};
+pub use model::{
+    BatchingPolicy, GraphIo, InstanceKind, IoSpec, ModelSpec, QueuePolicy, Scheduling, Signature,
+    TimeoutAction,
+};
+pub use request::{
+    InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, ScheduleOptions,
+};
+pub use tensor::{Tensor, element_count};
+pub use validate::{ValidatedRequest, validate};

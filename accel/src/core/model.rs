@@ -1,0 +1,158 @@
+//! What a model is, as the request path sees it: its inputs and outputs, how requests to it are
+//! scheduled, and how many instances execute it. Built by `repository` from config.pbtxt (or from the
+//! model file when there is no config) and read by validation, the batcher and the metadata RPCs.
+
+use std::time::Duration;
+
+use super::DataType;
+
+/// One input or output of a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoSpec {
+    pub name: String,
+    pub datatype: DataType,
+    /// Without the batch dimension when the model batches; -1 marks a variable dimension.
+    pub dims: Vec<i64>,
+    /// The shape (without batch dimension) the backend sees instead of `dims`, if the config reshapes.
+    pub reshape: Option<Vec<i64>>,
+    /// An optional input may be left out of a request.
+    pub optional: bool,
+}
+
+impl IoSpec {
+    /// `dims` as the protocol reports them: with a leading -1 for the batch dimension when batching.
+    pub fn reported_shape(&self, batching: bool) -> Vec<i64> {
+        let mut shape = Vec::with_capacity(self.dims.len() + 1);
+        if batching {
+            shape.push(-1);
+        }
+        shape.extend_from_slice(&self.dims);
+        shape
+    }
+}
+
+/// Where instances run. Only the CPU exists until the GPU path lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceKind {
+    Cpu,
+    Gpu,
+}
+
+/// What happens to a request whose queue timeout expires (Triton's `ModelQueuePolicy.TimeoutAction`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutAction {
+    /// Answer at once with UNAVAILABLE.
+    Reject,
+    /// Keep it, behind every request of its level that has not timed out.
+    Delay,
+}
+
+/// The queue policy of one priority level.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuePolicy {
+    pub timeout_action: TimeoutAction,
+    /// Queue timeout for requests that set none; `None` means no timeout.
+    pub default_timeout: Option<Duration>,
+    /// Whether a request's `timeout` parameter may replace the default (it may only shorten it when a
+    /// default exists).
+    pub allow_timeout_override: bool,
+    /// Requests beyond this many at this level are rejected with UNAVAILABLE; `None` = no level bound
+    /// (the server-wide bound still applies).
+    pub max_queue_size: Option<usize>,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy {
+            timeout_action: TimeoutAction::Reject,
+            default_timeout: None,
+            allow_timeout_override: false,
+            max_queue_size: None,
+        }
+    }
+}
+
+/// Dynamic batching, with Triton's semantics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchingPolicy {
+    /// Batch sizes sent as soon as they can be formed, ascending; empty means only `max_batch_size`.
+    pub preferred_batch_sizes: Vec<usize>,
+    /// How long the oldest request may wait for a batch to fill.
+    pub max_queue_delay: Duration,
+    /// Number of priority levels (1 = highest); at least 1.
+    pub priority_levels: usize,
+    /// Level of requests that give no priority (1-based).
+    pub default_priority_level: usize,
+    /// One policy per level, index 0 = level 1.
+    pub queue_policies: Vec<QueuePolicy>,
+}
+
+impl Default for BatchingPolicy {
+    fn default() -> Self {
+        BatchingPolicy {
+            preferred_batch_sizes: Vec::new(),
+            max_queue_delay: Duration::ZERO,
+            priority_levels: 1,
+            default_priority_level: 1,
+            queue_policies: vec![QueuePolicy::default()],
+        }
+    }
+}
+
+/// How requests to a model are scheduled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scheduling {
+    /// Every request executes alone, in arrival order (Triton's default scheduler).
+    Direct,
+    /// Requests are concatenated along the batch dimension (Triton's dynamic batcher).
+    Dynamic(BatchingPolicy),
+}
+
+/// A model version as the request path needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub version: u64,
+    /// The platform string reported in metadata (e.g. `onnxruntime_onnx`).
+    pub platform: String,
+    /// Which backend executes it (e.g. `candle`).
+    pub backend: String,
+    /// 0: no batch dimension; otherwise the largest batch one execution takes.
+    pub max_batch_size: usize,
+    pub inputs: Vec<IoSpec>,
+    pub outputs: Vec<IoSpec>,
+    pub scheduling: Scheduling,
+    pub instance_count: usize,
+    pub instance_kind: InstanceKind,
+}
+
+impl ModelSpec {
+    /// Whether tensors of this model carry a leading batch dimension.
+    pub fn batches(&self) -> bool {
+        self.max_batch_size > 0
+    }
+
+    pub fn input(&self, name: &str) -> Option<&IoSpec> {
+        self.inputs.iter().find(|i| i.name == name)
+    }
+
+    pub fn output(&self, name: &str) -> Option<&IoSpec> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+}
+
+/// One input or output as the model file declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GraphIo {
+    pub name: String,
+    pub datatype: DataType,
+    /// `None` for a symbolic or unknown dimension; `dims` is `None` when the rank is unknown.
+    pub dims: Option<Vec<Option<usize>>>,
+}
+
+/// A model file's inputs and outputs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Signature {
+    pub inputs: Vec<GraphIo>,
+    pub outputs: Vec<GraphIo>,
+}

@@ -1,0 +1,343 @@
+//! config.pbtxt: parsing into the ModelConfig proto (leniently, see `pbtxt`), choosing versions, and
+//! turning a complete ModelConfig into the request path's [`ModelSpec`].
+
+use std::time::Duration;
+
+use accel_proto::inference::{
+    ModelConfig, ModelDynamicBatching, ModelQueuePolicy, model_config::SchedulingChoice,
+    model_instance_group::Kind as GroupKind,
+    model_queue_policy::TimeoutAction as ProtoTimeoutAction, model_version_policy::PolicyChoice,
+};
+
+use super::{RepositoryError, pbtxt};
+use crate::core::{
+    BatchingPolicy, DataType, InstanceKind, IoSpec, ModelSpec, QueuePolicy, Scheduling,
+    TimeoutAction,
+};
+
+/// Parses config.pbtxt text. Returns the config and the paths of fields Accel ignores.
+pub fn parse_config(text: &str) -> Result<(ModelConfig, Vec<String>), String> {
+    let pool = accel_proto::descriptor_pool().map_err(|e| format!("protocol descriptors: {e}"))?;
+    let desc = pool
+        .get_message_by_name(accel_proto::MODEL_CONFIG_MESSAGE)
+        .ok_or_else(|| "protocol descriptors lack ModelConfig".to_string())?;
+    let parsed = pbtxt::parse_lenient(&desc, text)?;
+    let config = parsed
+        .message
+        .transcode_to::<ModelConfig>()
+        .map_err(|e| e.to_string())?;
+    Ok((config, parsed.ignored))
+}
+
+/// Applies the version policy to the versions found on disk (ascending).
+pub(super) fn select_versions<T>(
+    config: &ModelConfig,
+    mut available: Vec<(u64, T)>,
+) -> Result<Vec<(u64, T)>, RepositoryError> {
+    let policy = config
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref());
+    Ok(match policy {
+        None => latest(available, 1),
+        Some(PolicyChoice::Latest(l)) => latest(available, l.num_versions.max(1) as usize),
+        Some(PolicyChoice::All(_)) => available,
+        Some(PolicyChoice::Specific(s)) => {
+            let mut missing = Vec::new();
+            for v in &s.versions {
+                if !available.iter().any(|(a, _)| *a as i64 == *v) {
+                    missing.push(*v);
+                }
+            }
+            if !missing.is_empty() {
+                return Err(RepositoryError::Invalid(format!(
+                    "version_policy names versions {missing:?} that have no model file"
+                )));
+            }
+            available.retain(|(a, _)| s.versions.contains(&(*a as i64)));
+            available
+        }
+    })
+}
+
+fn latest<T>(mut available: Vec<(u64, T)>, n: usize) -> Vec<(u64, T)> {
+    let skip = available.len().saturating_sub(n);
+    available.drain(..skip);
+    available
+}
+
+/// Builds the request path's view of a complete config (inputs and outputs known).
+pub fn to_spec(config: &ModelConfig, version: u64, backend: &str) -> Result<ModelSpec, String> {
+    let max_batch_size = usize::try_from(config.max_batch_size).map_err(|_| {
+        format!(
+            "max_batch_size must not be negative, got {}",
+            config.max_batch_size
+        )
+    })?;
+    let inputs = config
+        .input
+        .iter()
+        .map(|i| {
+            io_spec(
+                &i.name,
+                i.data_type,
+                &i.dims,
+                i.reshape.as_ref().map(|r| &r.shape),
+                i.optional,
+                "input",
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = config
+        .output
+        .iter()
+        .map(|o| {
+            io_spec(
+                &o.name,
+                o.data_type,
+                &o.dims,
+                o.reshape.as_ref().map(|r| &r.shape),
+                false,
+                "output",
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if inputs.is_empty() {
+        return Err("the model has no inputs".into());
+    }
+    if outputs.is_empty() {
+        return Err("the model has no outputs".into());
+    }
+    for (list, what) in [(&inputs, "input"), (&outputs, "output")] {
+        for (i, a) in list.iter().enumerate() {
+            if list[..i].iter().any(|b| b.name == a.name) {
+                return Err(format!("{what} '{}' is declared twice", a.name));
+            }
+        }
+    }
+    let scheduling = match &config.scheduling_choice {
+        Some(SchedulingChoice::DynamicBatching(d)) if max_batch_size > 0 => {
+            Scheduling::Dynamic(batching_policy(d, max_batch_size)?)
+        }
+        Some(SchedulingChoice::DynamicBatching(_)) => {
+            tracing::warn!(model = %config.name, "dynamic_batching is ignored: max_batch_size is 0, so requests cannot be batched");
+            Scheduling::Direct
+        }
+        None => Scheduling::Direct,
+    };
+    let mut instance_count = 0usize;
+    let mut instance_kind = InstanceKind::Cpu;
+    for group in &config.instance_group {
+        let count = usize::try_from(group.count)
+            .map_err(|_| format!("instance_group count {} is negative", group.count))?;
+        instance_count += count.max(1);
+        if group.kind() == GroupKind::Gpu {
+            instance_kind = InstanceKind::Gpu;
+        }
+    }
+    Ok(ModelSpec {
+        name: config.name.clone(),
+        version,
+        platform: config.platform.clone(),
+        backend: backend.to_string(),
+        max_batch_size,
+        inputs,
+        outputs,
+        scheduling,
+        instance_count: instance_count.max(1),
+        instance_kind,
+    })
+}
+
+fn io_spec(
+    name: &str,
+    data_type: i32,
+    dims: &[i64],
+    reshape: Option<&Vec<i64>>,
+    optional: bool,
+    what: &str,
+) -> Result<IoSpec, String> {
+    if name.is_empty() {
+        return Err(format!("an {what} has no name"));
+    }
+    let datatype = DataType::from_config_value(data_type)
+        .ok_or_else(|| format!("{what} '{name}' has no valid data_type"))?;
+    if let Some(d) = dims.iter().find(|&&d| d < -1) {
+        return Err(format!(
+            "{what} '{name}' has dimension {d}; dimensions are -1 (variable) or at least 0"
+        ));
+    }
+    if let Some(shape) = reshape {
+        if let Some(d) = shape.iter().find(|&&d| d < -1) {
+            return Err(format!("{what} '{name}' reshape has dimension {d}"));
+        }
+    }
+    Ok(IoSpec {
+        name: name.to_string(),
+        datatype,
+        dims: dims.to_vec(),
+        reshape: reshape.cloned(),
+        optional,
+    })
+}
+
+fn batching_policy(
+    d: &ModelDynamicBatching,
+    max_batch_size: usize,
+) -> Result<BatchingPolicy, String> {
+    let mut preferred = Vec::with_capacity(d.preferred_batch_size.len());
+    for &p in &d.preferred_batch_size {
+        match usize::try_from(p) {
+            Ok(p) if p >= 1 && p <= max_batch_size => preferred.push(p),
+            _ => {
+                return Err(format!(
+                    "preferred_batch_size {p} is not between 1 and max_batch_size {max_batch_size}"
+                ));
+            }
+        }
+    }
+    preferred.sort_unstable();
+    preferred.dedup();
+    let levels = usize::try_from(d.priority_levels)
+        .map_err(|_| "priority_levels is too large".to_string())?
+        .max(1);
+    if d.priority_levels > 1024 {
+        return Err(format!(
+            "priority_levels {} is more than 1024",
+            d.priority_levels
+        ));
+    }
+    let default_level = match d.default_priority_level {
+        0 if d.priority_levels == 0 => 1,
+        0 => return Err("default_priority_level must be set when priority_levels is".into()),
+        l if l as usize <= levels => l as usize,
+        l => {
+            return Err(format!(
+                "default_priority_level {l} is outside 1..={levels}"
+            ));
+        }
+    };
+    let default_policy = d
+        .default_queue_policy
+        .as_ref()
+        .map(queue_policy)
+        .unwrap_or_default();
+    let mut queue_policies = vec![default_policy; levels];
+    for (&level, policy) in &d.priority_queue_policy {
+        if level == 0 || level > levels as u64 {
+            return Err(format!(
+                "priority_queue_policy names level {level}, outside 1..={levels}"
+            ));
+        }
+        queue_policies[level as usize - 1] = queue_policy(policy);
+    }
+    Ok(BatchingPolicy {
+        preferred_batch_sizes: preferred,
+        max_queue_delay: Duration::from_micros(d.max_queue_delay_microseconds),
+        priority_levels: levels,
+        default_priority_level: default_level,
+        queue_policies,
+    })
+}
+
+fn queue_policy(p: &ModelQueuePolicy) -> QueuePolicy {
+    QueuePolicy {
+        timeout_action: match p.timeout_action() {
+            ProtoTimeoutAction::Reject => TimeoutAction::Reject,
+            ProtoTimeoutAction::Delay => TimeoutAction::Delay,
+        },
+        default_timeout: (p.default_timeout_microseconds > 0)
+            .then(|| Duration::from_micros(p.default_timeout_microseconds)),
+        allow_timeout_override: p.allow_timeout_override,
+        max_queue_size: (p.max_queue_size > 0).then_some(p.max_queue_size as usize),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+        name: "mlp"
+        platform: "onnxruntime_onnx"
+        max_batch_size: 64
+        version_policy: { latest: { num_versions: 2 } }
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 256 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 256 ] reshape: { shape: [ 16, 16 ] } } ]
+        dynamic_batching {
+          preferred_batch_size: [ 32, 8 ]
+          max_queue_delay_microseconds: 500
+          priority_levels: 2
+          default_priority_level: 2
+          default_queue_policy { max_queue_size: 100 default_timeout_microseconds: 2000 }
+          priority_queue_policy { key: 1 value: { timeout_action: DELAY allow_timeout_override: true } }
+        }
+        instance_group [ { count: 2 kind: KIND_CPU } ]
+        parameters { key: "pin" value: { string_value: "true" } }
+    "#;
+
+    #[test]
+    fn parses_every_field_the_spec_uses() {
+        let (config, ignored) = parse_config(FULL).unwrap();
+        assert!(ignored.is_empty());
+        let spec = to_spec(&config, 3, "candle").unwrap();
+        assert_eq!(spec.max_batch_size, 64);
+        assert_eq!(spec.instance_count, 2);
+        assert_eq!(spec.outputs[0].reshape, Some(vec![16, 16]));
+        let Scheduling::Dynamic(p) = spec.scheduling else {
+            panic!("dynamic batching expected")
+        };
+        assert_eq!(p.preferred_batch_sizes, vec![8, 32]);
+        assert_eq!(p.max_queue_delay, Duration::from_micros(500));
+        assert_eq!(p.priority_levels, 2);
+        assert_eq!(p.default_priority_level, 2);
+        assert_eq!(p.queue_policies[0].timeout_action, TimeoutAction::Delay);
+        assert!(p.queue_policies[0].allow_timeout_override);
+        assert_eq!(p.queue_policies[1].max_queue_size, Some(100));
+        assert_eq!(
+            p.queue_policies[1].default_timeout,
+            Some(Duration::from_millis(2))
+        );
+        assert_eq!(
+            select_versions(&config, vec![(1, ()), (2, ()), (5, ())])
+                .unwrap()
+                .iter()
+                .map(|v| v.0)
+                .collect::<Vec<_>>(),
+            vec![2, 5]
+        );
+    }
+
+    #[test]
+    fn rejects_inconsistent_configs() {
+        let bad = [
+            (
+                "max_batch_size: 4 input [{name:\"a\" data_type: TYPE_FP32 dims: [1]}] output [{name:\"b\" data_type: TYPE_FP32 dims: [1]}] dynamic_batching { preferred_batch_size: 8 }",
+                "preferred_batch_size 8",
+            ),
+            (
+                "max_batch_size: 4 input [{name:\"a\" dims: [1]}] output [{name:\"b\" data_type: TYPE_FP32 dims: [1]}]",
+                "no valid data_type",
+            ),
+            (
+                "max_batch_size: 4 input [{name:\"a\" data_type: TYPE_FP32 dims: [-2]}] output [{name:\"b\" data_type: TYPE_FP32 dims: [1]}]",
+                "dimension -2",
+            ),
+            (
+                "max_batch_size: 4 input [{name:\"a\" data_type: TYPE_FP32 dims: [1]}] output [{name:\"b\" data_type: TYPE_FP32 dims: [1]}] dynamic_batching { priority_levels: 2 default_priority_level: 3 }",
+                "outside 1..=2",
+            ),
+            (
+                "max_batch_size: -1 input [{name:\"a\" data_type: TYPE_FP32 dims: [1]}] output [{name:\"b\" data_type: TYPE_FP32 dims: [1]}]",
+                "negative",
+            ),
+        ];
+        for (text, needle) in bad {
+            let (config, _) = parse_config(text).unwrap();
+            let err = to_spec(&config, 1, "candle").unwrap_err();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+        let (config, _) = parse_config("version_policy { specific { versions: [3] } }").unwrap();
+        assert!(select_versions(&config, vec![(1, ())]).is_err());
+    }
+}

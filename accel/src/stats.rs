@@ -1,0 +1,162 @@
+//! Per-model-version inference statistics, Triton's way: request counts and cumulative durations
+//! (success, failure, queue, compute input/infer/output) and the same per batch size. This is what
+//! ModelStatistics reports, and how users see that batching works (executions < inferences).
+//! Counters are atomics; only the per-batch-size table takes a lock, once per execution.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+/// A count and a cumulative duration.
+#[derive(Debug, Default)]
+pub struct DurationStat {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl DurationStat {
+    fn add(&self, n: u64, d: Duration) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+        self.ns
+            .fetch_add(n.saturating_mul(d.as_nanos() as u64), Ordering::Relaxed);
+    }
+
+    /// (count, nanoseconds).
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.ns.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// How long one execution spent in each phase.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchTimes {
+    pub input: Duration,
+    pub infer: Duration,
+    pub output: Duration,
+}
+
+/// Statistics of executions of one batch size: (count, input ns, infer ns, output ns).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchSizeStats {
+    pub count: u64,
+    pub input_ns: u64,
+    pub infer_ns: u64,
+    pub output_ns: u64,
+}
+
+/// The statistics of one model version.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    pub success: DurationStat,
+    pub fail: DurationStat,
+    pub queue: DurationStat,
+    pub compute_input: DurationStat,
+    pub compute_infer: DurationStat,
+    pub compute_output: DurationStat,
+    inference_count: AtomicU64,
+    execution_count: AtomicU64,
+    last_inference_ms: AtomicU64,
+    /// Bytes the model's weights hold, measured at load.
+    memory_bytes: AtomicU64,
+    batches: Mutex<BTreeMap<usize, BatchSizeStats>>,
+}
+
+impl ModelStats {
+    pub fn record_success(&self, total: Duration) {
+        self.success.add(1, total);
+    }
+
+    pub fn record_failure(&self, total: Duration) {
+        self.fail.add(1, total);
+    }
+
+    pub fn record_queue(&self, waited: Duration) {
+        self.queue.add(1, waited);
+    }
+
+    /// One successful execution of `rows` batch elements from `requests` requests.
+    pub fn record_execution(&self, rows: usize, requests: usize, t: BatchTimes) {
+        let n = requests as u64;
+        self.compute_input.add(n, t.input);
+        self.compute_infer.add(n, t.infer);
+        self.compute_output.add(n, t.output);
+        self.inference_count
+            .fetch_add(rows as u64, Ordering::Relaxed);
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_inference_ms.store(now_ms, Ordering::Relaxed);
+        let mut batches = self.batches.lock();
+        let entry = batches.entry(rows).or_default();
+        entry.count += 1;
+        entry.input_ns += t.input.as_nanos() as u64;
+        entry.infer_ns += t.infer.as_nanos() as u64;
+        entry.output_ns += t.output.as_nanos() as u64;
+    }
+
+    pub fn set_memory_bytes(&self, bytes: u64) {
+        self.memory_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn inference_count(&self) -> u64 {
+        self.inference_count.load(Ordering::Relaxed)
+    }
+
+    pub fn execution_count(&self) -> u64 {
+        self.execution_count.load(Ordering::Relaxed)
+    }
+
+    pub fn last_inference_ms(&self) -> u64 {
+        self.last_inference_ms.load(Ordering::Relaxed)
+    }
+
+    /// Executions by batch size, ascending.
+    pub fn batch_sizes(&self) -> Vec<(usize, BatchSizeStats)> {
+        self.batches.lock().iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executions_count_rows_and_batches() {
+        let s = ModelStats::default();
+        let t = BatchTimes {
+            input: Duration::from_micros(1),
+            infer: Duration::from_micros(10),
+            output: Duration::from_micros(2),
+        };
+        s.record_execution(8, 8, t);
+        s.record_execution(8, 4, t);
+        s.record_execution(1, 1, t);
+        assert_eq!(s.inference_count(), 17);
+        assert_eq!(s.execution_count(), 3);
+        assert_eq!(s.compute_infer.get(), (13, 130_000));
+        let b = s.batch_sizes();
+        assert_eq!(b.len(), 2);
+        assert_eq!(
+            b[1],
+            (
+                8,
+                BatchSizeStats {
+                    count: 2,
+                    input_ns: 2000,
+                    infer_ns: 20_000,
+                    output_ns: 4000
+                }
+            )
+        );
+    }
+}
