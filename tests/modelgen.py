@@ -98,3 +98,133 @@ input [ {{ name: "INPUT0" data_type: {dtype} dims: [ {d_in} ] }} ]
 output [ {{ name: "OUTPUT0" data_type: {dtype} dims: [ {d_out} ] }} ]
 {dyn}instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 {extra}"""
+
+
+def bert_encoder(path: str, seed: int = 0, vocab: int = 96, hidden: int = 32, heads: int = 4, layers: int = 2,
+                 ffn: int = 64, max_positions: int = 64) -> str:
+    """A BERT-style encoder written the way PyTorch exports it (opset 13): Gather embeddings, position
+    ids from Shape/Range, an attention mask Unsqueezed with axes [1, 2], head reshapes from run-time
+    shapes, decomposed LayerNorm, Erf GELU. Inputs input_ids/attention_mask INT64 [batch, seq]."""
+    rng = np.random.default_rng(seed)
+    dh = hidden // heads
+    nodes, inits = [], []
+
+    def w(name, *shape, scale=0.2):
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name))
+        return name
+
+    def c(name, value, dtype=np.int64):
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def n(op, ins, outs, **attrs):
+        nodes.append(helper.make_node(op, ins, outs, **attrs))
+        return outs[0]
+
+    c("ax0", [0])
+    c("ax12", [1, 2])
+    c("i0", 0)
+    c("i1", 1)
+    c("one_i", 1)
+    c("zero_i", 0)
+    c("one_f", 1.0, np.float32)
+    c("neg_big", -10000.0, np.float32)
+    c("two_f", 2.0, np.float32)
+    c("eps", 1e-12, np.float32)
+    c("sqrt2", np.sqrt(2.0), np.float32)
+    c("half", 0.5, np.float32)
+    c("scale", 1.0 / np.sqrt(dh), np.float32)
+    c("heads_dh", [heads, dh])
+    c("minus1", [-1])
+
+    def layer_norm(x, prefix):
+        mean = n("ReduceMean", [x], [f"{prefix}_mean"], axes=[-1])
+        d = n("Sub", [x, mean], [f"{prefix}_d"])
+        sq = n("Pow", [d, "two_f"], [f"{prefix}_sq"])
+        var = n("ReduceMean", [sq], [f"{prefix}_var"], axes=[-1])
+        ve = n("Add", [var, "eps"], [f"{prefix}_ve"])
+        sd = n("Sqrt", [ve], [f"{prefix}_sd"])
+        nm = n("Div", [d, sd], [f"{prefix}_nm"])
+        g = w(f"{prefix}_g", hidden, scale=0.1)
+        inits[-1] = numpy_helper.from_array((1 + rng.standard_normal(hidden) * 0.1).astype(np.float32), g)
+        sc = n("Mul", [nm, g], [f"{prefix}_sc"])
+        return n("Add", [sc, w(f"{prefix}_b", hidden, scale=0.1)], [f"{prefix}_out"])
+
+    def linear(x, d_in, d_out, prefix):
+        m = n("MatMul", [x, w(f"{prefix}_w", d_in, d_out)], [f"{prefix}_m"])
+        return n("Add", [m, w(f"{prefix}_bias", d_out, scale=0.05)], [f"{prefix}_y"])
+
+    # Embeddings.
+    word = n("Gather", [w("word_emb", vocab, hidden, scale=0.5), "input_ids"], ["word"], axis=0)
+    shape_ids = n("Shape", ["input_ids"], ["shape_ids"])
+    seq = n("Gather", [shape_ids, "i1"], ["seq"], axis=0)
+    pos = n("Range", ["zero_i", seq, "one_i"], ["pos"])
+    pos2 = n("Unsqueeze", [pos, "ax0"], ["pos2"])
+    pemb = n("Gather", [w("pos_emb", max_positions, hidden, scale=0.5), pos2], ["pemb"], axis=0)
+    x = layer_norm(n("Add", [word, pemb], ["emb"]), "ln_emb")
+    # Extended attention mask: (1 - mask) * -10000 as [batch, 1, 1, seq].
+    m4 = n("Unsqueeze", ["attention_mask", "ax12"], ["mask4"])
+    mf = n("Cast", [m4], ["maskf"], to=TensorProto.FLOAT)
+    inv = n("Sub", ["one_f", mf], ["mask_inv"])
+    ext = n("Mul", [inv, "neg_big"], ["mask_ext"])
+    # Run-time shapes for the head reshapes.
+    sx = n("Shape", [x], ["sx"])
+    b_ = n("Unsqueeze", [n("Gather", [sx, "i0"], ["b0"], axis=0), "ax0"], ["b1"])
+    s_ = n("Unsqueeze", [n("Gather", [sx, "i1"], ["s0"], axis=0), "ax0"], ["s1"])
+    split_shape = n("Concat", [b_, s_, "heads_dh"], ["split_shape"], axis=0)
+    merge_shape = n("Concat", [b_, s_, "minus1"], ["merge_shape"], axis=0)
+    for li in range(layers):
+        p = f"l{li}"
+        q = n("Transpose", [n("Reshape", [linear(x, hidden, hidden, p + "_q"), split_shape], [p + "_qr"])], [p + "_qt"], perm=[0, 2, 1, 3])
+        k = n("Transpose", [n("Reshape", [linear(x, hidden, hidden, p + "_k"), split_shape], [p + "_kr"])], [p + "_kt"], perm=[0, 2, 3, 1])
+        v = n("Transpose", [n("Reshape", [linear(x, hidden, hidden, p + "_v"), split_shape], [p + "_vr"])], [p + "_vt"], perm=[0, 2, 1, 3])
+        scores = n("Mul", [n("MatMul", [q, k], [p + "_qk"]), "scale"], [p + "_scores"])
+        probs = n("Softmax", [n("Add", [scores, ext], [p + "_masked"])], [p + "_probs"], axis=-1)
+        ctx = n("Transpose", [n("MatMul", [probs, v], [p + "_ctx"])], [p + "_ctxt"], perm=[0, 2, 1, 3])
+        merged = n("Reshape", [ctx, merge_shape], [p + "_merged"])
+        attn = linear(merged, hidden, hidden, p + "_o")
+        x = layer_norm(n("Add", [attn, x], [p + "_res1"]), p + "_ln1")
+        h = linear(x, hidden, ffn, p + "_ff1")
+        gelu = n("Mul", [n("Mul", [h, n("Add", [n("Erf", [n("Div", [h, "sqrt2"], [p + "_hd"])], [p + "_erf"]), "one_f"], [p + "_e1"])], [p + "_hm"]), "half"], [p + "_gelu"])
+        ff = linear(gelu, ffn, hidden, p + "_ff2")
+        x = layer_norm(n("Add", [ff, x], [p + "_res2"]), p + "_ln2")
+    nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden])],
+        inits, opset=13,
+    )
+    return _save(model, path)
+
+
+def scale_model(path: str, factor: float = 2.0) -> str:
+    """y = x * factor over a 1-D tensor of any length (for large-message tests)."""
+    model = make_model(
+        [helper.make_node("Mul", ["x", "k"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+        [numpy_helper.from_array(np.array(factor, np.float32), "k")],
+    )
+    return _save(model, path)
+
+
+def slow_model(path: str, width: int = 1024, repeats: int = 16, seed: int = 3) -> str:
+    """A batchable model that takes milliseconds per execution (chained square MatMuls), so that
+    concurrent requests queue up behind it. y = tanh(...tanh(x W) W...)."""
+    rng = np.random.default_rng(seed)
+    wmat = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes, prev = [], "x"
+    for i in range(repeats):
+        nodes.append(helper.make_node("MatMul", [prev, "w"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
+        prev = f"t{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(wmat, "w")],
+    )
+    return _save(model, path)

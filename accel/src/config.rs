@@ -54,12 +54,7 @@ pub struct Config {
 
     /// Which models are loaded: `none` loads every model at start; `explicit` loads only those named
     /// with --load-model.
-    #[arg(
-        long,
-        env = "ACCEL_MODEL_CONTROL_MODE",
-        value_enum,
-        default_value = "none"
-    )]
+    #[arg(long, env = "ACCEL_MODEL_CONTROL_MODE", value_enum, default_value = "none")]
     pub model_control_mode: ControlMode,
 
     /// A model to load at start; repeat the flag (or separate names with commas) for several.
@@ -118,16 +113,11 @@ impl Config {
                 ));
             }
             Err(e) => {
-                return Err(format!(
-                    "--model-repository {}: {e}",
-                    self.model_repository.display()
-                ));
+                return Err(format!("--model-repository {}: {e}", self.model_repository.display()));
             }
         }
         if self.model_control_mode == ControlMode::Explicit && self.load_models.is_empty() {
-            tracing::warn!(
-                "--model-control-mode explicit without --load-model: no model will be loaded"
-            );
+            tracing::warn!("--model-control-mode explicit without --load-model: no model will be loaded");
         }
         if self.grpc_max_message_bytes < 1024 {
             return Err(format!(
@@ -179,17 +169,7 @@ mod tests {
 
     #[test]
     fn invalid_values_are_refused() {
-        assert!(
-            Cli::try_parse_from([
-                "accel",
-                "serve",
-                "--model-repository",
-                "/tmp",
-                "--grpc-port",
-                "70000"
-            ])
-            .is_err()
-        );
+        assert!(Cli::try_parse_from(["accel", "serve", "--model-repository", "/tmp", "--grpc-port", "70000"]).is_err());
         assert!(
             Cli::try_parse_from([
                 "accel",
@@ -201,9 +181,7 @@ mod tests {
             ])
             .is_err()
         );
-        let cli =
-            Cli::try_parse_from(["accel", "serve", "--model-repository", "/nonexistent/repo"])
-                .unwrap();
+        let cli = Cli::try_parse_from(["accel", "serve", "--model-repository", "/nonexistent/repo"]).unwrap();
         let Command::Serve(c) = cli.command;
         assert!(c.validate().unwrap_err().contains("/nonexistent/repo"));
     }

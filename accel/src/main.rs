@@ -43,7 +43,7 @@ fn init_logging(verbose: u8) {
 }
 
 /// candle sizes its CPU thread pools from `RAYON_NUM_THREADS` when they are first used.
-#[allow(unsafe_code)]
+#[allow(unsafe_code, clippy::disallowed_methods)]
 fn set_compute_threads(n: usize) {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY: called from `main` before any other thread exists (the runtime is built after).
@@ -81,7 +81,10 @@ fn serve(config: Config) -> ExitCode {
         let listener = match accel::server::bind(&config).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("accel: cannot bind gRPC on {}:{}: {e}", config.grpc_address, config.grpc_port);
+                eprintln!(
+                    "accel: cannot bind gRPC on {}:{}: {e}",
+                    config.grpc_address, config.grpc_port
+                );
                 return ExitCode::FAILURE;
             }
         };
@@ -89,7 +92,11 @@ fn serve(config: Config) -> ExitCode {
             Ok(addr) => tracing::info!(%addr, repository = %config.model_repository.display(), "gRPC server listening"),
             Err(e) => tracing::warn!(error = %e, "gRPC server listening on an unknown address"),
         }
-        tracing::info!(http_port = config.http_port, metrics_port = config.metrics_port, "REST and metrics endpoints are not served yet");
+        tracing::info!(
+            http_port = config.http_port,
+            metrics_port = config.metrics_port,
+            "REST and metrics endpoints are not served yet"
+        );
         match accel::server::serve(&config, registry, listener, shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("stopped");

@@ -25,10 +25,7 @@ impl DurationStat {
 
     /// (count, nanoseconds).
     pub fn get(&self) -> (u64, u64) {
-        (
-            self.count.load(Ordering::Relaxed),
-            self.ns.load(Ordering::Relaxed),
-        )
+        (self.count.load(Ordering::Relaxed), self.ns.load(Ordering::Relaxed))
     }
 }
 
@@ -85,8 +82,7 @@ impl ModelStats {
         self.compute_input.add(n, t.input);
         self.compute_infer.add(n, t.infer);
         self.compute_output.add(n, t.output);
-        self.inference_count
-            .fetch_add(rows as u64, Ordering::Relaxed);
+        self.inference_count.fetch_add(rows as u64, Ordering::Relaxed);
         self.execution_count.fetch_add(1, Ordering::Relaxed);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -20,15 +20,13 @@ pub mod health {
 }
 
 /// The encoded `FileDescriptorSet` of every message above.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/accel_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/accel_descriptor.bin"));
 
 static POOL: LazyLock<Result<DescriptorPool, prost_reflect::DescriptorError>> =
     LazyLock::new(|| DescriptorPool::decode(FILE_DESCRIPTOR_SET));
 
 /// The descriptor pool of this crate's messages, for reflection (text format, JSON).
-pub fn descriptor_pool() -> Result<&'static DescriptorPool, &'static prost_reflect::DescriptorError>
-{
+pub fn descriptor_pool() -> Result<&'static DescriptorPool, &'static prost_reflect::DescriptorError> {
     POOL.as_ref()
 }
 

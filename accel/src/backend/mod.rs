@@ -31,9 +31,9 @@ pub enum BackendError {
 impl BackendError {
     pub fn code(&self) -> Code {
         match self {
-            BackendError::Read { .. }
-            | BackendError::InvalidModel(_)
-            | BackendError::UnsupportedOperator(_) => Code::Unavailable,
+            BackendError::Read { .. } | BackendError::InvalidModel(_) | BackendError::UnsupportedOperator(_) => {
+                Code::Unavailable
+            }
             BackendError::UnsupportedDataType(_) => Code::InvalidArgument,
             BackendError::Execution(_) => Code::Internal,
         }

@@ -9,11 +9,7 @@ use super::queue::Pending;
 
 /// Resolves a config `reshape` (which may hold one -1) for `elements` elements.
 fn resolve(shape: &[i64], elements: usize) -> Option<Vec<usize>> {
-    let known: usize = shape
-        .iter()
-        .filter(|&&d| d >= 0)
-        .map(|&d| d as usize)
-        .product();
+    let known: usize = shape.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
     shape
         .iter()
         .map(|&d| {
@@ -35,9 +31,7 @@ fn batched_shape(spec: &ModelSpec, io: &IoSpec, first: &Tensor, rows: usize) -> 
         &first.shape[..]
     };
     let features = match &io.reshape {
-        Some(r) => {
-            resolve(r, element_count(features).unwrap_or(0)).unwrap_or_else(|| features.to_vec())
-        }
+        Some(r) => resolve(r, element_count(features).unwrap_or(0)).unwrap_or_else(|| features.to_vec()),
         None => features.to_vec(),
     };
     if spec.batches() {
@@ -98,14 +92,14 @@ pub(super) fn split(
         return entries.iter().map(|_| Err(msg.clone())).collect();
     }
     let rows: usize = entries.iter().map(|p| p.request.batch_size).sum();
-    if spec.batches() {
-        if let Some(bad) = outputs.iter().find(|t| t.shape.first() != Some(&rows)) {
-            let msg = format!(
-                "output '{}' has shape {:?}; its first dimension should be the batch size {rows}",
-                bad.name, bad.shape
-            );
-            return entries.iter().map(|_| Err(msg.clone())).collect();
-        }
+    if spec.batches()
+        && let Some(bad) = outputs.iter().find(|t| t.shape.first() != Some(&rows))
+    {
+        let msg = format!(
+            "output '{}' has shape {:?}; its first dimension should be the batch size {rows}",
+            bad.name, bad.shape
+        );
+        return entries.iter().map(|_| Err(msg.clone())).collect();
     }
     let mut offset = 0;
     entries
@@ -149,9 +143,7 @@ pub(super) fn split(
                             &piece.shape[..]
                         };
                         let dims = resolve(&io.dims, element_count(features).unwrap_or(0))
-                            .ok_or_else(|| {
-                                format!("output '{}': cannot restore dims {:?}", io.name, io.dims)
-                            })?;
+                            .ok_or_else(|| format!("output '{}': cannot restore dims {:?}", io.name, io.dims))?;
                         piece.shape = if spec.batches() {
                             std::iter::once(r).chain(dims).collect()
                         } else {

@@ -33,12 +33,7 @@ pub(super) fn run(
     }
 }
 
-fn execute(
-    spec: &ModelSpec,
-    instance: &mut dyn ModelInstance,
-    stats: &ModelStats,
-    entries: Vec<Pending>,
-) {
+fn execute(spec: &ModelSpec, instance: &mut dyn ModelInstance, stats: &ModelStats, entries: Vec<Pending>) {
     let started = Instant::now();
     let batch = assemble::batch(spec, &entries);
     let assembled = Instant::now();

@@ -42,9 +42,9 @@ pub enum SubmitError {
 impl SubmitError {
     pub fn code(&self) -> Code {
         match self {
-            SubmitError::QueueFull { .. }
-            | SubmitError::Timeout { .. }
-            | SubmitError::ShuttingDown { .. } => Code::Unavailable,
+            SubmitError::QueueFull { .. } | SubmitError::Timeout { .. } | SubmitError::ShuttingDown { .. } => {
+                Code::Unavailable
+            }
             SubmitError::Backend { source, .. } => source.code(),
             SubmitError::Output { .. } => Code::Internal,
         }
@@ -107,11 +107,7 @@ impl Scheduler {
     ///
     /// Dropping the future drops the reply channel: the queued entry is discarded before it is
     /// batched, or its result is discarded if it is already executing. Nothing else is affected.
-    pub async fn infer(
-        &self,
-        request: ValidatedRequest,
-        received: Instant,
-    ) -> Result<Vec<Tensor>, SubmitError> {
+    pub async fn infer(&self, request: ValidatedRequest, received: Instant) -> Result<Vec<Tensor>, SubmitError> {
         let (tx, rx) = oneshot::channel();
         let command = Command::Enqueue {
             request,

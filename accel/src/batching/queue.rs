@@ -86,26 +86,21 @@ impl PriorityQueue {
         &self.levels[level].policy
     }
 
-    /// Appends a request to its level, or gives it back when the level is full.
-    pub(super) fn push(&mut self, p: Pending) -> Result<(), Pending> {
-        let level = &mut self.levels[p.level];
-        if level
-            .policy
-            .max_queue_size
-            .is_some_and(|max| level.len() >= max)
-        {
-            return Err(p);
-        }
-        level.queue.push_back(p);
+    /// Whether `level` can take one more request under its `max_queue_size`.
+    pub(super) fn has_room(&self, level: usize) -> bool {
+        let l = &self.levels[level];
+        l.policy.max_queue_size.is_none_or(|max| l.len() < max)
+    }
+
+    /// Appends a request to its level; check [`PriorityQueue::has_room`] first.
+    pub(super) fn push(&mut self, p: Pending) {
+        self.levels[p.level].queue.push_back(p);
         self.len += 1;
-        Ok(())
     }
 
     /// Requests in dispatch order: by level, punctual before delayed, then by arrival.
     pub(super) fn iter(&self) -> impl Iterator<Item = &Pending> {
-        self.levels
-            .iter()
-            .flat_map(|l| l.queue.iter().chain(l.delayed.iter()))
+        self.levels.iter().flat_map(|l| l.queue.iter().chain(l.delayed.iter()))
     }
 
     /// Removes the first `n` requests in dispatch order.
@@ -113,11 +108,7 @@ impl PriorityQueue {
         let mut out = Vec::with_capacity(n);
         for level in &mut self.levels {
             while out.len() < n {
-                match level
-                    .queue
-                    .pop_front()
-                    .or_else(|| level.delayed.pop_front())
-                {
+                match level.queue.pop_front().or_else(|| level.delayed.pop_front()) {
                     Some(p) => out.push(p),
                     None => break,
                 }

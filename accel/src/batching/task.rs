@@ -45,12 +45,7 @@ pub(super) fn start(
     let mut threads = Vec::with_capacity(instances.len() + 1);
     let idle = instances.len();
     for (k, instance) in instances.into_iter().enumerate() {
-        let (spec, stats, batches, done) = (
-            spec.clone(),
-            stats.clone(),
-            batch_rx.clone(),
-            control_tx.clone(),
-        );
+        let (spec, stats, batches, done) = (spec.clone(), stats.clone(), batch_rx.clone(), control_tx.clone());
         threads.push(
             thread::Builder::new()
                 .name(format!("accel-exec-{label}-{k}"))
@@ -198,17 +193,16 @@ impl State {
             (Some(t), Some(d)) if policy.allow_timeout_override => Some(t.min(d)),
             (_, d) => d,
         };
-        let now = Instant::now();
-        let full = SubmitError::QueueFull {
-            model: self.model.clone(),
-            queued: self.queue.len(),
-        };
-        if self.queue.len() >= self.max_queued {
+        if self.queue.len() >= self.max_queued || !self.queue.has_room(level) {
             self.stats.record_failure(received.elapsed());
-            let _ = reply.send(Err(full));
+            let _ = reply.send(Err(SubmitError::QueueFull {
+                model: self.model.clone(),
+                queued: self.queue.len(),
+            }));
             return;
         }
-        let pending = Pending {
+        let now = Instant::now();
+        self.queue.push(Pending {
             request,
             received,
             enqueued: now,
@@ -216,14 +210,7 @@ impl State {
             level,
             reply,
             span,
-        };
-        if let Err(p) = self.queue.push(pending) {
-            self.stats.record_failure(received.elapsed());
-            let _ = p.reply.send(Err(SubmitError::QueueFull {
-                model: self.model.clone(),
-                queued: self.queue.len(),
-            }));
-        }
+        });
     }
 
     /// Applies timeouts and dispatches batches to idle executors. Returns when to wake up next.
@@ -242,8 +229,7 @@ impl State {
                 Action::Dispatch(n) => {
                     let batch = self.queue.take(n);
                     for p in &batch {
-                        self.stats
-                            .record_queue(now.saturating_duration_since(p.enqueued));
+                        self.stats.record_queue(now.saturating_duration_since(p.enqueued));
                     }
                     if let Err(e) = self.batches.send(batch) {
                         for p in e.into_inner() {

@@ -121,11 +121,7 @@ mod tests {
             assert_eq!(DataType::from_wire(d.wire_name()), Some(d));
             assert_eq!(DataType::from_config_value(d.config_value()), Some(d));
         }
-        assert_eq!(
-            DataType::from_wire("fp32"),
-            None,
-            "names are case-sensitive"
-        );
+        assert_eq!(DataType::from_wire("fp32"), None, "names are case-sensitive");
         assert_eq!(DataType::from_config_value(0), None);
         assert_eq!(DataType::F16.size(), Some(2));
         assert_eq!(DataType::Bytes.size(), None);

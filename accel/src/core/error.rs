@@ -28,9 +28,7 @@ pub enum Code {
 /// what was expected.
 #[derive(Debug, ThisError, PartialEq, Eq)]
 pub enum ValidationError {
-    #[error(
-        "unexpected inference input '{input}' for model '{model}'; the model's inputs are: {expected}"
-    )]
+    #[error("unexpected inference input '{input}' for model '{model}'; the model's inputs are: {expected}")]
     UnknownInput {
         model: String,
         input: String,
@@ -40,9 +38,7 @@ pub enum ValidationError {
     DuplicateInput { input: String },
     #[error("model '{model}' expects input '{input}', which the request does not carry")]
     MissingInput { model: String, input: String },
-    #[error(
-        "unexpected inference output '{output}' for model '{model}'; the model's outputs are: {expected}"
-    )]
+    #[error("unexpected inference output '{output}' for model '{model}'; the model's outputs are: {expected}")]
     UnknownOutput {
         model: String,
         output: String,
@@ -61,23 +57,15 @@ pub enum ValidationError {
         expected: String,
     },
     #[error("input '{input}': batch size {got} exceeds the model's max_batch_size {max}")]
-    BatchTooLarge {
-        input: String,
-        got: usize,
-        max: usize,
-    },
-    #[error(
-        "input '{input}': batch size {got} differs from input '{first}' with batch size {expected}"
-    )]
+    BatchTooLarge { input: String, got: usize, max: usize },
+    #[error("input '{input}': batch size {got} differs from input '{first}' with batch size {expected}")]
     BatchMismatch {
         input: String,
         first: String,
         got: usize,
         expected: usize,
     },
-    #[error(
-        "input '{input}': {got} bytes of data, but shape {shape:?} of {datatype} needs {expected}"
-    )]
+    #[error("input '{input}': {got} bytes of data, but shape {shape:?} of {datatype} needs {expected}")]
     ByteSize {
         input: String,
         got: usize,

@@ -12,11 +12,8 @@ mod validate;
 pub use datatype::DataType;
 pub use error::{Code, Error, ValidationError};
 pub use model::{
-    BatchingPolicy, GraphIo, InstanceKind, IoSpec, ModelSpec, QueuePolicy, Scheduling, Signature,
-    TimeoutAction,
+    BatchingPolicy, GraphIo, InstanceKind, IoSpec, ModelSpec, QueuePolicy, Scheduling, Signature, TimeoutAction,
 };
-pub use request::{
-    InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, ScheduleOptions,
-};
+pub use request::{InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, ScheduleOptions};
 pub use tensor::{Tensor, element_count};
 pub use validate::{ValidatedRequest, validate};

@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use super::{
-    InferRequest, IoSpec, ModelSpec, ParamValue, ScheduleOptions, Tensor, ValidationError,
-};
+use super::{InferRequest, IoSpec, ModelSpec, ParamValue, ScheduleOptions, Tensor, ValidationError};
 
 /// A request that matches its model. Inputs are in the model's input order.
 #[derive(Debug)]
@@ -26,15 +24,11 @@ impl ValidatedRequest {
     /// equal non-batch dimensions.
     pub fn batches_with(&self, other: &ValidatedRequest) -> bool {
         self.inputs.len() == other.inputs.len()
-            && self
-                .inputs
-                .iter()
-                .zip(&other.inputs)
-                .all(|(a, b)| match (a, b) {
-                    (Some(a), Some(b)) => a.shape.get(1..) == b.shape.get(1..),
-                    (None, None) => true,
-                    _ => false,
-                })
+            && self.inputs.iter().zip(&other.inputs).all(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => a.shape.get(1..) == b.shape.get(1..),
+                (None, None) => true,
+                _ => false,
+            })
     }
 
     /// Bytes of input data this request holds.
@@ -44,10 +38,7 @@ impl ValidatedRequest {
 }
 
 /// Checks `request` against `spec`.
-pub fn validate(
-    spec: &ModelSpec,
-    request: InferRequest,
-) -> Result<ValidatedRequest, ValidationError> {
+pub fn validate(spec: &ModelSpec, request: InferRequest) -> Result<ValidatedRequest, ValidationError> {
     let schedule = schedule_options(&request)?;
     let mut slots: Vec<Option<Tensor>> = vec![None; spec.inputs.len()];
     for tensor in request.inputs {
@@ -105,11 +96,7 @@ pub fn validate(
                     expected: names(&spec.outputs),
                 });
             };
-            if requested
-                .parameters
-                .iter()
-                .any(|(k, _)| k == "classification")
-            {
+            if requested.parameters.iter().any(|(k, _)| k == "classification") {
                 return Err(ValidationError::Request(format!(
                     "output '{}': the classification extension is not supported",
                     requested.name
@@ -129,11 +116,7 @@ pub fn validate(
     })
 }
 
-fn check_tensor(
-    spec: &ModelSpec,
-    expected: &IoSpec,
-    tensor: &Tensor,
-) -> Result<(), ValidationError> {
+fn check_tensor(spec: &ModelSpec, expected: &IoSpec, tensor: &Tensor) -> Result<(), ValidationError> {
     if tensor.datatype != expected.datatype {
         return Err(ValidationError::DataTypeMismatch {
             input: tensor.name.clone(),
@@ -147,10 +130,12 @@ fn check_tensor(
         got: wire_shape.clone(),
         expected: describe_shape(expected, spec.batches()),
     };
+    let rank = expected.dims.len() + usize::from(spec.batches());
+    if tensor.shape.len() != rank {
+        return Err(shape_error());
+    }
     let feature_dims = if spec.batches() {
-        let Some((&rows, rest)) = tensor.shape.split_first() else {
-            return Err(shape_error());
-        };
+        let rows = tensor.shape[0];
         if rows == 0 {
             return Err(ValidationError::Malformed {
                 input: tensor.name.clone(),
@@ -164,15 +149,14 @@ fn check_tensor(
                 max: spec.max_batch_size,
             });
         }
-        rest
+        &tensor.shape[1..]
     } else {
         &tensor.shape[..]
     };
-    if feature_dims.len() != expected.dims.len()
-        || feature_dims
-            .iter()
-            .zip(&expected.dims)
-            .any(|(&got, &want)| want >= 0 && got as i64 != want)
+    if feature_dims
+        .iter()
+        .zip(&expected.dims)
+        .any(|(&got, &want)| want >= 0 && got as i64 != want)
     {
         return Err(shape_error());
     }
@@ -184,15 +168,10 @@ fn check_tensor(
     };
     match tensor.datatype.size() {
         Some(size) => {
-            let expected_bytes =
-                elements
-                    .checked_mul(size)
-                    .ok_or_else(|| ValidationError::Malformed {
-                        input: tensor.name.clone(),
-                        reason: format!(
-                            "shape {wire_shape:?} has more bytes than this server can address"
-                        ),
-                    })?;
+            let expected_bytes = elements.checked_mul(size).ok_or_else(|| ValidationError::Malformed {
+                input: tensor.name.clone(),
+                reason: format!("shape {wire_shape:?} has more bytes than this server can address"),
+            })?;
             if tensor.data.len() != expected_bytes {
                 return Err(ValidationError::ByteSize {
                     input: tensor.name.clone(),
@@ -206,14 +185,13 @@ fn check_tensor(
         None => {
             let count = count_bytes_elements(&tensor.data).ok_or_else(|| ValidationError::Malformed {
                 input: tensor.name.clone(),
-                reason: "BYTES data is not a sequence of 4-byte little-endian lengths each followed by that many bytes".into(),
+                reason: "BYTES data is not a sequence of 4-byte little-endian lengths each followed by that many bytes"
+                    .into(),
             })?;
             if count != elements {
                 return Err(ValidationError::Malformed {
                     input: tensor.name.clone(),
-                    reason: format!(
-                        "{count} BYTES elements, but shape {wire_shape:?} needs {elements}"
-                    ),
+                    reason: format!("{count} BYTES elements, but shape {wire_shape:?} needs {elements}"),
                 });
             }
         }
@@ -356,26 +334,14 @@ mod tests {
     fn rejects_each_kind_of_bad_input() {
         let s = spec(8);
         let cases: Vec<(InferRequest, &str)> = vec![
-            (
-                request(vec![tensor("a", DataType::F64, &[1, 4], 32)]),
-                "datatype FP64",
-            ),
-            (
-                request(vec![tensor("a", DataType::F32, &[1, 5], 20)]),
-                "shape [1, 5]",
-            ),
-            (
-                request(vec![tensor("a", DataType::F32, &[4], 16)]),
-                "shape [4]",
-            ),
+            (request(vec![tensor("a", DataType::F64, &[1, 4], 32)]), "datatype FP64"),
+            (request(vec![tensor("a", DataType::F32, &[1, 5], 20)]), "shape [1, 5]"),
+            (request(vec![tensor("a", DataType::F32, &[4], 16)]), "shape [4]"),
             (
                 request(vec![tensor("a", DataType::F32, &[9, 4], 144)]),
                 "exceeds the model's max_batch_size 8",
             ),
-            (
-                request(vec![tensor("a", DataType::F32, &[1, 4], 15)]),
-                "15 bytes",
-            ),
+            (request(vec![tensor("a", DataType::F32, &[1, 4], 15)]), "15 bytes"),
             (
                 request(vec![tensor("c", DataType::F32, &[1, 4], 16)]),
                 "unexpected inference input 'c'",
@@ -398,10 +364,7 @@ mod tests {
                 ]),
                 "batch size 3 differs",
             ),
-            (
-                request(vec![tensor("a", DataType::F32, &[0, 4], 0)]),
-                "at least 1",
-            ),
+            (request(vec![tensor("a", DataType::F32, &[0, 4], 0)]), "at least 1"),
         ];
         for (r, needle) in cases {
             let err = validate(&s, r).unwrap_err().to_string();
@@ -425,12 +388,7 @@ mod tests {
             name: "z".into(),
             parameters: vec![],
         }];
-        assert!(
-            validate(&spec(8), r)
-                .unwrap_err()
-                .to_string()
-                .contains("output 'z'")
-        );
+        assert!(validate(&spec(8), r).unwrap_err().to_string().contains("output 'z'"));
 
         let mut r = request(vec![tensor("a", DataType::F32, &[1, 4], 16)]);
         r.parameters = vec![

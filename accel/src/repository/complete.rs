@@ -4,8 +4,8 @@
 //! reason instead of failing requests later.
 
 use accel_proto::inference::{
-    ModelConfig, ModelDynamicBatching, ModelInput, ModelInstanceGroup, ModelOutput,
-    model_config::SchedulingChoice, model_instance_group::Kind as GroupKind,
+    ModelConfig, ModelDynamicBatching, ModelInput, ModelInstanceGroup, ModelOutput, model_config::SchedulingChoice,
+    model_instance_group::Kind as GroupKind,
 };
 
 use crate::core::{DataType, GraphIo, Signature};
@@ -24,14 +24,11 @@ pub fn complete_config(
     if config.name.is_empty() {
         config.name = name.to_string();
     }
-    let unconfigured =
-        config.input.is_empty() && config.output.is_empty() && config.max_batch_size == 0;
+    let unconfigured = config.input.is_empty() && config.output.is_empty() && config.max_batch_size == 0;
     if unconfigured && default_max_batch_size > 0 && can_batch(signature) {
         config.max_batch_size = i32::try_from(default_max_batch_size).unwrap_or(i32::MAX);
         if config.scheduling_choice.is_none() {
-            config.scheduling_choice = Some(SchedulingChoice::DynamicBatching(
-                ModelDynamicBatching::default(),
-            ));
+            config.scheduling_choice = Some(SchedulingChoice::DynamicBatching(ModelDynamicBatching::default()));
         }
     }
     let batching = config.max_batch_size > 0;
@@ -106,18 +103,12 @@ pub fn complete_config(
 /// Every tensor has a known rank of at least one and a variable first dimension.
 fn can_batch(signature: &Signature) -> bool {
     let batchable = |io: &GraphIo| matches!(&io.dims, Some(d) if !d.is_empty() && d[0].is_none());
-    !signature.inputs.is_empty()
-        && signature.inputs.iter().all(batchable)
-        && signature.outputs.iter().all(batchable)
+    !signature.inputs.is_empty() && signature.inputs.iter().all(batchable) && signature.outputs.iter().all(batchable)
 }
 
 fn config_dims(io: &GraphIo, batching: bool) -> Vec<i64> {
     let dims = io.dims.as_deref().unwrap_or(&[]);
-    let dims = if batching {
-        dims.get(1..).unwrap_or(&[])
-    } else {
-        dims
-    };
+    let dims = if batching { dims.get(1..).unwrap_or(&[]) } else { dims };
     dims.iter().map(|d| d.map_or(-1, |d| d as i64)).collect()
 }
 
@@ -179,18 +170,11 @@ fn check(
             .zip(graph_dims)
             .all(|(&c, g)| c < 0 || g.is_none_or(|g| g as i64 == c));
     if !compatible {
-        let shown: Vec<i64> = graph_dims
-            .iter()
-            .map(|d| d.map_or(-1, |d| d as i64))
-            .collect();
+        let shown: Vec<i64> = graph_dims.iter().map(|d| d.map_or(-1, |d| d as i64)).collect();
         return Err(format!(
             "'{name}' has dims {expected:?} in {}{}, but {shown:?} in the model file",
             super::CONFIG_FILE,
-            if batching {
-                " (without the batch dimension)"
-            } else {
-                ""
-            }
+            if batching { " (without the batch dimension)" } else { "" }
         ));
     }
     Ok(())
@@ -266,10 +250,6 @@ mod tests {
         );
         config.input[0].data_type = DataType::F32.config_value();
         config.input[0].name = "z".into();
-        assert!(
-            complete_config(&mut config, "m", &sig, 32)
-                .unwrap_err()
-                .contains("'z'")
-        );
+        assert!(complete_config(&mut config, "m", &sig, 32).unwrap_err().contains("'z'"));
     }
 }

@@ -5,15 +5,12 @@ use std::time::Duration;
 
 use accel_proto::inference::{
     ModelConfig, ModelDynamicBatching, ModelQueuePolicy, model_config::SchedulingChoice,
-    model_instance_group::Kind as GroupKind,
-    model_queue_policy::TimeoutAction as ProtoTimeoutAction, model_version_policy::PolicyChoice,
+    model_instance_group::Kind as GroupKind, model_queue_policy::TimeoutAction as ProtoTimeoutAction,
+    model_version_policy::PolicyChoice,
 };
 
 use super::{RepositoryError, pbtxt};
-use crate::core::{
-    BatchingPolicy, DataType, InstanceKind, IoSpec, ModelSpec, QueuePolicy, Scheduling,
-    TimeoutAction,
-};
+use crate::core::{BatchingPolicy, DataType, InstanceKind, IoSpec, ModelSpec, QueuePolicy, Scheduling, TimeoutAction};
 
 /// Parses config.pbtxt text. Returns the config and the paths of fields Accel ignores.
 pub fn parse_config(text: &str) -> Result<(ModelConfig, Vec<String>), String> {
@@ -34,10 +31,7 @@ pub(super) fn select_versions<T>(
     config: &ModelConfig,
     mut available: Vec<(u64, T)>,
 ) -> Result<Vec<(u64, T)>, RepositoryError> {
-    let policy = config
-        .version_policy
-        .as_ref()
-        .and_then(|p| p.policy_choice.as_ref());
+    let policy = config.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref());
     Ok(match policy {
         None => latest(available, 1),
         Some(PolicyChoice::Latest(l)) => latest(available, l.num_versions.max(1) as usize),
@@ -68,12 +62,8 @@ fn latest<T>(mut available: Vec<(u64, T)>, n: usize) -> Vec<(u64, T)> {
 
 /// Builds the request path's view of a complete config (inputs and outputs known).
 pub fn to_spec(config: &ModelConfig, version: u64, backend: &str) -> Result<ModelSpec, String> {
-    let max_batch_size = usize::try_from(config.max_batch_size).map_err(|_| {
-        format!(
-            "max_batch_size must not be negative, got {}",
-            config.max_batch_size
-        )
-    })?;
+    let max_batch_size = usize::try_from(config.max_batch_size)
+        .map_err(|_| format!("max_batch_size must not be negative, got {}", config.max_batch_size))?;
     let inputs = config
         .input
         .iter()
@@ -128,8 +118,8 @@ pub fn to_spec(config: &ModelConfig, version: u64, backend: &str) -> Result<Mode
     let mut instance_count = 0usize;
     let mut instance_kind = InstanceKind::Cpu;
     for group in &config.instance_group {
-        let count = usize::try_from(group.count)
-            .map_err(|_| format!("instance_group count {} is negative", group.count))?;
+        let count =
+            usize::try_from(group.count).map_err(|_| format!("instance_group count {} is negative", group.count))?;
         instance_count += count.max(1);
         if group.kind() == GroupKind::Gpu {
             instance_kind = InstanceKind::Gpu;
@@ -160,17 +150,15 @@ fn io_spec(
     if name.is_empty() {
         return Err(format!("an {what} has no name"));
     }
-    let datatype = DataType::from_config_value(data_type)
-        .ok_or_else(|| format!("{what} '{name}' has no valid data_type"))?;
+    let datatype =
+        DataType::from_config_value(data_type).ok_or_else(|| format!("{what} '{name}' has no valid data_type"))?;
     if let Some(d) = dims.iter().find(|&&d| d < -1) {
         return Err(format!(
             "{what} '{name}' has dimension {d}; dimensions are -1 (variable) or at least 0"
         ));
     }
-    if let Some(shape) = reshape {
-        if let Some(d) = shape.iter().find(|&&d| d < -1) {
-            return Err(format!("{what} '{name}' reshape has dimension {d}"));
-        }
+    if let Some(d) = reshape.and_then(|shape| shape.iter().find(|&&d| d < -1)) {
+        return Err(format!("{what} '{name}' reshape has dimension {d}"));
     }
     Ok(IoSpec {
         name: name.to_string(),
@@ -181,10 +169,7 @@ fn io_spec(
     })
 }
 
-fn batching_policy(
-    d: &ModelDynamicBatching,
-    max_batch_size: usize,
-) -> Result<BatchingPolicy, String> {
+fn batching_policy(d: &ModelDynamicBatching, max_batch_size: usize) -> Result<BatchingPolicy, String> {
     let mut preferred = Vec::with_capacity(d.preferred_batch_size.len());
     for &p in &d.preferred_batch_size {
         match usize::try_from(p) {
@@ -202,26 +187,17 @@ fn batching_policy(
         .map_err(|_| "priority_levels is too large".to_string())?
         .max(1);
     if d.priority_levels > 1024 {
-        return Err(format!(
-            "priority_levels {} is more than 1024",
-            d.priority_levels
-        ));
+        return Err(format!("priority_levels {} is more than 1024", d.priority_levels));
     }
     let default_level = match d.default_priority_level {
         0 if d.priority_levels == 0 => 1,
         0 => return Err("default_priority_level must be set when priority_levels is".into()),
         l if l as usize <= levels => l as usize,
         l => {
-            return Err(format!(
-                "default_priority_level {l} is outside 1..={levels}"
-            ));
+            return Err(format!("default_priority_level {l} is outside 1..={levels}"));
         }
     };
-    let default_policy = d
-        .default_queue_policy
-        .as_ref()
-        .map(queue_policy)
-        .unwrap_or_default();
+    let default_policy = d.default_queue_policy.as_ref().map(queue_policy).unwrap_or_default();
     let mut queue_policies = vec![default_policy; levels];
     for (&level, policy) in &d.priority_queue_policy {
         if level == 0 || level > levels as u64 {
@@ -294,10 +270,7 @@ mod tests {
         assert_eq!(p.queue_policies[0].timeout_action, TimeoutAction::Delay);
         assert!(p.queue_policies[0].allow_timeout_override);
         assert_eq!(p.queue_policies[1].max_queue_size, Some(100));
-        assert_eq!(
-            p.queue_policies[1].default_timeout,
-            Some(Duration::from_millis(2))
-        );
+        assert_eq!(p.queue_policies[1].default_timeout, Some(Duration::from_millis(2)));
         assert_eq!(
             select_versions(&config, vec![(1, ()), (2, ()), (5, ())])
                 .unwrap()

@@ -29,9 +29,7 @@ pub enum RepositoryError {
     Config(String),
     #[error("{0}")]
     Invalid(String),
-    #[error(
-        "no version directory holds '{file}' (versions are directories named by positive integers)"
-    )]
+    #[error("no version directory holds '{file}' (versions are directories named by positive integers)")]
     NoVersions { file: String },
 }
 
@@ -99,20 +97,14 @@ impl Repository {
     pub fn read_model(&self, name: &str) -> Result<ModelSource, RepositoryError> {
         let dir = self.root.join(name);
         let config_path = dir.join(CONFIG_FILE);
-        let (config, ignored_fields, has_config_file) = match std::fs::read_to_string(&config_path)
-        {
+        let (config, ignored_fields, has_config_file) = match std::fs::read_to_string(&config_path) {
             Ok(text) => {
                 let (config, ignored) = parse_config(&text).map_err(RepositoryError::Config)?;
                 (config, ignored, true)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                (ModelConfig::default(), Vec::new(), false)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (ModelConfig::default(), Vec::new(), false),
             Err(e) => {
-                return Err(RepositoryError::Config(format!(
-                    "{}: {e}",
-                    config_path.display()
-                )));
+                return Err(RepositoryError::Config(format!("{}: {e}", config_path.display())));
             }
         };
         if !config.name.is_empty() && config.name != name {
@@ -127,14 +119,10 @@ impl Repository {
             config.default_model_filename.clone()
         };
         let mut available = Vec::new();
-        let entries = std::fs::read_dir(&dir)
-            .map_err(|e| RepositoryError::Invalid(format!("{}: {e}", dir.display())))?;
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| RepositoryError::Invalid(format!("{}: {e}", dir.display())))?;
         for entry in entries.flatten() {
-            let Some(version) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u64>().ok())
-            else {
+            let Some(version) = entry.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) else {
                 continue;
             };
             let path = entry.path().join(&file);

@@ -54,28 +54,19 @@ pub(super) fn parse_lenient(desc: &MessageDescriptor, text: &str) -> Result<Pars
     })
 }
 
-fn describe_parse_error(
-    text: &str,
-    colons: &[usize],
-    error: &prost_reflect::text_format::ParseError,
-) -> String {
+fn describe_parse_error(text: &str, colons: &[usize], error: &prost_reflect::text_format::ParseError) -> String {
     use miette::Diagnostic;
     let offset = error
         .labels()
         .and_then(|mut labels| labels.next())
         .map(|label| label.offset());
     // Back to an offset in the original text: drop the colons inserted before it.
-    let offset = offset.map(|o| {
-        o - colons
-            .iter()
-            .enumerate()
-            .filter(|(k, c)| *c + k < o)
-            .count()
-    });
+    let offset = offset.map(|o| o - colons.iter().enumerate().filter(|(k, c)| *c + k < o).count());
     match offset {
         Some(offset) => {
             let (line, column) = line_column(text, offset);
-            format!("line {line}, column {column}: {error}")
+            let source = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}, column {column} (`{source}`): {error}")
         }
         None => error.to_string(),
     }
@@ -84,10 +75,7 @@ fn describe_parse_error(
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
     (line, column)
 }
 
@@ -136,9 +124,7 @@ fn tokenize(text: &str) -> Result<Vec<Spanned>, String> {
                     match bytes.get(i) {
                         None => {
                             let (line, column) = line_column(text, start);
-                            return Err(format!(
-                                "line {line}, column {column}: unterminated string"
-                            ));
+                            return Err(format!("line {line}, column {column}: unterminated string"));
                         }
                         Some(b'\\') => i += 2,
                         Some(&q) if q == c => {
@@ -157,8 +143,7 @@ fn tokenize(text: &str) -> Result<Vec<Spanned>, String> {
             c if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'+') => {
                 let start = i;
                 while i < bytes.len()
-                    && (bytes[i].is_ascii_alphanumeric()
-                        || matches!(bytes[i], b'_' | b'.' | b'-' | b'+'))
+                    && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'.' | b'-' | b'+'))
                 {
                     i += 1;
                 }
@@ -171,9 +156,7 @@ fn tokenize(text: &str) -> Result<Vec<Spanned>, String> {
             _ => {
                 let (line, column) = line_column(text, i);
                 let ch = text[i..].chars().next().unwrap_or('?');
-                return Err(format!(
-                    "line {line}, column {column}: unexpected character '{ch}'"
-                ));
+                return Err(format!("line {line}, column {column}: unexpected character '{ch}'"));
             }
         }
     }
@@ -209,12 +192,7 @@ impl Walker<'_> {
     }
 
     /// Walks the fields of one message until `close` (or the end of input for the top level).
-    fn message(
-        &mut self,
-        desc: Option<&MessageDescriptor>,
-        path: &str,
-        close: Option<u8>,
-    ) -> Result<(), String> {
+    fn message(&mut self, desc: Option<&MessageDescriptor>, path: &str, close: Option<u8>) -> Result<(), String> {
         loop {
             let Some(t) = self.peek() else {
                 return match close {
@@ -222,11 +200,11 @@ impl Walker<'_> {
                     Some(c) => Err(self.error(&format!("expected '{}'", c as char))),
                 };
             };
-            if let (Token::Punct(c), Some(want)) = (t.token, close) {
-                if c == want {
-                    self.pos += 1;
-                    return Ok(());
-                }
+            if let (Token::Punct(c), Some(want)) = (t.token, close)
+                && c == want
+            {
+                self.pos += 1;
+                return Ok(());
             }
             self.field(desc, path)?;
         }
@@ -266,9 +244,7 @@ impl Walker<'_> {
         });
         match self.peek() {
             Some(t) if t.token == Token::Punct(b':') => self.pos += 1,
-            Some(t) if t.token == Token::Punct(b'[') && child.is_some() => {
-                self.colons.push(t.start)
-            }
+            Some(t) if t.token == Token::Punct(b'[') && child.is_some() => self.colons.push(t.start),
             _ => {}
         }
         let known = field.is_some();
@@ -353,11 +329,7 @@ mod tests {
         let parsed = parse_lenient(&model_config(), text).unwrap();
         assert_eq!(
             parsed.ignored,
-            vec![
-                "optimization",
-                "input.is_non_linear_format_io",
-                "model_warmup"
-            ]
+            vec!["optimization", "input.is_non_linear_format_io", "model_warmup"]
         );
         let config: accel_proto::inference::ModelConfig = parsed.message.transcode_to().unwrap();
         assert_eq!(config.name, "m");
@@ -367,8 +339,7 @@ mod tests {
 
     #[test]
     fn errors_carry_a_position() {
-        let err =
-            parse_lenient(&model_config(), "name: \"m\"\nmax_batch_size: \"eight\"\n").unwrap_err();
+        let err = parse_lenient(&model_config(), "name: \"m\"\nmax_batch_size: \"eight\"\n").unwrap_err();
         assert!(err.starts_with("line 2"), "{err}");
         let err = parse_lenient(&model_config(), "input [ { name: \"x\" ").unwrap_err();
         assert!(err.contains("expected"), "{err}");

@@ -24,10 +24,7 @@ pub enum AcquireError {
         version: String,
         available: String,
     },
-    #[error(
-        "model '{model}'{} is not ready ({state}): {reason}",
-        version_label(version)
-    )]
+    #[error("model '{model}'{} is not ready ({state}): {reason}", version_label(version))]
     NotReady {
         model: String,
         version: String,
@@ -47,9 +44,7 @@ fn version_label(version: &str) -> String {
 impl AcquireError {
     pub fn code(&self) -> Code {
         match self {
-            AcquireError::UnknownModel { .. } | AcquireError::UnknownVersion { .. } => {
-                Code::NotFound
-            }
+            AcquireError::UnknownModel { .. } | AcquireError::UnknownVersion { .. } => Code::NotFound,
             AcquireError::NotReady { .. } => Code::Unavailable,
         }
     }

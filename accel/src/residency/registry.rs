@@ -151,12 +151,7 @@ impl Registry {
                 }
             }
         }
-        let queue = Mutex::new(
-            to_load
-                .into_iter()
-                .filter(|n| names.contains(n))
-                .collect::<Vec<_>>(),
-        );
+        let queue = Mutex::new(to_load.into_iter().filter(|n| names.contains(n)).collect::<Vec<_>>());
         std::thread::scope(|s| {
             for _ in 0..self.options.load_threads.max(1) {
                 s.spawn(|| {
@@ -257,13 +252,8 @@ impl Registry {
             .map_err(|e| e.to_string())?;
         let stats = Arc::new(ModelStats::default());
         stats.set_memory_bytes(loaded.weight_bytes());
-        let (scheduler, threads) = Scheduler::start(
-            spec.clone(),
-            instances,
-            stats.clone(),
-            self.options.queue_limits,
-        )
-        .map_err(|e| format!("cannot start threads: {e}"))?;
+        let (scheduler, threads) = Scheduler::start(spec.clone(), instances, stats.clone(), self.options.queue_limits)
+            .map_err(|e| format!("cannot start threads: {e}"))?;
         Ok(ServedModel {
             spec,
             config,
@@ -289,14 +279,7 @@ impl Registry {
                 reason: reason.clone(),
             });
         }
-        let available = || {
-            entry
-                .versions
-                .keys()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let available = || entry.versions.keys().map(u64::to_string).collect::<Vec<_>>().join(", ");
         let chosen = if version.is_empty() {
             entry
                 .versions
@@ -399,9 +382,7 @@ impl Registry {
 /// Which engine runs a model, from its config (Triton's `backend` / `platform` fields).
 fn select_backend(config: &ModelConfig) -> Result<&'static str, String> {
     match (config.backend.as_str(), config.platform.as_str()) {
-        ("candle", _) | ("onnxruntime", _) | ("", "onnxruntime_onnx" | "onnx_onnxv1" | "") => {
-            Ok("candle")
-        }
+        ("candle", _) | ("onnxruntime", _) | ("", "onnxruntime_onnx" | "onnx_onnxv1" | "") => Ok("candle"),
         ("", platform) => Err(format!(
             "platform '{platform}' is not supported: Accel serves ONNX models (platform onnxruntime_onnx)"
         )),

@@ -5,14 +5,12 @@
 use std::collections::HashMap;
 
 use accel_proto::inference::{
-    InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse,
-    infer_parameter::ParameterChoice, model_infer_response::InferOutputTensor,
+    InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse, infer_parameter::ParameterChoice,
+    model_infer_response::InferOutputTensor,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::core::{
-    DataType, Error, InferRequest, ParamValue, Parameters, RequestedOutput, Tensor, element_count,
-};
+use crate::core::{DataType, Error, InferRequest, ParamValue, Parameters, RequestedOutput, Tensor, element_count};
 
 fn parameters(map: HashMap<String, InferParameter>) -> Parameters {
     let mut out: Parameters = map
@@ -54,10 +52,7 @@ pub(super) fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Erro
     let mut tensors = Vec::with_capacity(inputs.len());
     for input in inputs {
         let datatype = DataType::from_wire(&input.datatype).ok_or_else(|| {
-            Error::invalid_argument(format!(
-                "input '{}': unknown datatype '{}'",
-                input.name, input.datatype
-            ))
+            Error::invalid_argument(format!("input '{}': unknown datatype '{}'", input.name, input.datatype))
         })?;
         let shape = input
             .shape
@@ -128,15 +123,9 @@ fn contents_empty(c: &InferTensorContents) -> bool {
 }
 
 /// Serialises typed contents into raw little-endian bytes, checking kind and count.
-fn typed_bytes(
-    name: &str,
-    datatype: DataType,
-    shape: &[usize],
-    c: InferTensorContents,
-) -> Result<Bytes, Error> {
-    let expected = element_count(shape).ok_or_else(|| {
-        Error::invalid_argument(format!("input '{name}': shape {shape:?} is too large"))
-    })?;
+fn typed_bytes(name: &str, datatype: DataType, shape: &[usize], c: InferTensorContents) -> Result<Bytes, Error> {
+    let expected = element_count(shape)
+        .ok_or_else(|| Error::invalid_argument(format!("input '{name}': shape {shape:?} is too large")))?;
     let wrong_field = || {
         Error::invalid_argument(format!(
             "input '{name}': the typed contents do not match datatype {datatype} (FP16 and BF16 must be sent as raw contents)"
@@ -174,9 +163,7 @@ fn typed_bytes(
             count_check($values.len())?;
             for &v in &$values {
                 let v = <$t>::try_from(v).map_err(|_| {
-                    Error::invalid_argument(format!(
-                        "input '{name}': value {v} does not fit {datatype}"
-                    ))
+                    Error::invalid_argument(format!("input '{name}': value {v} does not fit {datatype}"))
                 })?;
                 buf.$put(v);
             }
@@ -210,9 +197,8 @@ fn typed_bytes(
         DataType::Bytes if set[7] => {
             count_check(c.bytes_contents.len())?;
             for v in &c.bytes_contents {
-                let len = u32::try_from(v.len()).map_err(|_| {
-                    Error::invalid_argument(format!("input '{name}': an element is over 4 GiB"))
-                })?;
+                let len = u32::try_from(v.len())
+                    .map_err(|_| Error::invalid_argument(format!("input '{name}': an element is over 4 GiB")))?;
                 buf.put_u32_le(len);
                 buf.extend_from_slice(v);
             }
@@ -257,12 +243,7 @@ mod tests {
 
     use super::*;
 
-    fn input(
-        name: &str,
-        datatype: &str,
-        shape: &[i64],
-        contents: Option<InferTensorContents>,
-    ) -> InferInputTensor {
+    fn input(name: &str, datatype: &str, shape: &[i64], contents: Option<InferTensorContents>) -> InferInputTensor {
         InferInputTensor {
             name: name.into(),
             datatype: datatype.into(),
@@ -348,10 +329,7 @@ mod tests {
             };
             let e = infer_request(req).unwrap_err();
             assert_eq!(e.code(), crate::core::Code::InvalidArgument);
-            assert!(
-                e.to_string().contains(needle),
-                "{e} should mention {needle}"
-            );
+            assert!(e.to_string().contains(needle), "{e} should mention {needle}");
         }
         let both = ModelInferRequest {
             inputs: vec![input(
@@ -366,12 +344,7 @@ mod tests {
             raw_input_contents: vec![Bytes::from_static(&[0, 0, 0, 0])],
             ..Default::default()
         };
-        assert!(
-            infer_request(both)
-                .unwrap_err()
-                .to_string()
-                .contains("both")
-        );
+        assert!(infer_request(both).unwrap_err().to_string().contains("both"));
         let count = ModelInferRequest {
             inputs: vec![input("x", "FP32", &[1], None)],
             raw_input_contents: vec![Bytes::new(), Bytes::new()],

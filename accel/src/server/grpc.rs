@@ -8,19 +8,16 @@ use std::time::Instant;
 
 use accel_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use accel_proto::inference::{
-    CudaSharedMemoryRegisterRequest, CudaSharedMemoryRegisterResponse,
-    CudaSharedMemoryStatusRequest, CudaSharedMemoryStatusResponse,
-    CudaSharedMemoryUnregisterRequest, CudaSharedMemoryUnregisterResponse, InferBatchStatistics,
-    InferStatistics, LogSettingsRequest, LogSettingsResponse, MemoryUsage, ModelConfigRequest,
-    ModelConfigResponse, ModelInferRequest, ModelInferResponse, ModelMetadataRequest,
-    ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStatistics,
-    ModelStatisticsRequest, ModelStatisticsResponse, ModelStreamInferResponse,
-    RepositoryIndexRequest, RepositoryIndexResponse, RepositoryModelLoadRequest,
-    RepositoryModelLoadResponse, RepositoryModelUnloadRequest, RepositoryModelUnloadResponse,
-    ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
-    ServerReadyRequest, ServerReadyResponse, StatisticDuration, SystemSharedMemoryRegisterRequest,
-    SystemSharedMemoryRegisterResponse, SystemSharedMemoryStatusRequest,
-    SystemSharedMemoryStatusResponse, SystemSharedMemoryUnregisterRequest,
+    CudaSharedMemoryRegisterRequest, CudaSharedMemoryRegisterResponse, CudaSharedMemoryStatusRequest,
+    CudaSharedMemoryStatusResponse, CudaSharedMemoryUnregisterRequest, CudaSharedMemoryUnregisterResponse,
+    InferBatchStatistics, InferStatistics, LogSettingsRequest, LogSettingsResponse, MemoryUsage, ModelConfigRequest,
+    ModelConfigResponse, ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
+    ModelReadyRequest, ModelReadyResponse, ModelStatistics, ModelStatisticsRequest, ModelStatisticsResponse,
+    ModelStreamInferResponse, RepositoryIndexRequest, RepositoryIndexResponse, RepositoryModelLoadRequest,
+    RepositoryModelLoadResponse, RepositoryModelUnloadRequest, RepositoryModelUnloadResponse, ServerLiveRequest,
+    ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
+    StatisticDuration, SystemSharedMemoryRegisterRequest, SystemSharedMemoryRegisterResponse,
+    SystemSharedMemoryStatusRequest, SystemSharedMemoryStatusResponse, SystemSharedMemoryUnregisterRequest,
     SystemSharedMemoryUnregisterResponse, TraceSettingRequest, TraceSettingResponse,
     model_metadata_response::TensorMetadata, repository_index_response::ModelIndex,
 };
@@ -37,12 +34,7 @@ use crate::stats::{DurationStat, ModelStats};
 const STREAM_IN_FLIGHT: usize = 128;
 
 /// Extensions of the protocol this server really implements.
-pub(super) const EXTENSIONS: &[&str] = &[
-    "model_configuration",
-    "statistics",
-    "schedule_policy",
-    "parameters",
-];
+pub(super) const EXTENSIONS: &[&str] = &["model_configuration", "statistics", "schedule_policy", "parameters"];
 
 /// The inference service.
 #[derive(Debug, Clone)]
@@ -77,11 +69,7 @@ impl InferenceService {
                 return Err(status(e));
             }
         };
-        let outputs = lease
-            .scheduler
-            .infer(validated, received)
-            .await
-            .map_err(status)?;
+        let outputs = lease.scheduler.infer(validated, received).await.map_err(status)?;
         Ok(convert::infer_response(
             model_name,
             lease.spec.version.to_string(),
@@ -150,35 +138,24 @@ fn statistics(name: &str, version: u64, s: &ModelStats) -> ModelStatistics {
 }
 
 fn not_yet(what: &str, issue: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not implemented yet: it arrives with {issue}"
-    ))
+    Status::unimplemented(format!("{what} is not implemented yet: it arrives with {issue}"))
 }
 
 type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl GrpcInferenceService for InferenceService {
-    async fn server_live(
-        &self,
-        _: Request<ServerLiveRequest>,
-    ) -> Result<Response<ServerLiveResponse>, Status> {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
         Ok(Response::new(ServerLiveResponse { live: true }))
     }
 
-    async fn server_ready(
-        &self,
-        _: Request<ServerReadyRequest>,
-    ) -> Result<Response<ServerReadyResponse>, Status> {
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
         Ok(Response::new(ServerReadyResponse {
             ready: self.registry.started(),
         }))
     }
 
-    async fn model_ready(
-        &self,
-        request: Request<ModelReadyRequest>,
-    ) -> Result<Response<ModelReadyResponse>, Status> {
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let r = request.into_inner();
         Ok(Response::new(ModelReadyResponse {
             ready: self.registry.acquire(&r.name, &r.version).is_ok(),
@@ -207,11 +184,7 @@ impl GrpcInferenceService for InferenceService {
             name: spec.name.clone(),
             versions: self.registry.versions(&spec.name),
             platform: lease.config.platform.clone(),
-            inputs: spec
-                .inputs
-                .iter()
-                .map(|i| tensor_metadata(i, spec.batches()))
-                .collect(),
+            inputs: spec.inputs.iter().map(|i| tensor_metadata(i, spec.batches())).collect(),
             outputs: spec
                 .outputs
                 .iter()
@@ -221,10 +194,7 @@ impl GrpcInferenceService for InferenceService {
         }))
     }
 
-    async fn model_infer(
-        &self,
-        request: Request<ModelInferRequest>,
-    ) -> Result<Response<ModelInferResponse>, Status> {
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         self.infer(request.into_inner()).await.map(Response::new)
     }
 
@@ -241,11 +211,8 @@ impl GrpcInferenceService for InferenceService {
                 let service = service.clone();
                 async move {
                     let req = next?;
-                    let (model_name, model_version, id) = (
-                        req.model_name.clone(),
-                        req.model_version.clone(),
-                        req.id.clone(),
-                    );
+                    let (model_name, model_version, id) =
+                        (req.model_name.clone(), req.model_version.clone(), req.id.clone());
                     // Errors travel in-band; the stream stays open for the next request.
                     Ok(match service.infer(req).await {
                         Ok(r) => ModelStreamInferResponse {
@@ -316,20 +283,14 @@ impl GrpcInferenceService for InferenceService {
         &self,
         _: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        Err(not_yet(
-            "RepositoryModelLoad",
-            "memory-aware residency (issue 3)",
-        ))
+        Err(not_yet("RepositoryModelLoad", "memory-aware residency (issue 3)"))
     }
 
     async fn repository_model_unload(
         &self,
         _: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
-        Err(not_yet(
-            "RepositoryModelUnload",
-            "memory-aware residency (issue 3)",
-        ))
+        Err(not_yet("RepositoryModelUnload", "memory-aware residency (issue 3)"))
     }
 
     async fn system_shared_memory_status(
@@ -374,17 +335,11 @@ impl GrpcInferenceService for InferenceService {
         Err(not_yet("CUDA shared memory", "the GPU path (issue 5)"))
     }
 
-    async fn trace_setting(
-        &self,
-        _: Request<TraceSettingRequest>,
-    ) -> Result<Response<TraceSettingResponse>, Status> {
+    async fn trace_setting(&self, _: Request<TraceSettingRequest>) -> Result<Response<TraceSettingResponse>, Status> {
         Err(not_yet("TraceSetting", "the operations work (issue 4)"))
     }
 
-    async fn log_settings(
-        &self,
-        _: Request<LogSettingsRequest>,
-    ) -> Result<Response<LogSettingsResponse>, Status> {
+    async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Result<Response<LogSettingsResponse>, Status> {
         Err(not_yet("LogSettings", "the operations work (issue 4)"))
     }
 }

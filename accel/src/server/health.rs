@@ -24,10 +24,7 @@ impl HealthService {
 
 #[tonic::async_trait]
 impl Health for HealthService {
-    async fn check(
-        &self,
-        request: Request<HealthCheckRequest>,
-    ) -> Result<Response<HealthCheckResponse>, Status> {
+    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
         let service = request.into_inner().service;
         if !(service.is_empty() || service == "inference.GRPCInferenceService") {
             return Err(Status::not_found(format!("unknown service '{service}'")));
@@ -37,8 +34,6 @@ impl Health for HealthService {
         } else {
             ServingStatus::NotServing
         };
-        Ok(Response::new(HealthCheckResponse {
-            status: status as i32,
-        }))
+        Ok(Response::new(HealthCheckResponse { status: status as i32 }))
     }
 }

@@ -18,10 +18,7 @@ fn exec(e: candle_core::Error) -> BackendError {
 fn read_le<const N: usize, T>(parts: &[Bytes], count: usize, f: impl Fn([u8; N]) -> T) -> Vec<T> {
     let mut out = Vec::with_capacity(count);
     for part in parts {
-        out.extend(
-            part.chunks_exact(N)
-                .map(|c| f(c.try_into().unwrap_or([0; N]))),
-        );
+        out.extend(part.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))));
     }
     out
 }
@@ -36,9 +33,7 @@ fn pod<T: bytemuck::Pod + Default>(input: &BatchInput, count: usize) -> Vec<T> {
 pub(super) fn to_candle(input: &BatchInput, device: &Device) -> Result<CTensor, BackendError> {
     let count: usize = input.shape.iter().product();
     let size = input.datatype.size().ok_or_else(|| {
-        BackendError::UnsupportedDataType(
-            "BYTES tensors cannot be executed by the candle backend".into(),
-        )
+        BackendError::UnsupportedDataType("BYTES tensors cannot be executed by the candle backend".into())
     })?;
     if input.byte_len() != count * size {
         return Err(BackendError::Execution(format!(
@@ -54,57 +49,23 @@ pub(super) fn to_candle(input: &BatchInput, device: &Device) -> Result<CTensor, 
         DataType::F64 => CTensor::from_vec(pod::<f64>(input, count), shape, device),
         DataType::F16 => CTensor::from_vec(pod::<f16>(input, count), shape, device),
         DataType::Bf16 => CTensor::from_vec(pod::<bf16>(input, count), shape, device),
-        DataType::Bool => CTensor::from_vec(
-            read_le(p, count, |[b]: [u8; 1]| u8::from(b != 0)),
-            shape,
-            device,
-        ),
+        DataType::Bool => CTensor::from_vec(read_le(p, count, |[b]: [u8; 1]| u8::from(b != 0)), shape, device),
         DataType::I64 => CTensor::from_vec(pod::<i64>(input, count), shape, device),
-        DataType::U8 => CTensor::from_vec(
-            read_le(p, count, |b: [u8; 1]| i64::from(b[0])),
-            shape,
-            device,
-        ),
-        DataType::I8 => CTensor::from_vec(
-            read_le(p, count, |b: [u8; 1]| i64::from(b[0] as i8)),
-            shape,
-            device,
-        ),
-        DataType::U16 => CTensor::from_vec(
-            read_le(p, count, |b| i64::from(u16::from_le_bytes(b))),
-            shape,
-            device,
-        ),
-        DataType::I16 => CTensor::from_vec(
-            read_le(p, count, |b| i64::from(i16::from_le_bytes(b))),
-            shape,
-            device,
-        ),
-        DataType::U32 => CTensor::from_vec(
-            read_le(p, count, |b| i64::from(u32::from_le_bytes(b))),
-            shape,
-            device,
-        ),
-        DataType::I32 => CTensor::from_vec(
-            read_le(p, count, |b| i64::from(i32::from_le_bytes(b))),
-            shape,
-            device,
-        ),
+        DataType::U8 => CTensor::from_vec(read_le(p, count, |b: [u8; 1]| i64::from(b[0])), shape, device),
+        DataType::I8 => CTensor::from_vec(read_le(p, count, |b: [u8; 1]| i64::from(b[0] as i8)), shape, device),
+        DataType::U16 => CTensor::from_vec(read_le(p, count, |b| i64::from(u16::from_le_bytes(b))), shape, device),
+        DataType::I16 => CTensor::from_vec(read_le(p, count, |b| i64::from(i16::from_le_bytes(b))), shape, device),
+        DataType::U32 => CTensor::from_vec(read_le(p, count, |b| i64::from(u32::from_le_bytes(b))), shape, device),
+        DataType::I32 => CTensor::from_vec(read_le(p, count, |b| i64::from(i32::from_le_bytes(b))), shape, device),
         // Values above i64::MAX wrap; arithmetic on them wraps identically, and they convert back exactly.
-        DataType::U64 => CTensor::from_vec(
-            read_le(p, count, |b| u64::from_le_bytes(b) as i64),
-            shape,
-            device,
-        ),
+        DataType::U64 => CTensor::from_vec(read_le(p, count, |b| u64::from_le_bytes(b) as i64), shape, device),
         DataType::Bytes => unreachable_bytes(),
     };
     t.map_err(exec)
 }
 
 fn unreachable_bytes() -> candle_core::Result<CTensor> {
-    Err(candle_core::Error::Msg(
-        "BYTES tensors cannot be executed".into(),
-    ))
+    Err(candle_core::Error::Msg("BYTES tensors cannot be executed".into()))
 }
 
 /// A vector of plain-old-data as `Bytes`, without copying it.
@@ -118,11 +79,7 @@ fn pod_bytes<T: bytemuck::Pod + Send + Sync + 'static>(v: Vec<T>) -> Bytes {
     Bytes::from_owner(Owner(v))
 }
 
-pub(super) fn from_candle(
-    t: &CTensor,
-    name: &str,
-    datatype: DataType,
-) -> Result<Tensor, BackendError> {
+pub(super) fn from_candle(t: &CTensor, name: &str, datatype: DataType) -> Result<Tensor, BackendError> {
     let shape = t.dims().to_vec();
     let want = internal_dtype_of(datatype)
         .ok_or_else(|| BackendError::UnsupportedDataType(format!("output '{name}' is BYTES")))?;
@@ -192,9 +149,7 @@ pub(super) fn from_candle(
                 .collect::<Vec<_>>(),
         ),
         DataType::Bytes => {
-            return Err(BackendError::UnsupportedDataType(format!(
-                "output '{name}' is BYTES"
-            )));
+            return Err(BackendError::UnsupportedDataType(format!("output '{name}' is BYTES")));
         }
     };
     Ok(Tensor {

@@ -8,8 +8,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_onnx::onnx::{
-    ModelProto, NodeProto, ValueInfoProto, tensor_shape_proto::dimension::Value as Dim,
-    type_proto::Value as TypeValue,
+    ModelProto, NodeProto, ValueInfoProto, tensor_shape_proto::dimension::Value as Dim, type_proto::Value as TypeValue,
 };
 
 use super::onnx::{internal_dtype, tensor_from_proto, wire_datatype};
@@ -60,10 +59,7 @@ impl Slots {
 
 fn graph_io(v: &ValueInfoProto) -> Result<GraphIo, BackendError> {
     let Some(TypeValue::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
-        return Err(BackendError::InvalidModel(format!(
-            "'{}' is not a tensor",
-            v.name
-        )));
+        return Err(BackendError::InvalidModel(format!("'{}' is not a tensor", v.name)));
     };
     let datatype = wire_datatype(t.elem_type).ok_or_else(|| {
         BackendError::UnsupportedDataType(format!(
@@ -92,11 +88,7 @@ fn tensor_bytes(t: &Tensor) -> u64 {
 }
 
 impl Plan {
-    pub(super) fn compile(
-        model: &ModelProto,
-        dir: &Path,
-        device: &Device,
-    ) -> Result<Plan, BackendError> {
+    pub(super) fn compile(model: &ModelProto, dir: &Path, device: &Device) -> Result<Plan, BackendError> {
         let invalid = |m: String| BackendError::InvalidModel(m);
         let graph = model
             .graph
@@ -173,10 +165,7 @@ impl Plan {
                 .iter()
                 .map(|s| (!s.is_empty()).then(|| slots.get_or_add(s)))
                 .collect();
-            let consts: Vec<Option<&Tensor>> = in_slots
-                .iter()
-                .map(|s| s.and_then(|s| constants.get(&s)))
-                .collect();
+            let consts: Vec<Option<&Tensor>> = in_slots.iter().map(|s| s.and_then(|s| constants.get(&s))).collect();
             let ctx = NodeCtx {
                 node,
                 opset,
@@ -193,14 +182,9 @@ impl Plan {
                 Err(e) => return Err(invalid(format!("node {node_label}: {e}"))),
             };
             // Constant folding: every given input known now.
-            let all_const = in_slots
-                .iter()
-                .all(|s| s.is_none_or(|s| constants.contains_key(&s)));
+            let all_const = in_slots.iter().all(|s| s.is_none_or(|s| constants.contains_key(&s)));
             if all_const && unsupported.is_empty() {
-                let args: Vec<Option<&Tensor>> = in_slots
-                    .iter()
-                    .map(|s| s.and_then(|s| constants.get(&s)))
-                    .collect();
+                let args: Vec<Option<&Tensor>> = in_slots.iter().map(|s| s.and_then(|s| constants.get(&s))).collect();
                 match kernel.run(&args) {
                     Ok(values) => {
                         for (slot, value) in out_slots.iter().zip(values) {
@@ -237,10 +221,7 @@ impl Plan {
                 || inputs.iter().any(|i| i.slot == out.slot)
                 || steps.iter().any(|s| s.outputs.contains(&Some(out.slot)));
             if !produced {
-                return Err(invalid(format!(
-                    "graph output '{}' is produced by no node",
-                    out.name
-                )));
+                return Err(invalid(format!("graph output '{}' is produced by no node", out.name)));
             }
         }
 
@@ -280,11 +261,7 @@ impl Plan {
             }
         }
         for step in &self.steps {
-            let args: Vec<Option<&Tensor>> = step
-                .inputs
-                .iter()
-                .map(|s| s.and_then(|s| env[s].as_ref()))
-                .collect();
+            let args: Vec<Option<&Tensor>> = step.inputs.iter().map(|s| s.and_then(|s| env[s].as_ref())).collect();
             let values = step.kernel.run(&args).map_err(|e| {
                 let label = if step.name.is_empty() {
                     step.op_type.clone()
@@ -305,9 +282,9 @@ impl Plan {
         self.outputs
             .iter()
             .map(|o| {
-                env[o.slot].clone().ok_or_else(|| {
-                    BackendError::Execution(format!("output '{}' was not computed", o.name))
-                })
+                env[o.slot]
+                    .clone()
+                    .ok_or_else(|| BackendError::Execution(format!("output '{}' was not computed", o.name)))
             })
             .collect()
     }
@@ -341,11 +318,7 @@ fn topological_order(nodes: &[NodeProto], given: &[&str]) -> Result<Vec<usize>, 
         });
         if pending.len() == before {
             let n = &nodes[pending[0]];
-            let missing: Vec<&String> = n
-                .input
-                .iter()
-                .filter(|i| !known.contains(i.as_str()))
-                .collect();
+            let missing: Vec<&String> = n.input.iter().filter(|i| !known.contains(i.as_str())).collect();
             return Err(BackendError::InvalidModel(format!(
                 "node '{}' ({}) reads {missing:?}, which nothing produces (or the graph has a cycle)",
                 n.name, n.op_type

@@ -26,9 +26,7 @@ pub struct CandleBackend {
 impl CandleBackend {
     /// A backend on the CPU.
     pub fn cpu() -> Self {
-        CandleBackend {
-            device: Device::Cpu,
-        }
+        CandleBackend { device: Device::Cpu }
     }
 }
 
@@ -75,9 +73,9 @@ impl LoadedModel for CandleModel {
 
     fn instance(&self, spec: &ModelSpec) -> Result<Box<dyn ModelInstance>, BackendError> {
         let position = |list: &[graph::Endpoint], name: &str, what: &str| {
-            list.iter().position(|e| e.name == name).ok_or_else(|| {
-                BackendError::InvalidModel(format!("the model file has no {what} '{name}'"))
-            })
+            list.iter()
+                .position(|e| e.name == name)
+                .ok_or_else(|| BackendError::InvalidModel(format!("the model file has no {what} '{name}'")))
         };
         let inputs = spec
             .inputs
@@ -94,11 +92,7 @@ impl LoadedModel for CandleModel {
             device: self.device.clone(),
             spec_inputs: inputs,
             spec_outputs: outputs,
-            names: spec
-                .outputs
-                .iter()
-                .map(|o| (o.name.clone(), o.datatype))
-                .collect(),
+            names: spec.outputs.iter().map(|o| (o.name.clone(), o.datatype)).collect(),
         }))
     }
 }

@@ -8,9 +8,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_onnx::onnx::{
-    AttributeProto, NodeProto, TensorProto, tensor_proto::DataType as OnnxType,
-};
+use candle_onnx::onnx::{AttributeProto, NodeProto, TensorProto, tensor_proto::DataType as OnnxType};
 use half::{bf16, f16};
 
 use crate::core::DataType;
@@ -18,9 +16,7 @@ use crate::core::DataType;
 /// The candle dtype that holds values of an ONNX element type inside the executor.
 pub(super) fn internal_dtype(elem_type: i32) -> Result<DType, String> {
     Ok(
-        match OnnxType::try_from(elem_type)
-            .map_err(|_| format!("unknown ONNX element type {elem_type}"))?
-        {
+        match OnnxType::try_from(elem_type).map_err(|_| format!("unknown ONNX element type {elem_type}"))? {
             OnnxType::Float => DType::F32,
             OnnxType::Float16 => DType::F16,
             OnnxType::Bfloat16 => DType::BF16,
@@ -35,10 +31,7 @@ pub(super) fn internal_dtype(elem_type: i32) -> Result<DType, String> {
             | OnnxType::Uint32
             | OnnxType::Uint64 => DType::I64,
             other => {
-                return Err(format!(
-                    "ONNX element type {} is not supported",
-                    other.as_str_name()
-                ));
+                return Err(format!("ONNX element type {} is not supported", other.as_str_name()));
             }
         },
     )
@@ -93,11 +86,7 @@ fn dims(t: &TensorProto) -> Result<Vec<usize>, String> {
 }
 
 /// Turns an initializer or constant into a tensor on `device`. `dir` resolves external data.
-pub(super) fn tensor_from_proto(
-    t: &TensorProto,
-    dir: &Path,
-    device: &Device,
-) -> Result<Tensor, String> {
+pub(super) fn tensor_from_proto(t: &TensorProto, dir: &Path, device: &Device) -> Result<Tensor, String> {
     let shape = dims(t)?;
     let count: usize = shape.iter().product();
     let ty = OnnxType::try_from(t.data_type)
@@ -123,10 +112,7 @@ pub(super) fn tensor_from_proto(
             let values: Vec<$t> = if !raw.is_empty() {
                 let size = std::mem::size_of::<$t>();
                 if raw.len() != count * size {
-                    return Err(wrong(&format!(
-                        "{} bytes of raw data for shape {shape:?}",
-                        raw.len()
-                    )));
+                    return Err(wrong(&format!("{} bytes of raw data for shape {shape:?}", raw.len())));
                 }
                 raw.chunks_exact(size)
                     .map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or_default()))
@@ -163,53 +149,16 @@ pub(super) fn tensor_from_proto(
             let v: Vec<u8> = v.into_iter().map(|b| u8::from(b != 0)).collect();
             make(Tensor::from_vec(v, shape, device))?
         }
-        OnnxType::Uint8 => int_tensor(
-            from_raw_or!(u8, t.int32_data, |&x| x as u8),
-            shape,
-            device,
-            make,
-        )?,
-        OnnxType::Int8 => int_tensor(
-            from_raw_or!(i8, t.int32_data, |&x| x as i8),
-            shape,
-            device,
-            make,
-        )?,
-        OnnxType::Uint16 => int_tensor(
-            from_raw_or!(u16, t.int32_data, |&x| x as u16),
-            shape,
-            device,
-            make,
-        )?,
-        OnnxType::Int16 => int_tensor(
-            from_raw_or!(i16, t.int32_data, |&x| x as i16),
-            shape,
-            device,
-            make,
-        )?,
-        OnnxType::Int32 => {
-            int_tensor(from_raw_or!(i32, t.int32_data, |&x| x), shape, device, make)?
-        }
-        OnnxType::Int64 => {
-            int_tensor(from_raw_or!(i64, t.int64_data, |&x| x), shape, device, make)?
-        }
-        OnnxType::Uint32 => int_tensor(
-            from_raw_or!(u32, t.uint64_data, |&x| x as u32),
-            shape,
-            device,
-            make,
-        )?,
-        OnnxType::Uint64 => int_tensor(
-            from_raw_or!(u64, t.uint64_data, |&x| x),
-            shape,
-            device,
-            make,
-        )?,
+        OnnxType::Uint8 => int_tensor(from_raw_or!(u8, t.int32_data, |&x| x as u8), shape, device, make)?,
+        OnnxType::Int8 => int_tensor(from_raw_or!(i8, t.int32_data, |&x| x as i8), shape, device, make)?,
+        OnnxType::Uint16 => int_tensor(from_raw_or!(u16, t.int32_data, |&x| x as u16), shape, device, make)?,
+        OnnxType::Int16 => int_tensor(from_raw_or!(i16, t.int32_data, |&x| x as i16), shape, device, make)?,
+        OnnxType::Int32 => int_tensor(from_raw_or!(i32, t.int32_data, |&x| x), shape, device, make)?,
+        OnnxType::Int64 => int_tensor(from_raw_or!(i64, t.int64_data, |&x| x), shape, device, make)?,
+        OnnxType::Uint32 => int_tensor(from_raw_or!(u32, t.uint64_data, |&x| x as u32), shape, device, make)?,
+        OnnxType::Uint64 => int_tensor(from_raw_or!(u64, t.uint64_data, |&x| x), shape, device, make)?,
         other => {
-            return Err(wrong(&format!(
-                "element type {} is not supported",
-                other.as_str_name()
-            )));
+            return Err(wrong(&format!("element type {} is not supported", other.as_str_name())));
         }
     };
     Ok(tensor)
@@ -234,14 +183,8 @@ fn int_tensor<T: ToI64>(
 }
 
 fn read_external(t: &TensorProto, dir: &Path) -> Result<Vec<u8>, String> {
-    let get = |key: &str| {
-        t.external_data
-            .iter()
-            .find(|e| e.key == key)
-            .map(|e| e.value.as_str())
-    };
-    let location = get("location")
-        .ok_or_else(|| format!("tensor '{}': external data without a location", t.name))?;
+    let get = |key: &str| t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
+    let location = get("location").ok_or_else(|| format!("tensor '{}': external data without a location", t.name))?;
     let relative = Path::new(location);
     if relative.is_absolute()
         || relative
@@ -263,13 +206,10 @@ fn read_external(t: &TensorProto, dir: &Path) -> Result<Vec<u8>, String> {
     };
     let offset = parse("offset")?.unwrap_or(0);
     let length = parse("length")?;
-    let data = std::fs::read(dir.join(relative))
-        .map_err(|e| format!("tensor '{}': {location}: {e}", t.name))?;
+    let data = std::fs::read(dir.join(relative)).map_err(|e| format!("tensor '{}': {location}: {e}", t.name))?;
     let start = usize::try_from(offset).map_err(|_| "offset too large".to_string())?;
     let end = match length {
-        Some(l) => {
-            start.checked_add(usize::try_from(l).map_err(|_| "length too large".to_string())?)
-        }
+        Some(l) => start.checked_add(usize::try_from(l).map_err(|_| "length too large".to_string())?),
         None => Some(data.len()),
     };
     match end {
@@ -307,8 +247,7 @@ impl<'a> Attrs<'a> {
     }
 
     pub(super) fn string(&self, name: &str) -> Option<String> {
-        self.get(name)
-            .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        self.get(name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
     }
 
     pub(super) fn strings(&self, name: &str) -> Option<Vec<String>> {

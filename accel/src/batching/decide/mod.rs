@@ -20,11 +20,7 @@ pub(crate) struct Policy {
 
 impl Policy {
     fn max_preferred(&self) -> usize {
-        self.preferred
-            .last()
-            .copied()
-            .unwrap_or(self.max_batch_size)
-            .max(1)
+        self.preferred.last().copied().unwrap_or(self.max_batch_size).max(1)
     }
 }
 
@@ -76,10 +72,10 @@ pub(crate) fn next_action(queue: &PriorityQueue, policy: &Policy, now: Instant) 
     let waited = now.saturating_duration_since(oldest);
     let delay = policy.max_queue_delay;
     let delay_exceeded = !delay.is_zero() && waited >= delay;
-    if let Some(n) = best {
-        if !delay_exceeded {
-            return Action::Dispatch(n);
-        }
+    if let Some(n) = best
+        && !delay_exceeded
+    {
+        return Action::Dispatch(n);
     }
     if cannot_grow || rows >= max_preferred || delay_exceeded || delay.is_zero() {
         return Action::Dispatch(count);

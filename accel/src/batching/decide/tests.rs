@@ -8,9 +8,7 @@ use tokio::sync::oneshot;
 
 use super::super::queue::{Pending, PriorityQueue, Reply};
 use super::{Action, Policy, next_action};
-use crate::core::{
-    DataType, QueuePolicy, ScheduleOptions, Tensor, TimeoutAction, ValidatedRequest,
-};
+use crate::core::{DataType, QueuePolicy, ScheduleOptions, Tensor, TimeoutAction, ValidatedRequest};
 
 fn request(rows: usize, width: usize) -> ValidatedRequest {
     ValidatedRequest {
@@ -42,14 +40,7 @@ impl Harness {
         }
     }
 
-    fn push_at(
-        &mut self,
-        at_us: u64,
-        rows: usize,
-        width: usize,
-        level: usize,
-        timeout_us: Option<u64>,
-    ) -> bool {
+    fn push_at(&mut self, at_us: u64, rows: usize, width: usize, level: usize, timeout_us: Option<u64>) -> bool {
         let (tx, rx) = oneshot::channel();
         self.receivers.push(rx);
         let enqueued = self.t0 + Duration::from_micros(at_us);
@@ -62,7 +53,11 @@ impl Harness {
             reply: tx,
             span: tracing::Span::none(),
         };
-        self.queue.push(p).is_ok()
+        if !self.queue.has_room(level) {
+            return false;
+        }
+        self.queue.push(p);
+        true
     }
 
     fn push(&mut self, at_us: u64, rows: usize) {
@@ -86,10 +81,7 @@ fn policy(max: usize, preferred: &[usize], delay_us: u64) -> Policy {
 #[test]
 fn empty_queue_is_idle() {
     let h = Harness::new(vec![QueuePolicy::default()]);
-    assert_eq!(
-        next_action(&h.queue, &policy(8, &[], 100), h.at(0)),
-        Action::Idle
-    );
+    assert_eq!(next_action(&h.queue, &policy(8, &[], 100), h.at(0)), Action::Idle);
 }
 
 #[test]
@@ -110,10 +102,7 @@ fn zero_delay_sends_whatever_is_queued() {
     for _ in 0..3 {
         h.push(0, 1);
     }
-    assert_eq!(
-        next_action(&h.queue, &policy(8, &[], 0), h.at(0)),
-        Action::Dispatch(3)
-    );
+    assert_eq!(next_action(&h.queue, &policy(8, &[], 0), h.at(0)), Action::Dispatch(3));
 }
 
 #[test]
@@ -122,10 +111,7 @@ fn waits_for_the_delay_then_sends() {
     h.push(0, 1);
     h.push(50, 1);
     let p = policy(8, &[], 100);
-    assert_eq!(
-        next_action(&h.queue, &p, h.at(60)),
-        Action::WaitUntil(h.at(100))
-    );
+    assert_eq!(next_action(&h.queue, &p, h.at(60)), Action::WaitUntil(h.at(100)));
     assert_eq!(next_action(&h.queue, &p, h.at(100)), Action::Dispatch(2));
 }
 
@@ -162,10 +148,7 @@ fn below_every_preferred_size_waits_then_sends_all() {
         h.push(0, 1);
     }
     let p = policy(16, &[4, 8], 200);
-    assert_eq!(
-        next_action(&h.queue, &p, h.at(10)),
-        Action::WaitUntil(h.at(200))
-    );
+    assert_eq!(next_action(&h.queue, &p, h.at(10)), Action::WaitUntil(h.at(200)));
     assert_eq!(next_action(&h.queue, &p, h.at(200)), Action::Dispatch(3));
 }
 
@@ -211,10 +194,7 @@ fn a_full_level_refuses_requests() {
     assert!(h.push_at(0, 1, 4, 0, None));
     assert!(h.push_at(0, 1, 4, 0, None));
     assert!(!h.push_at(0, 1, 4, 0, None), "level 1 is full");
-    assert!(
-        h.push_at(0, 1, 4, 1, None),
-        "another level has its own bound"
-    );
+    assert!(h.push_at(0, 1, 4, 1, None), "another level has its own bound");
     assert_eq!(h.queue.len(), 3);
 }
 
@@ -240,10 +220,7 @@ fn delay_timeouts_move_behind_punctual_requests() {
     let mut h = Harness::new(vec![delay]);
     assert!(h.push_at(0, 1, 4, 0, Some(10))); // will time out
     assert!(h.push_at(5, 2, 4, 0, None));
-    assert!(
-        h.queue.expire(h.at(20)).is_empty(),
-        "DELAY keeps the request"
-    );
+    assert!(h.queue.expire(h.at(20)).is_empty(), "DELAY keeps the request");
     assert_eq!(h.queue.len(), 2);
     let order: Vec<usize> = h.queue.iter().map(|p| p.request.batch_size).collect();
     assert_eq!(order, vec![2, 1], "the timed-out request now comes last");

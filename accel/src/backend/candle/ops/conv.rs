@@ -27,10 +27,7 @@ impl Spatial {
             match a.ints(name) {
                 Some(v) if !v.is_empty() => v
                     .iter()
-                    .map(|&x| {
-                        usize::try_from(x)
-                            .map_err(|_| candle_core::Error::Msg(format!("{name} {v:?}")))
-                    })
+                    .map(|&x| usize::try_from(x).map_err(|_| candle_core::Error::Msg(format!("{name} {v:?}"))))
                     .collect(),
                 _ => Ok(vec![default; n]),
             }
@@ -43,9 +40,7 @@ impl Spatial {
         };
         let auto_pad = a.string("auto_pad").unwrap_or_else(|| "NOTSET".into());
         if strides.len() != n || dilations.len() != n || pads.len() != 2 * n {
-            bail!(
-                "kernel {kernel:?}, strides {strides:?}, dilations {dilations:?} and pads {pads:?} disagree in rank"
-            )
+            bail!("kernel {kernel:?}, strides {strides:?}, dilations {dilations:?} and pads {pads:?} disagree in rank")
         }
         if strides.contains(&0) || dilations.contains(&0) {
             bail!("strides and dilations must be positive")
@@ -67,8 +62,7 @@ impl Spatial {
                 "SAME_UPPER" | "SAME_LOWER" => {
                     let out = sizes[k].div_ceil(self.strides[k]);
                     let eff = (self.kernel[k] - 1) * self.dilations[k] + 1;
-                    let total =
-                        ((out.saturating_sub(1)) * self.strides[k] + eff).saturating_sub(sizes[k]);
+                    let total = ((out.saturating_sub(1)) * self.strides[k] + eff).saturating_sub(sizes[k]);
                     let small = total / 2;
                     if self.auto_pad == "SAME_UPPER" {
                         (small, total - small)
@@ -100,11 +94,11 @@ fn dilate_kernel(w: &Tensor, dilations: &[usize]) -> Result<Tensor> {
         for t in 0..taps {
             parts.push(w.narrow(axis, t, 1)?);
             if t + 1 < taps {
-                parts.push(w.narrow(axis, t, 1)?.zeros_like()?.repeat(repeat_on(
-                    w.rank(),
-                    axis,
-                    d - 1,
-                ))?);
+                parts.push(
+                    w.narrow(axis, t, 1)?
+                        .zeros_like()?
+                        .repeat(repeat_on(w.rank(), axis, d - 1))?,
+                );
             }
         }
         w = Tensor::cat(&parts, axis)?;
@@ -169,15 +163,10 @@ pub(super) fn conv(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         };
         let spatial = x.rank().saturating_sub(2);
         if spatial != sp.kernel.len() {
-            bail!(
-                "Conv input of rank {} for a {}-D kernel",
-                x.rank(),
-                sp.kernel.len()
-            )
+            bail!("Conv input of rank {} for a {}-D kernel", x.rank(), sp.kernel.len())
         }
         let pads = sp.resolve_pads(&x.dims()[2..]);
-        let symmetric = pads.iter().all(|&(b, e)| b == e)
-            && all_equal(&pads.iter().map(|p| p.0).collect::<Vec<_>>());
+        let symmetric = pads.iter().all(|&(b, e)| b == e) && all_equal(&pads.iter().map(|p| p.0).collect::<Vec<_>>());
         let (x, padding) = if symmetric {
             (x, pads[0].0)
         } else {
@@ -233,11 +222,10 @@ pub(super) fn conv_transpose(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         Some(v) if !v.is_empty() => v.iter().map(|&x| x.max(0) as usize).collect(),
         _ => vec![0; n],
     };
-    let output_shape: Option<Vec<usize>> =
-        a.ints("output_shape").filter(|v| !v.is_empty()).map(|v| {
-            let v: Vec<usize> = v.iter().map(|&x| x.max(0) as usize).collect();
-            v[v.len().saturating_sub(n)..].to_vec()
-        });
+    let output_shape: Option<Vec<usize>> = a.ints("output_shape").filter(|v| !v.is_empty()).map(|v| {
+        let v: Vec<usize> = v.iter().map(|&x| x.max(0) as usize).collect();
+        v[v.len().saturating_sub(n)..].to_vec()
+    });
     let c_in = w.dims()[0];
     if c_in % groups != 0 {
         bail!("ConvTranspose: {c_in} input channels do not split into {groups} groups")
@@ -259,10 +247,7 @@ pub(super) fn conv_transpose(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     Ok(Kernel::new(move |i| {
         let x = arg(i, 0)?.contiguous()?;
         if x.rank() != n + 2 {
-            bail!(
-                "ConvTranspose input of rank {} for a {n}-D kernel",
-                x.rank()
-            )
+            bail!("ConvTranspose input of rank {} for a {n}-D kernel", x.rank())
         }
         let sizes = &x.dims()[2..];
         // Full output size per axis, before cropping the pads.
@@ -304,8 +289,7 @@ pub(super) fn conv_transpose(ctx: &NodeCtx<'_>) -> Result<Kernel> {
                         let xg = if groups == 1 {
                             x.clone()
                         } else {
-                            x.narrow(1, g * c_in / groups, c_in / groups)?
-                                .contiguous()?
+                            x.narrow(1, g * c_in / groups, c_in / groups)?.contiguous()?
                         };
                         if n == 1 {
                             xg.conv_transpose1d(&w_groups[g], 0, 0, s, d, 1)
@@ -339,9 +323,9 @@ pub(super) fn conv_transpose(ctx: &NodeCtx<'_>) -> Result<Kernel> {
                 y = pad_constant(&y, axis, 0, output_padding[k], 0.0)?;
             }
             let (b, e) = crops[k];
-            let len = y.dims()[axis].checked_sub(b + e).ok_or_else(|| {
-                candle_core::Error::Msg("ConvTranspose pads exceed the output".into())
-            })?;
+            let len = y.dims()[axis]
+                .checked_sub(b + e)
+                .ok_or_else(|| candle_core::Error::Msg("ConvTranspose pads exceed the output".into()))?;
             y = y.narrow(axis, b, len)?;
         }
         let b = match &b_const {

@@ -41,11 +41,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
             let (c, x, y) = (arg(i, 0)?, arg(i, 1)?, arg(i, 2)?);
             let shape = broadcast_shape(&broadcast_shape(c.dims(), x.dims())?, y.dims())?;
             let c = c.broadcast_as(shape.as_slice())?;
-            let c = if c.dtype() == DType::U8 {
-                c
-            } else {
-                c.ne(0.0)?
-            };
+            let c = if c.dtype() == DType::U8 { c } else { c.ne(0.0)? };
             Ok(vec![c.where_cond(
                 &x.broadcast_as(shape.as_slice())?,
                 &y.broadcast_as(shape.as_slice())?,
@@ -71,13 +67,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
             let neg = x.lt(0.0)?.to_dtype(x.dtype())?;
             pos.sub(&neg)
         }),
-        "Relu" => unary(|x| {
-            if is_float(x.dtype()) {
-                x.relu()
-            } else {
-                x.maximum(0.0)
-            }
-        }),
+        "Relu" => unary(|x| if is_float(x.dtype()) { x.relu() } else { x.maximum(0.0) }),
         "Identity" | "Dropout" => Kernel::new(|i| {
             let x = arg(i, 0)?;
             Ok(vec![x.clone(), x.ones_like()?.to_dtype(DType::U8)?])
@@ -106,15 +96,12 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
         "HardSwish" => float_unary(op, |x| x.mul(&x.affine(1.0 / 6.0, 0.5)?.clamp(0.0, 1.0)?)),
         "LeakyRelu" => {
             let alpha = a.float("alpha", 0.01) as f64;
-            float_unary(op, move |x| {
-                x.ge(0.0)?.where_cond(x, &x.affine(alpha, 0.0)?)
-            })
+            float_unary(op, move |x| x.ge(0.0)?.where_cond(x, &x.affine(alpha, 0.0)?))
         }
         "Elu" => {
             let alpha = a.float("alpha", 1.0) as f64;
             float_unary(op, move |x| {
-                x.ge(0.0)?
-                    .where_cond(x, &(x.exp()? - 1.0)?.affine(alpha, 0.0)?)
+                x.ge(0.0)?.where_cond(x, &(x.exp()? - 1.0)?.affine(alpha, 0.0)?)
             })
         }
         "Selu" => {
@@ -169,10 +156,7 @@ fn binary(f: impl Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static
     })
 }
 
-fn variadic(
-    f: impl Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
-    mean: bool,
-) -> Kernel {
+fn variadic(f: impl Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static, mean: bool) -> Kernel {
     Kernel::new(move |i| {
         let mut acc = arg(i, 0)?.clone();
         let mut n = 1usize;
@@ -235,11 +219,7 @@ fn pow(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         // |x|^e, then the sign of odd integer exponents; negative bases with fractional exponents
         // give NaN, as in ONNX Runtime.
         let magnitude = x.abs()?.broadcast_pow(&e)?;
-        let odd = e
-            .affine(0.5, 0.0)?
-            .floor()?
-            .affine(2.0, 0.0)?
-            .ne(&e.floor()?)?;
+        let odd = e.affine(0.5, 0.0)?.floor()?.affine(2.0, 0.0)?.ne(&e.floor()?)?;
         let integral = e.eq(&e.floor()?)?;
         let negative = x.lt(0.0)?.broadcast_as(magnitude.shape())?;
         let flip = negative.mul(&odd.broadcast_as(magnitude.shape())?)?;

@@ -8,10 +8,7 @@ use super::{Kernel, NodeCtx, Result, arg, is_float, opt};
 
 fn prepare(t: &Tensor) -> Result<Tensor> {
     if !is_float(t.dtype()) {
-        bail!(
-            "matrix products of {:?} tensors are not supported",
-            t.dtype()
-        )
+        bail!("matrix products of {:?} tensors are not supported", t.dtype())
     }
     t.contiguous()
 }
@@ -37,11 +34,7 @@ pub(super) fn matmul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         a2.broadcast_matmul(&b2)?
     };
     let y = if a_vec { y.squeeze(y.rank() - 2)? } else { y };
-    if b_vec {
-        y.squeeze(y.rank() - 1)
-    } else {
-        Ok(y)
-    }
+    if b_vec { y.squeeze(y.rank() - 1) } else { Ok(y) }
 }
 
 pub(super) fn matmul(ctx: &NodeCtx<'_>) -> Result<Kernel> {
@@ -62,13 +55,7 @@ pub(super) fn gemm(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let beta = attrs.float("beta", 1.0) as f64;
     let trans_a = attrs.int("transA", 0) != 0;
     let trans_b = attrs.int("transB", 0) != 0;
-    let orient_b = move |b: &Tensor| -> Result<Tensor> {
-        if trans_b {
-            prepare(&b.t()?)
-        } else {
-            prepare(b)
-        }
-    };
+    let orient_b = move |b: &Tensor| -> Result<Tensor> { if trans_b { prepare(&b.t()?) } else { prepare(b) } };
     let b_const = ctx.const_input(1).map(orient_b).transpose()?;
     // Fold alpha into a constant B and beta into a constant C once.
     let (b_const, alpha) = match b_const {

@@ -96,10 +96,8 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
         "LayerNormalization" => Some(norm::layer_norm(ctx)?),
         "Softmax" => Some(norm::softmax(ctx, false)),
         "LogSoftmax" => Some(norm::softmax(ctx, true)),
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
-        | "ReduceL2" | "ReduceSumSquare" | "ReduceLogSumExp" | "ReduceLogSum" => {
-            Some(reduce::reduce(ctx)?)
-        }
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
+        | "ReduceSumSquare" | "ReduceLogSumExp" | "ReduceLogSum" => Some(reduce::reduce(ctx)?),
         "ArgMax" => Some(reduce::arg_extreme(ctx, true)),
         "ArgMin" => Some(reduce::arg_extreme(ctx, false)),
         "Resize" | "Upsample" => Some(resize::resize(ctx)?),
@@ -167,16 +165,8 @@ pub(super) fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
-        let da = if i + a.len() >= rank {
-            a[i + a.len() - rank]
-        } else {
-            1
-        };
-        let db = if i + b.len() >= rank {
-            b[i + b.len() - rank]
-        } else {
-            1
-        };
+        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
+        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -188,13 +178,7 @@ pub(super) fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
 }
 
 /// Pads `dim` of `x` with `before`/`after` entries of `value`.
-pub(super) fn pad_constant(
-    x: &Tensor,
-    dim: usize,
-    before: usize,
-    after: usize,
-    value: f64,
-) -> Result<Tensor> {
+pub(super) fn pad_constant(x: &Tensor, dim: usize, before: usize, after: usize, value: f64) -> Result<Tensor> {
     if before == 0 && after == 0 {
         return Ok(x.clone());
     }
@@ -205,9 +189,7 @@ pub(super) fn pad_constant(
     let block = |n: usize| -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         dims[dim] = n;
-        scalar(value, x.dtype(), x.device())?
-            .broadcast_as(dims)?
-            .contiguous()
+        scalar(value, x.dtype(), x.device())?.broadcast_as(dims)?.contiguous()
     };
     if before > 0 {
         parts.push(block(before)?);
@@ -220,13 +202,7 @@ pub(super) fn pad_constant(
 }
 
 /// Positions `0, step, 2*step, ...` (`count` of them) along `dim`.
-pub(super) fn take_strided(
-    x: &Tensor,
-    dim: usize,
-    start: usize,
-    step: usize,
-    count: usize,
-) -> Result<Tensor> {
+pub(super) fn take_strided(x: &Tensor, dim: usize, start: usize, step: usize, count: usize) -> Result<Tensor> {
     if step == 1 {
         return x.narrow(dim, start, count);
     }

@@ -13,13 +13,7 @@ fn channel_shape(rank: usize, c: usize) -> Vec<usize> {
 }
 
 /// scale / sqrt(var + eps) and bias - mean * that, per channel.
-fn fold_batch_norm(
-    scale: &Tensor,
-    bias: &Tensor,
-    mean: &Tensor,
-    var: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, Tensor)> {
+fn fold_batch_norm(scale: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let a = scale.div(&(var + eps)?.sqrt()?)?;
     let b = bias.sub(&mean.mul(&a)?)?;
     Ok((a, b))
@@ -86,23 +80,12 @@ pub(super) fn layer_norm(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         let outer: usize = x.dims()[..d].iter().product();
         let inner: usize = x.dims()[d..].iter().product();
         let x2 = x.reshape((outer, inner))?.contiguous()?;
-        let gamma = scale
-            .broadcast_as(&x.dims()[d..])?
-            .flatten_all()?
-            .contiguous()?;
+        let gamma = scale.broadcast_as(&x.dims()[d..])?.flatten_all()?.contiguous()?;
         let beta = match opt(i, 2) {
-            Some(b) => b
-                .broadcast_as(&x.dims()[d..])?
-                .flatten_all()?
-                .contiguous()?,
+            Some(b) => b.broadcast_as(&x.dims()[d..])?.flatten_all()?.contiguous()?,
             None => gamma.zeros_like()?,
         };
-        let y = candle_nn::ops::layer_norm(
-            &x2,
-            &gamma.to_dtype(x.dtype())?,
-            &beta.to_dtype(x.dtype())?,
-            eps,
-        )?;
+        let y = candle_nn::ops::layer_norm(&x2, &gamma.to_dtype(x.dtype())?, &beta.to_dtype(x.dtype())?, eps)?;
         Ok(vec![y.reshape(x.dims())?])
     }))
 }

@@ -72,10 +72,7 @@ pub(super) fn pool(ctx: &NodeCtx<'_>, kind: Kind) -> Result<Kernel> {
             let (b, e) = pads_spec[k];
             let span = size + b + e;
             if span < ks[k] {
-                bail!(
-                    "pooling window {} is larger than the padded input {span}",
-                    ks[k]
-                )
+                bail!("pooling window {} is larger than the padded input {span}", ks[k])
             }
             if ceil_mode {
                 let mut out = (span - ks[k]).div_ceil(ss[k]) + 1;
@@ -90,13 +87,7 @@ pub(super) fn pool(ctx: &NodeCtx<'_>, kind: Kind) -> Result<Kernel> {
             let mut t = t.clone();
             for k in 0..2 {
                 let (b, e) = pads_spec[k];
-                t = pad_constant(
-                    &t,
-                    2 + k,
-                    b,
-                    e + if with_extra { extra[k] } else { 0 },
-                    value,
-                )?;
+                t = pad_constant(&t, 2 + k, b, e + if with_extra { extra[k] } else { 0 }, value)?;
             }
             Ok(t)
         };
@@ -108,8 +99,7 @@ pub(super) fn pool(ctx: &NodeCtx<'_>, kind: Kind) -> Result<Kernel> {
                 let sum_like = padded(&x4, 0.0, true)?
                     .contiguous()?
                     .avg_pool2d_with_stride(kernel, strides)?;
-                let any_pad =
-                    pads_spec.iter().any(|&(b, e)| b + e > 0) || extra.iter().any(|&e| e > 0);
+                let any_pad = pads_spec.iter().any(|&(b, e)| b + e > 0) || extra.iter().any(|&e| e > 0);
                 if !any_pad {
                     sum_like
                 } else {
@@ -117,8 +107,8 @@ pub(super) fn pool(ctx: &NodeCtx<'_>, kind: Kind) -> Result<Kernel> {
                     let ones = x4.ones_like()?;
                     let mask = if count_include_pad {
                         let mut m = padded(&ones, 1.0, false)?;
-                        for k in 0..2 {
-                            m = pad_constant(&m, 2 + k, 0, extra[k], 0.0)?;
+                        for (k, &e) in extra.iter().enumerate() {
+                            m = pad_constant(&m, 2 + k, 0, e, 0.0)?;
                         }
                         m
                     } else {

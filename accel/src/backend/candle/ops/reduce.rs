@@ -22,10 +22,7 @@ pub(super) fn reduce(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         };
         let axes: Vec<usize> = match axes {
             Some(v) if !v.is_empty() => {
-                let mut v: Vec<usize> = v
-                    .iter()
-                    .map(|&d| axis(d, x.rank()))
-                    .collect::<Result<_>>()?;
+                let mut v: Vec<usize> = v.iter().map(|&d| axis(d, x.rank())).collect::<Result<_>>()?;
                 v.sort_unstable();
                 v.dedup();
                 v

@@ -48,23 +48,15 @@ pub(super) fn resize(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     if a.int("antialias", 0) != 0 {
         bail!("Resize with antialias is not supported")
     }
-    if let Some(policy) = a
-        .string("keep_aspect_ratio_policy")
-        .filter(|p| p != "stretch")
-    {
+    if let Some(policy) = a.string("keep_aspect_ratio_policy").filter(|p| p != "stretch") {
         bail!("Resize with keep_aspect_ratio_policy {policy} is not supported")
     }
     let nearest = if legacy {
         "simple".to_string()
     } else {
-        a.string("nearest_mode")
-            .unwrap_or_else(|| "round_prefer_floor".into())
+        a.string("nearest_mode").unwrap_or_else(|| "round_prefer_floor".into())
     };
-    let (scales_input, sizes_input) = if legacy {
-        (Some(1), None)
-    } else {
-        (Some(2), Some(3))
-    };
+    let (scales_input, sizes_input) = if legacy { (Some(1), None) } else { (Some(2), Some(3)) };
     let params = Params {
         mode,
         transform,
@@ -72,9 +64,7 @@ pub(super) fn resize(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         axes: a.ints("axes").map(<[i64]>::to_vec),
         scales_input,
         sizes_input,
-        attr_scales: a
-            .floats("scales")
-            .map(|s| s.iter().map(|&v| v as f64).collect()),
+        attr_scales: a.floats("scales").map(|s| s.iter().map(|&v| v as f64).collect()),
     };
     Ok(Kernel::new(move |i| Ok(vec![run(&params, arg(i, 0)?, i)?])))
 }
@@ -101,8 +91,8 @@ fn run(p: &Params, x: &Tensor, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
             bail!("Resize: {} sizes for {} axes", sizes.len(), axes.len())
         }
         for (k, &d) in axes.iter().enumerate() {
-            let out = usize::try_from(sizes[k])
-                .map_err(|_| candle_core::Error::Msg(format!("Resize size {}", sizes[k])))?;
+            let out =
+                usize::try_from(sizes[k]).map_err(|_| candle_core::Error::Msg(format!("Resize size {}", sizes[k])))?;
             plan.push((d, out, out as f64 / x.dims()[d].max(1) as f64));
         }
     } else {
@@ -115,14 +105,10 @@ fn run(p: &Params, x: &Tensor, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
             bail!("Resize: {} scales for {} axes", scales.len(), axes.len())
         }
         for (k, &d) in axes.iter().enumerate() {
-            if !(scales[k] > 0.0) {
+            if scales[k].is_nan() || scales[k] <= 0.0 {
                 bail!("Resize scale {} must be positive", scales[k])
             }
-            plan.push((
-                d,
-                (x.dims()[d] as f64 * scales[k]).floor() as usize,
-                scales[k],
-            ));
+            plan.push((d, (x.dims()[d] as f64 * scales[k]).floor() as usize, scales[k]));
         }
     }
     let mut y = x.clone();
@@ -172,13 +158,7 @@ fn run(p: &Params, x: &Tensor, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
     Ok(y)
 }
 
-fn original_coordinate(
-    transform: &str,
-    o: usize,
-    len: usize,
-    out: usize,
-    scale: f64,
-) -> Result<f64> {
+fn original_coordinate(transform: &str, o: usize, len: usize, out: usize, scale: f64) -> Result<f64> {
     let x = o as f64;
     Ok(match transform {
         "half_pixel" => (x + 0.5) / scale - 0.5,
@@ -256,15 +236,9 @@ mod tests {
             .collect();
         assert_eq!(idx, vec![0, 0, 1, 1, 2, 2]);
         // align_corners maps the ends onto the ends.
-        assert_eq!(
-            original_coordinate("align_corners", 5, 3, 6, 2.0).unwrap(),
-            2.0
-        );
+        assert_eq!(original_coordinate("align_corners", 5, 3, 6, 2.0).unwrap(), 2.0);
         // half_pixel at 2x: output 0 sits at -0.25 of the input.
-        assert_eq!(
-            original_coordinate("half_pixel", 0, 3, 6, 2.0).unwrap(),
-            -0.25
-        );
+        assert_eq!(original_coordinate("half_pixel", 0, 3, 6, 2.0).unwrap(), -0.25);
         assert_eq!(nearest_index("round_prefer_floor", 1.5, 2.0, 3), 1);
         assert_eq!(nearest_index("round_prefer_ceil", 1.5, 2.0, 3), 2);
         assert_eq!(nearest_index("floor", -0.25, 2.0, 3), 0);

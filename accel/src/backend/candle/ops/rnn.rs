@@ -21,9 +21,7 @@ impl Act {
             "sigmoid" => Act::Sigmoid,
             "tanh" => Act::Tanh,
             "relu" => Act::Relu,
-            other => bail!(
-                "recurrent activation '{other}' is not supported (Sigmoid, Tanh and Relu are)"
-            ),
+            other => bail!("recurrent activation '{other}' is not supported (Sigmoid, Tanh and Relu are)"),
         })
     }
 
@@ -114,20 +112,11 @@ impl Common {
     }
 
     /// Per-step masks (batch, 1): 1 while a sequence lasts. `None` when every sequence is full length.
-    fn masks(
-        &self,
-        lens: Option<&Tensor>,
-        seq: usize,
-        batch: usize,
-        like: &Tensor,
-    ) -> Result<Option<Vec<Tensor>>> {
+    fn masks(&self, lens: Option<&Tensor>, seq: usize, batch: usize, like: &Tensor) -> Result<Option<Vec<Tensor>>> {
         let Some(lens) = lens else { return Ok(None) };
         let lens = host_i64(lens)?;
         if lens.len() != batch {
-            bail!(
-                "sequence_lens has {} entries for a batch of {batch}",
-                lens.len()
-            )
+            bail!("sequence_lens has {} entries for a batch of {batch}", lens.len())
         }
         if lens.iter().all(|&l| l as usize == seq) {
             return Ok(None);
@@ -137,10 +126,7 @@ impl Common {
         }
         (0..seq)
             .map(|t| {
-                let m: Vec<f32> = lens
-                    .iter()
-                    .map(|&l| if (t as i64) < l { 1.0 } else { 0.0 })
-                    .collect();
+                let m: Vec<f32> = lens.iter().map(|&l| if (t as i64) < l { 1.0 } else { 0.0 }).collect();
                 Tensor::from_vec(m, (batch, 1), like.device())?.to_dtype(like.dtype())
             })
             .collect::<Result<Vec<_>>>()
@@ -157,10 +143,7 @@ impl Common {
     /// Stacks per-direction outputs into Y, Y_h (and Y_c) in the node's layout.
     fn finish(&self, ys: Vec<Vec<Tensor>>, finals: Vec<Vec<Tensor>>) -> Result<Vec<Tensor>> {
         // ys[d][t]: (batch, hidden) -> Y (seq, dirs, batch, hidden)
-        let per_dir: Vec<Tensor> = ys
-            .iter()
-            .map(|steps| Tensor::stack(steps, 0))
-            .collect::<Result<_>>()?;
+        let per_dir: Vec<Tensor> = ys.iter().map(|steps| Tensor::stack(steps, 0)).collect::<Result<_>>()?;
         let y = Tensor::stack(&per_dir, 1)?;
         let mut out = vec![if self.batch_first {
             y.permute((2, 0, 1, 3))?.contiguous()?
@@ -221,10 +204,7 @@ fn project(x: &Tensor, wt: &Tensor, bias: Option<Tensor>) -> Result<Tensor> {
 }
 
 fn check_float(x: &Tensor, op: &str) -> Result<()> {
-    if !matches!(
-        x.dtype(),
-        DType::F32 | DType::F64 | DType::F16 | DType::BF16
-    ) {
+    if !matches!(x.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
         bail!("{op} on {:?} inputs is not supported", x.dtype())
     }
     Ok(())
@@ -318,10 +298,7 @@ pub(super) fn gru(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         for (d, &rev) in c.reverse.iter().enumerate() {
             let b = opt(i, 3).map(|b| b.get(d)).transpose()?;
             let (wb, rb) = match &b {
-                Some(b) => (
-                    Some(b.narrow(0, 0, 3 * hs)?),
-                    Some(b.narrow(0, 3 * hs, 3 * hs)?),
-                ),
+                Some(b) => (Some(b.narrow(0, 0, 3 * hs)?), Some(b.narrow(0, 3 * hs, 3 * hs)?)),
                 None => (None, None),
             };
             let xw = project(&x, &transposed(w, d)?, wb)?;

@@ -5,9 +5,7 @@
 
 use candle_core::{DType, Tensor, bail};
 
-use super::{
-    Kernel, NodeCtx, Result, arg, axis, broadcast_shape, host_i64, opt, pad_constant, take_strided,
-};
+use super::{Kernel, NodeCtx, Result, arg, axis, broadcast_shape, host_i64, opt, pad_constant, take_strided};
 use crate::backend::candle::onnx::tensor_from_proto;
 
 pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
@@ -25,11 +23,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
                     Some(s) => s.clone(),
                     None => host_i64(arg(i, 1)?)?,
                 };
-                Ok(vec![x.reshape(reshape_dims(
-                    x.dims(),
-                    &target,
-                    allowzero,
-                )?)?])
+                Ok(vec![x.reshape(reshape_dims(x.dims(), &target, allowzero)?)?])
             })
         }
         "Flatten" => {
@@ -53,10 +47,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
             Kernel::new(move |i| {
                 let x = arg(i, 0)?;
                 let perm: Vec<usize> = match &perm {
-                    Some(p) => p
-                        .iter()
-                        .map(|&d| axis(d, x.rank()))
-                        .collect::<Result<_>>()?,
+                    Some(p) => p.iter().map(|&d| axis(d, x.rank())).collect::<Result<_>>()?,
                     None => (0..x.rank()).rev().collect(),
                 };
                 Ok(vec![x.permute(perm)?])
@@ -80,10 +71,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
                         bail!("Squeeze: dimension {d} of shape {:?} is not 1", x.dims())
                     }
                 }
-                let dims: Vec<usize> = (0..rank)
-                    .filter(|d| !remove.contains(d))
-                    .map(|d| x.dims()[d])
-                    .collect();
+                let dims: Vec<usize> = (0..rank).filter(|d| !remove.contains(d)).map(|d| x.dims()[d]).collect();
                 Ok(vec![x.reshape(dims)?])
             })
         }
@@ -106,24 +94,14 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
                     bail!("Concat without inputs")
                 };
                 let d = axis(ax, first.rank())?;
-                let nonempty: Vec<&Tensor> = parts
-                    .iter()
-                    .copied()
-                    .filter(|t| t.elem_count() > 0)
-                    .collect();
+                let nonempty: Vec<&Tensor> = parts.iter().copied().filter(|t| t.elem_count() > 0).collect();
                 if nonempty.is_empty() {
                     let mut dims = first.dims().to_vec();
-                    dims[d] = parts
-                        .iter()
-                        .map(|t| t.dims().get(d).copied().unwrap_or(0))
-                        .sum();
+                    dims[d] = parts.iter().map(|t| t.dims().get(d).copied().unwrap_or(0)).sum();
                     return Ok(vec![Tensor::zeros(dims, first.dtype(), first.device())?]);
                 }
                 let dtype = nonempty[0].dtype();
-                let cast: Vec<Tensor> = nonempty
-                    .iter()
-                    .map(|t| t.to_dtype(dtype))
-                    .collect::<Result<_>>()?;
+                let cast: Vec<Tensor> = nonempty.iter().map(|t| t.to_dtype(dtype)).collect::<Result<_>>()?;
                 Ok(vec![Tensor::cat(&cast, d)?])
             })
         }
@@ -135,23 +113,14 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
                 let x = arg(i, 0)?;
                 let d = axis(ax, x.rank())?;
                 let dim = x.dims()[d];
-                let sizes: Vec<usize> = match opt(i, 1)
-                    .map(host_i64)
-                    .transpose()?
-                    .or_else(|| attr_split.clone())
-                {
+                let sizes: Vec<usize> = match opt(i, 1).map(host_i64).transpose()?.or_else(|| attr_split.clone()) {
                     Some(s) => s
                         .iter()
-                        .map(|&v| {
-                            usize::try_from(v)
-                                .map_err(|_| candle_core::Error::Msg(format!("Split size {v}")))
-                        })
+                        .map(|&v| usize::try_from(v).map_err(|_| candle_core::Error::Msg(format!("Split size {v}"))))
                         .collect::<Result<_>>()?,
                     None => {
                         let chunk = dim.div_ceil(outputs.max(1));
-                        (0..outputs)
-                            .map(|k| chunk.min(dim.saturating_sub(k * chunk)))
-                            .collect()
+                        (0..outputs).map(|k| chunk.min(dim.saturating_sub(k * chunk))).collect()
                     }
                 };
                 if sizes.iter().sum::<usize>() != dim {
@@ -188,13 +157,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
                         opt(i, 4).map(host_i64).transpose()?,
                     )
                 };
-                Ok(vec![slice(
-                    x,
-                    &starts,
-                    &ends,
-                    axes.as_deref(),
-                    steps.as_deref(),
-                )?])
+                Ok(vec![slice(x, &starts, &ends, axes.as_deref(), steps.as_deref())?])
             })
         }
         "Gather" => {
@@ -237,19 +200,13 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
         }),
         "Expand" => Kernel::new(|i| {
             let x = arg(i, 0)?;
-            let target: Vec<usize> = host_i64(arg(i, 1)?)?
-                .iter()
-                .map(|&d| d.max(0) as usize)
-                .collect();
+            let target: Vec<usize> = host_i64(arg(i, 1)?)?.iter().map(|&d| d.max(0) as usize).collect();
             let shape = broadcast_shape(x.dims(), &target)?;
             Ok(vec![x.broadcast_as(shape)?])
         }),
         "Tile" => Kernel::new(|i| {
             let x = arg(i, 0)?;
-            let reps: Vec<usize> = host_i64(arg(i, 1)?)?
-                .iter()
-                .map(|&d| d.max(0) as usize)
-                .collect();
+            let reps: Vec<usize> = host_i64(arg(i, 1)?)?.iter().map(|&d| d.max(0) as usize).collect();
             if reps.len() != x.rank() {
                 bail!("Tile repeats {reps:?} do not match rank {}", x.rank())
             }
@@ -281,10 +238,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
                 None => Tensor::new(&[0f32], &device)?,
             };
             Kernel::new(move |i| {
-                let dims: Vec<usize> = host_i64(arg(i, 0)?)?
-                    .iter()
-                    .map(|&d| d.max(0) as usize)
-                    .collect();
+                let dims: Vec<usize> = host_i64(arg(i, 0)?)?.iter().map(|&d| d.max(0) as usize).collect();
                 Ok(vec![value.reshape(())?.broadcast_as(dims)?.contiguous()?])
             })
         }
@@ -301,11 +255,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
                 let v: Vec<i64> = (0..n as i64).map(|k| s + k * d).collect();
                 Ok(vec![Tensor::from_vec(v, n, device)?])
             } else {
-                let (s, l, d) = (
-                    super::host_scalar(s)?,
-                    super::host_scalar(l)?,
-                    super::host_scalar(d)?,
-                );
+                let (s, l, d) = (super::host_scalar(s)?, super::host_scalar(l)?, super::host_scalar(d)?);
                 if d == 0.0 {
                     bail!("Range with delta 0")
                 }
@@ -362,9 +312,7 @@ pub(super) fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> 
             }
             0 if !allowzero => match input.get(k) {
                 Some(&v) => v,
-                None => bail!(
-                    "Reshape target {target:?} copies dimension {k}, which input {input:?} lacks"
-                ),
+                None => bail!("Reshape target {target:?} copies dimension {k}, which input {input:?} lacks"),
             },
             d if d >= 0 => d as usize,
             d => bail!("Reshape target has dimension {d}"),
@@ -372,7 +320,7 @@ pub(super) fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> 
     }
     if let Some(k) = infer {
         let known: usize = out.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             bail!("cannot reshape {input:?} into {target:?}")
         }
         out[k] = total / known;
@@ -408,12 +356,7 @@ fn normalize_indices(idx: &Tensor, dim: usize) -> Result<Tensor> {
 }
 
 /// The (start, length, step) of an ONNX slice along a dimension of size `dim`.
-pub(super) fn slice_range(
-    start: i64,
-    end: i64,
-    step: i64,
-    dim: usize,
-) -> Result<(usize, usize, i64)> {
+pub(super) fn slice_range(start: i64, end: i64, step: i64, dim: usize) -> Result<(usize, usize, i64)> {
     if step == 0 {
         bail!("Slice step 0")
     }
@@ -422,10 +365,7 @@ pub(super) fn slice_range(
     let (s, e) = if step > 0 {
         (norm(start).clamp(0, d), norm(end).clamp(0, d))
     } else {
-        (
-            norm(start).clamp(0, (d - 1).max(0)),
-            norm(end).clamp(-1, d - 1),
-        )
+        (norm(start).clamp(0, (d - 1).max(0)), norm(end).clamp(-1, d - 1))
     };
     let len = if step > 0 {
         if e > s { (e - s + step - 1) / step } else { 0 }
@@ -437,13 +377,7 @@ pub(super) fn slice_range(
     Ok((s.max(0) as usize, len as usize, step))
 }
 
-fn slice(
-    x: &Tensor,
-    starts: &[i64],
-    ends: &[i64],
-    axes: Option<&[i64]>,
-    steps: Option<&[i64]>,
-) -> Result<Tensor> {
+fn slice(x: &Tensor, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, steps: Option<&[i64]>) -> Result<Tensor> {
     if starts.len() != ends.len() {
         bail!("Slice starts {starts:?} and ends {ends:?} differ in length")
     }
@@ -489,10 +423,7 @@ fn pad(ctx: &NodeCtx<'_>) -> Kernel {
         };
         let rank = x.rank();
         let axes: Vec<usize> = match opt(i, 3) {
-            Some(t) => host_i64(t)?
-                .iter()
-                .map(|&d| axis(d, rank))
-                .collect::<Result<_>>()?,
+            Some(t) => host_i64(t)?.iter().map(|&d| axis(d, rank)).collect::<Result<_>>()?,
             None => (0..rank).collect(),
         };
         if pads.len() != 2 * axes.len() {
@@ -553,18 +484,9 @@ mod tests {
     #[test]
     fn unsqueeze_inserts_every_axis_where_the_output_has_it() {
         // BERT's attention mask: [batch, seq] -> [batch, 1, 1, seq] with axes [1, 2].
-        assert_eq!(
-            unsqueeze_dims(&[8, 128], &[1, 2]).unwrap(),
-            vec![8, 1, 1, 128]
-        );
-        assert_eq!(
-            unsqueeze_dims(&[8, 128], &[2, 1]).unwrap(),
-            vec![8, 1, 1, 128]
-        );
-        assert_eq!(
-            unsqueeze_dims(&[3, 4, 5], &[2, 0]).unwrap(),
-            vec![1, 3, 1, 4, 5]
-        );
+        assert_eq!(unsqueeze_dims(&[8, 128], &[1, 2]).unwrap(), vec![8, 1, 1, 128]);
+        assert_eq!(unsqueeze_dims(&[8, 128], &[2, 1]).unwrap(), vec![8, 1, 1, 128]);
+        assert_eq!(unsqueeze_dims(&[3, 4, 5], &[2, 0]).unwrap(), vec![1, 3, 1, 4, 5]);
         assert_eq!(unsqueeze_dims(&[3], &[-1, 0]).unwrap(), vec![1, 3, 1]);
         assert!(unsqueeze_dims(&[3], &[0, 0]).is_err());
         assert!(unsqueeze_dims(&[3], &[5]).is_err());
@@ -572,10 +494,7 @@ mod tests {
 
     #[test]
     fn reshape_copies_zeros_and_infers_one_dimension() {
-        assert_eq!(
-            reshape_dims(&[2, 3, 4], &[0, -1], false).unwrap(),
-            vec![2, 12]
-        );
+        assert_eq!(reshape_dims(&[2, 3, 4], &[0, -1], false).unwrap(), vec![2, 12]);
         assert_eq!(reshape_dims(&[2, 3, 4], &[-1], false).unwrap(), vec![24]);
         assert!(reshape_dims(&[2, 3, 4], &[-1, -1], false).is_err());
         assert!(reshape_dims(&[2, 3, 4], &[5, -1], false).is_err());

@@ -1,0 +1,54 @@
+"""Real exported models from PyPI wheels (a CNN, two detectors, an RNN, a transformer-based
+recogniser, an INT32-input classifier) served by Accel and compared with onnxruntime's own output."""
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import fetch_models
+from conftest import Server, infer_input, relative_error
+
+
+def inputs_for(name, rng):
+    f = lambda *s: rng.random(s, dtype=np.float32)  # noqa: E731  image-like values in [0, 1)
+    return {
+        "ppocr_cls": {"x": f(2, 3, 48, 192)},
+        "ppocr_det": {"x": f(1, 3, 96, 128)},
+        "ppocr_rec": {"x": f(1, 3, 48, 160)},
+        "nudenet": {"images": f(1, 3, 320, 320)},
+        "silero_vad": {"input": (rng.standard_normal((3, 576)) * 0.1).astype(np.float32),
+                       "h": np.zeros((1, 1, 128), np.float32), "c": np.zeros((1, 1, 128), np.float32)},
+        "magika": {"bytes": rng.integers(0, 257, (2, 2048)).astype(np.int32)},
+    }[name]
+
+
+@pytest.fixture(scope="module")
+def real_server(real_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    for name, path in real_models.items():
+        os.makedirs(root / name / "1")
+        os.symlink(path, root / name / "1" / "model.onnx")
+    s = Server(str(root), str(tmp_path_factory.mktemp("logs") / "accel-real.log"))
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("name", sorted(fetch_models.MODELS))
+def test_real_model_matches_onnxruntime(real_server, real_models, name):
+    rng = np.random.default_rng(0)
+    inputs = inputs_for(name, rng)
+    session = ort.InferenceSession(real_models[name], providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+    c = real_server.client()
+    try:
+        assert c.is_model_ready(name), real_server.log()[-3000:]
+        result = c.infer(name, [infer_input(k, v) for k, v in inputs.items()], client_timeout=300)
+    finally:
+        c.close()
+    for out_name, expected in want.items():
+        got = result.as_numpy(out_name)
+        assert got is not None and got.shape == expected.shape, (out_name, None if got is None else got.shape, expected.shape)
+        err = relative_error(got, expected)
+        assert err < 1e-3, f"{name}/{out_name}: relative error {err}"
