@@ -88,7 +88,7 @@ def write_config(model_dir: str, text: str) -> None:
         f.write(text)
 
 
-def mlp_config(name: str, max_batch_size=64, delay_us=200, d_in=256, d_out=256, dtype="TYPE_FP32",
+def mlp_config(name: str, max_batch_size=64, delay_us=0, d_in=256, d_out=256, dtype="TYPE_FP32",
                batching=True, extra="") -> str:
     dyn = f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n" if batching else ""
     return f"""name: "{name}"
