@@ -31,6 +31,12 @@ ACCEL_BIN = os.environ.get("ACCEL_BIN", os.path.join(ROOT, "target", "debug", "a
 MLP_SEEDS = {"mlp_a": 11, "mlp_b": 12, "mlp_c": 13}
 MLP_DIMS = (64, 128, 32)
 
+# Protocol datatype -> ONNX element type of the y = x + x models.
+DATATYPE_MODELS = {
+    "BOOL": 9, "UINT8": 2, "UINT16": 4, "UINT32": 12, "UINT64": 13, "INT8": 3, "INT16": 5, "INT32": 6,
+    "INT64": 7, "FP16": 10, "FP32": 1, "FP64": 11, "BF16": 16,
+}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -125,6 +131,20 @@ output [ { name: "y" data_type: TYPE_FP32 dims: [ 1024 ] } ]
 dynamic_batching {
   default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 1000000 allow_timeout_override: true }
 }
+""")
+    # Every datatype the protocol names, through a y = x + x model (Not for BOOL).
+    for wire, elem in DATATYPE_MODELS.items():
+        modelgen.double_model(os.path.join(root, f"double_{wire.lower()}", "1", "model.onnx"), elem)
+    # Two instances: two executor threads share the queue.
+    modelgen.mlp(os.path.join(root, "mlp_two_instances", "1", "model.onnx"), 13, d_in, d_hidden, d_out)
+    modelgen.write_config(os.path.join(root, "mlp_two_instances"),
+                          modelgen.mlp_config("mlp_two_instances", max_batch_size=16, d_in=d_in, d_out=d_out).replace("count: 1", "count: 2"))
+    # Priority levels on a slow model.
+    modelgen.slow_model(os.path.join(root, "slow_priority", "1", "model.onnx"), repeats=64)
+    modelgen.write_config(os.path.join(root, "slow_priority"), """max_batch_size: 1
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 1024 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 1024 ] } ]
+dynamic_batching { priority_levels: 2 default_priority_level: 2 }
 """)
     # A transformer encoder as PyTorch exports it.
     modelgen.bert_encoder(os.path.join(root, "bert", "1", "model.onnx"))

@@ -228,3 +228,14 @@ def slow_model(path: str, width: int = 1024, repeats: int = 16, seed: int = 3) -
         [numpy_helper.from_array(wmat, "w")],
     )
     return _save(model, path)
+
+
+def double_model(path: str, elem: int, dims: int = 8) -> str:
+    """y = x + x (y = Not(x) for BOOL) with a batch dimension, for datatype round trips."""
+    op = helper.make_node("Not", ["x"], ["y"]) if elem == TensorProto.BOOL else helper.make_node("Add", ["x", "x"], ["y"])
+    model = make_model(
+        [op],
+        [helper.make_tensor_value_info("x", elem, ["batch", dims])],
+        [helper.make_tensor_value_info("y", elem, ["batch", dims])],
+    )
+    return _save(model, path)

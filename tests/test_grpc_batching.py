@@ -101,3 +101,51 @@ def test_queue_timeout_rejects_with_unavailable(server):
     assert timed_out, outcomes
     assert all("timed out" in m for m in timed_out)
     assert sum(1 for s, _ in outcomes if s == "ok") >= 1
+
+
+def test_two_instances_serve_one_queue(server, client):
+    rng = np.random.default_rng(13)
+    requests = [rng.standard_normal((1, MLP_DIMS[0])).astype(np.float32) for _ in range(120)]
+    results = run_concurrently(server, "mlp_two_instances", requests, workers=32)
+    for x, (y, _) in zip(requests, results):
+        assert relative_error(y, modelgen.mlp_reference(x, 13, *MLP_DIMS)) < 1e-5
+    config = client.get_model_config("mlp_two_instances", as_json=True)["config"]
+    assert config["instance_group"][0]["count"] == 2
+
+
+def test_higher_priority_requests_are_served_first(server):
+    """Behind a busy model, priority-1 requests that arrive after priority-2 ones still finish first."""
+    import threading
+    import time
+
+    x = np.zeros((1, 1024), np.float32)
+    finished = []
+    lock = threading.Lock()
+
+    def call(tag, priority):
+        c = server.client()
+        try:
+            c.infer("slow_priority", [infer_input("x", x)], priority=priority)
+            with lock:
+                finished.append(tag)
+        finally:
+            c.close()
+
+    blocker = threading.Thread(target=call, args=("blocker", 2))
+    blocker.start()
+    time.sleep(0.005)
+    low = [threading.Thread(target=call, args=(f"low{k}", 2)) for k in range(6)]
+    for t in low:
+        t.start()
+    time.sleep(0.01)
+    high = [threading.Thread(target=call, args=(f"high{k}", 1)) for k in range(3)]
+    for t in high:
+        t.start()
+    for t in [blocker, *low, *high]:
+        t.join(timeout=60)
+    rank = {tag: i for i, tag in enumerate(finished)}
+    high_ranks = [rank[f"high{k}"] for k in range(3)]
+    low_ranks = [rank[f"low{k}"] for k in range(6)]
+    assert len(finished) == 10
+    assert sorted(high_ranks + low_ranks)[-1] in low_ranks, finished
+    assert sum(high_ranks) / 3 < sum(low_ranks) / 6, finished

@@ -111,3 +111,61 @@ def test_transformer_encoder_with_padding_mask(client, tmp_path):
     got = client.infer("bert", [infer_input("input_ids", ids), infer_input("attention_mask", mask)]).as_numpy("last_hidden_state")
     assert got.shape == (3, 11, 32)
     assert relative_error(got, want) < 1e-4
+
+
+NUMPY_TYPES = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
+    "FP32": np.float32, "FP64": np.float64,
+}
+
+
+@pytest.mark.parametrize("wire", sorted(NUMPY_TYPES) + ["BF16"])
+def test_every_datatype_round_trips_exactly(client, wire):
+    rng = np.random.default_rng(6)
+    if wire == "BF16":
+        import ml_dtypes
+
+        x = (rng.integers(-1000, 1000, (3, 8)) / 8).astype(ml_dtypes.bfloat16)
+        inp = grpcclient.InferInput("x", [3, 8], "BF16")
+        inp.set_data_from_numpy(x)
+        y = client.infer("double_bf16", [inp]).as_numpy("y")
+        assert np.array_equal(y.astype(np.float32), (x + x).astype(np.float32))
+        return
+    t = NUMPY_TYPES[wire]
+    if t is np.bool_:
+        x = rng.integers(0, 2, (3, 8)).astype(bool)
+        want = ~x
+    elif np.issubdtype(t, np.integer):
+        info = np.iinfo(t)
+        x = rng.integers(info.min, info.max, (3, 8), dtype=t, endpoint=True)
+        x[0, :2] = [info.min, info.max]
+        with np.errstate(over="ignore"):
+            want = x + x  # wraps, as the model's arithmetic does
+    else:
+        x = rng.standard_normal((3, 8)).astype(t)
+        want = x + x
+    y = client.infer(f"double_{wire.lower()}", [infer_input("x", x)]).as_numpy("y")
+    assert y.dtype == want.dtype
+    assert np.array_equal(y, want), (wire, x, y)
+
+
+def test_batched_results_equal_the_request_run_alone(server, client):
+    """The same rows give the same bits whether they run alone or inside a larger batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(12)
+    xs = [rng.standard_normal((int(rng.integers(1, 4)), MLP_DIMS[0])).astype(np.float32) for _ in range(64)]
+    alone = [client.infer("mlp_a", [infer_input("INPUT0", x)]).as_numpy("OUTPUT0") for x in xs]
+
+    def one(x):
+        c = server.client()
+        try:
+            return c.infer("mlp_a", [infer_input("INPUT0", x)]).as_numpy("OUTPUT0")
+        finally:
+            c.close()
+
+    with ThreadPoolExecutor(32) as pool:
+        batched = list(pool.map(one, xs))
+    for a, b in zip(alone, batched):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
