@@ -1,6 +1,8 @@
 //! The server in-process, driven by the generated gRPC client: inference results, status codes,
 //! batching under concurrency, and a clean shutdown.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use accel_proto::inference::{
