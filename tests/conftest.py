@@ -146,6 +146,13 @@ input [ { name: "x" data_type: TYPE_FP32 dims: [ 1024 ] } ]
 output [ { name: "y" data_type: TYPE_FP32 dims: [ 1024 ] } ]
 dynamic_batching { priority_levels: 2 default_priority_level: 2 }
 """)
+    # A tensor whose size comes from the client's values.
+    import onnx
+    from onnx import TensorProto, helper
+    onnx.save(modelgen.make_model([helper.make_node("ConstantOfShape", ["shape"], ["y"])],
+                                  [helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])]),
+              os.path.join(root, "alloc_from_input", "1", "model.onnx") if os.makedirs(os.path.join(root, "alloc_from_input", "1"), exist_ok=True) is None else None)
     # A transformer encoder as PyTorch exports it.
     modelgen.bert_encoder(os.path.join(root, "bert", "1", "model.onnx"))
     # Broken models: each must be UNAVAILABLE with its reason while the others serve.

@@ -138,3 +138,12 @@ def test_server_still_serves_after_errors(client):
     assert y.shape == (1, MLP_DIMS[2])
     stats = client.get_inference_statistics("mlp_a", as_json=True)["model_stats"][0]
     assert int(stats["inference_stats"]["fail"]["count"]) > 0
+
+
+def test_sizes_taken_from_input_values_are_bounded(client):
+    """A graph that allocates what the client's values say refuses absurd sizes instead of dying."""
+    ok = client.infer("alloc_from_input", [infer_input("shape", np.array([2, 3], np.int64))]).as_numpy("y")
+    assert ok.shape == (2, 3) and not ok.any()
+    expect(lambda: client.infer("alloc_from_input", [infer_input("shape", np.array([1 << 31, 1 << 31], np.int64))]),
+           "INTERNAL", "larger than")
+    assert client.is_server_live()

@@ -52,3 +52,19 @@ def test_real_model_matches_onnxruntime(real_server, real_models, name):
         assert got is not None and got.shape == expected.shape, (out_name, None if got is None else got.shape, expected.shape)
         err = relative_error(got, expected)
         assert err < 1e-3, f"{name}/{out_name}: relative error {err}"
+
+
+def test_input_too_small_for_the_convolutions_fails_cleanly(real_server):
+    """Variable image dims let a client send a 1x1 image; the error names the problem, the server lives."""
+    from tritonclient.utils import InferenceServerException
+
+    c = real_server.client()
+    try:
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("ppocr_cls", [infer_input("x", np.zeros((1, 3, 1, 1), np.float32))])
+        assert "is smaller than the" in e.value.message()
+        assert "\n" not in e.value.message(), "no backtrace in client-facing messages"
+        y = c.infer("ppocr_cls", [infer_input("x", np.zeros((1, 3, 48, 192), np.float32))]).as_numpy("save_infer_model/scale_0.tmp_1")
+        assert y.shape == (1, 2)
+    finally:
+        c.close()

@@ -11,7 +11,7 @@ use crate::backend::{BackendError, BatchInput};
 use crate::core::{DataType, Tensor};
 
 fn exec(e: candle_core::Error) -> BackendError {
-    BackendError::Execution(e.to_string())
+    BackendError::Execution(super::error::message(&e))
 }
 
 /// Reads little-endian elements of `N` bytes from the parts, in order.

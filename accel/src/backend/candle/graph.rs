@@ -11,6 +11,7 @@ use candle_onnx::onnx::{
     ModelProto, NodeProto, ValueInfoProto, tensor_shape_proto::dimension::Value as Dim, type_proto::Value as TypeValue,
 };
 
+use super::error::message;
 use super::onnx::{internal_dtype, tensor_from_proto, wire_datatype};
 use super::ops::{self, Kernel, NodeCtx};
 use crate::backend::BackendError;
@@ -179,7 +180,7 @@ impl Plan {
                     unsupported.push(node.op_type.clone());
                     continue;
                 }
-                Err(e) => return Err(invalid(format!("node {node_label}: {e}"))),
+                Err(e) => return Err(invalid(format!("node {node_label}: {}", message(&e)))),
             };
             // Constant folding: every given input known now.
             let all_const = in_slots.iter().all(|s| s.is_none_or(|s| constants.contains_key(&s)));
@@ -194,7 +195,7 @@ impl Plan {
                         }
                         continue;
                     }
-                    Err(e) => return Err(invalid(format!("node {node_label}: {e}"))),
+                    Err(e) => return Err(invalid(format!("node {node_label}: {}", message(&e)))),
                 }
             }
             steps.push(Step {
@@ -268,7 +269,7 @@ impl Plan {
                 } else {
                     format!("{} ({})", step.name, step.op_type)
                 };
-                BackendError::Execution(format!("node {label}: {e}"))
+                BackendError::Execution(format!("node {label}: {}", message(&e)))
             })?;
             for (slot, value) in step.outputs.iter().zip(values) {
                 if let Some(slot) = slot {

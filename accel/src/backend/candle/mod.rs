@@ -4,6 +4,7 @@
 //! straight from the requests' buffers), runs the plan, and turns the outputs back into bytes.
 
 mod convert;
+mod error;
 mod graph;
 mod onnx;
 mod ops;

@@ -106,7 +106,7 @@ pub(super) fn tensor_from_proto(t: &TensorProto, dir: &Path, device: &Device) ->
             Err(wrong(&format!("{n} values for shape {shape:?}")))
         }
     };
-    let make = |r: candle_core::Result<Tensor>| r.map_err(|e| wrong(&e.to_string()));
+    let make = |r: candle_core::Result<Tensor>| r.map_err(|e| wrong(&super::error::message(&e)));
     macro_rules! from_raw_or {
         ($t:ty, $typed:expr, $conv:expr) => {{
             let values: Vec<$t> = if !raw.is_empty() {

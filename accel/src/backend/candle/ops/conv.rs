@@ -166,6 +166,16 @@ pub(super) fn conv(ctx: &NodeCtx<'_>) -> Result<Kernel> {
             bail!("Conv input of rank {} for a {}-D kernel", x.rank(), sp.kernel.len())
         }
         let pads = sp.resolve_pads(&x.dims()[2..]);
+        for (k, &(b, e)) in pads.iter().enumerate() {
+            let extent = (sp.kernel[k].saturating_sub(1)) * sp.dilations[k] + 1;
+            if x.dims()[2 + k] + b + e < extent {
+                bail!(
+                    "input spatial size {:?} (padded {b}+{e}) is smaller than the kernel {:?}",
+                    &x.dims()[2..],
+                    sp.kernel
+                )
+            }
+        }
         let symmetric = pads.iter().all(|&(b, e)| b == e) && all_equal(&pads.iter().map(|p| p.0).collect::<Vec<_>>());
         let (x, padding) = if symmetric {
             (x, pads[0].0)
@@ -250,6 +260,9 @@ pub(super) fn conv_transpose(ctx: &NodeCtx<'_>) -> Result<Kernel> {
             bail!("ConvTranspose input of rank {} for a {n}-D kernel", x.rank())
         }
         let sizes = &x.dims()[2..];
+        if sizes.contains(&0) {
+            bail!("ConvTranspose input has an empty spatial dimension: {sizes:?}")
+        }
         // Full output size per axis, before cropping the pads.
         let full: Vec<usize> = (0..n)
             .map(|k| (sizes[k] - 1) * sp.strides[k] + (sp.kernel[k] - 1) * sp.dilations[k] + 1)

@@ -151,6 +151,21 @@ pub(super) fn axis(a: i64, rank: usize) -> Result<usize> {
     Ok(n as usize)
 }
 
+/// The largest tensor an operator may create from shapes computed at run time (which can depend on
+/// a client's input values): 2^30 elements. Anything larger is refused with an error instead of an
+/// allocation that could take the process down.
+pub(super) const MAX_CREATED_ELEMENTS: usize = 1 << 30;
+
+/// Refuses to create a tensor of `dims` beyond [`MAX_CREATED_ELEMENTS`].
+pub(super) fn ensure_size(dims: &[usize]) -> Result<()> {
+    match dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) {
+        Some(n) if n <= MAX_CREATED_ELEMENTS => Ok(()),
+        _ => bail!(
+            "a tensor of shape {dims:?} is larger than the {MAX_CREATED_ELEMENTS} elements an operator may create"
+        ),
+    }
+}
+
 /// A rank-0 tensor holding `v` in `dtype`.
 pub(super) fn scalar(v: f64, dtype: DType, device: &Device) -> Result<Tensor> {
     Tensor::new(v, device)?.to_dtype(dtype)

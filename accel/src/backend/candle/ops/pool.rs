@@ -72,7 +72,10 @@ pub(super) fn pool(ctx: &NodeCtx<'_>, kind: Kind) -> Result<Kernel> {
             let (b, e) = pads_spec[k];
             let span = size + b + e;
             if span < ks[k] {
-                bail!("pooling window {} is larger than the padded input {span}", ks[k])
+                bail!(
+                    "input spatial size {size} (padded to {span}) is smaller than the pooling window {}",
+                    ks[k]
+                )
             }
             if ceil_mode {
                 let mut out = (span - ks[k]).div_ceil(ss[k]) + 1;

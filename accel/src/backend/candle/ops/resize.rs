@@ -4,7 +4,7 @@
 
 use candle_core::{Tensor, bail};
 
-use super::{Kernel, NodeCtx, Result, arg, axis, host_f64, host_i64, opt};
+use super::{Kernel, NodeCtx, Result, arg, axis, ensure_size, host_f64, host_i64, opt};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -111,6 +111,11 @@ fn run(p: &Params, x: &Tensor, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
             plan.push((d, (x.dims()[d] as f64 * scales[k]).floor() as usize, scales[k]));
         }
     }
+    let mut out_dims = x.dims().to_vec();
+    for &(d, out, _) in &plan {
+        out_dims[d] = out;
+    }
+    ensure_size(&out_dims)?;
     let mut y = x.clone();
     for (d, out, scale) in plan {
         let len = y.dims()[d];

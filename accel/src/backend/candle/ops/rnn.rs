@@ -164,9 +164,86 @@ impl Common {
     }
 }
 
-/// W (dirs, G*H, I) -> per direction W^T (I, G*H), contiguous.
-fn transposed(w: &Tensor, d: usize) -> Result<Tensor> {
-    w.get(d)?.t()?.contiguous()
+/// One direction's weights, oriented for `x @ W^T`: prepared once at load when they are constants.
+#[derive(Clone, Debug)]
+struct DirWeights {
+    /// W^T (input, G*H), contiguous.
+    wt: Tensor,
+    /// R^T (H, G*H), contiguous.
+    rt: Tensor,
+    /// The input bias Wb and the recurrence bias Rb, (G*H) each.
+    wb: Option<Tensor>,
+    rb: Option<Tensor>,
+}
+
+impl DirWeights {
+    fn new(w: &Tensor, r: &Tensor, b: Option<&Tensor>, d: usize, gh: usize) -> Result<DirWeights> {
+        let (wb, rb) = match b {
+            Some(b) => {
+                let b = b.get(d)?;
+                (
+                    Some(b.narrow(0, 0, gh)?.contiguous()?),
+                    Some(b.narrow(0, gh, gh)?.contiguous()?),
+                )
+            }
+            None => (None, None),
+        };
+        Ok(DirWeights {
+            wt: w.get(d)?.t()?.contiguous()?,
+            rt: r.get(d)?.t()?.contiguous()?,
+            wb,
+            rb,
+        })
+    }
+
+    /// Wb + Rb, for the cells that add both to the input projection.
+    fn bias_sum(&self) -> Result<Option<Tensor>> {
+        match (&self.wb, &self.rb) {
+            (Some(w), Some(r)) => Ok(Some(w.add(r)?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Every direction's weights: prepared at compile time when W, R and B are constants, else per call.
+struct Weights {
+    prepared: Option<Vec<DirWeights>>,
+    gates: usize,
+    hidden: usize,
+    dirs: usize,
+}
+
+impl Weights {
+    fn new(ctx: &NodeCtx<'_>, gates: usize, c: &Common) -> Result<Weights> {
+        let b = ctx.const_input(3);
+        let b_ready = b.is_some() || !ctx.has_input(3);
+        let prepared = match (ctx.const_input(1), ctx.const_input(2)) {
+            (Some(w), Some(r)) if b_ready => Some(
+                (0..c.reverse.len())
+                    .map(|d| DirWeights::new(w, r, b, d, gates * c.hidden))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            _ => None,
+        };
+        Ok(Weights {
+            prepared,
+            gates,
+            hidden: c.hidden,
+            dirs: c.reverse.len(),
+        })
+    }
+
+    fn get(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<DirWeights>> {
+        match &self.prepared {
+            Some(p) => Ok(p.clone()),
+            None => {
+                let (w, r) = (arg(inputs, 1)?, arg(inputs, 2)?);
+                (0..self.dirs)
+                    .map(|d| DirWeights::new(w, r, opt(inputs, 3), d, self.gates * self.hidden))
+                    .collect()
+            }
+        }
+    }
 }
 
 /// Blends the new state into the old one where the mask is 1.
@@ -213,25 +290,19 @@ fn check_float(x: &Tensor, op: &str) -> Result<()> {
 pub(super) fn lstm(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let c = Common::read(ctx, &[Act::Sigmoid, Act::Tanh, Act::Tanh])?;
     let input_forget = ctx.attrs().int("input_forget", 0) != 0;
+    let weights = Weights::new(ctx, 4, &c)?;
     Ok(Kernel::new(move |i| {
         let x = arg(i, 0)?;
         check_float(x, "LSTM")?;
-        let (w, r) = (arg(i, 1)?, arg(i, 2)?);
-        let h4 = 4 * c.hidden;
+        let dw = weights.get(i)?;
         let x = c.time_major(x)?;
         let (seq, batch, _) = x.dims3()?;
         let masks = c.masks(opt(i, 4), seq, batch, &x)?;
         let mut ys = Vec::with_capacity(c.reverse.len());
         let mut finals = Vec::with_capacity(c.reverse.len());
         for (d, &rev) in c.reverse.iter().enumerate() {
-            let bias = opt(i, 3)
-                .map(|b| -> Result<Tensor> {
-                    let b = b.get(d)?;
-                    b.narrow(0, 0, h4)?.add(&b.narrow(0, h4, h4)?)
-                })
-                .transpose()?;
-            let xw = project(&x, &transposed(w, d)?, bias)?;
-            let rt = transposed(r, d)?;
+            let xw = project(&x, &dw[d].wt, dw[d].bias_sum()?)?;
+            let rt = &dw[d].rt;
             let peep = opt(i, 7).map(|p| p.get(d)).transpose()?;
             let (pi, po, pf) = match &peep {
                 Some(p) => (
@@ -246,7 +317,7 @@ pub(super) fn lstm(ctx: &NodeCtx<'_>) -> Result<Kernel> {
             let mut out = vec![h.clone(); seq];
             let [fa, ga, ha] = [c.acts[d][0], c.acts[d][1], c.acts[d][2]];
             for t in steps(rev, seq) {
-                let gates = xw.get(t)?.add(&h.matmul(&rt)?)?;
+                let gates = xw.get(t)?.add(&h.matmul(rt)?)?;
                 let gate = |k: usize| gates.narrow(1, k * c.hidden, c.hidden);
                 let mut gi = gate(0)?;
                 let mut gf = gate(2)?;
@@ -285,10 +356,11 @@ pub(super) fn lstm(ctx: &NodeCtx<'_>) -> Result<Kernel> {
 pub(super) fn gru(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let c = Common::read(ctx, &[Act::Sigmoid, Act::Tanh])?;
     let linear_before_reset = ctx.attrs().int("linear_before_reset", 0) != 0;
+    let weights = Weights::new(ctx, 3, &c)?;
     Ok(Kernel::new(move |i| {
         let x = arg(i, 0)?;
         check_float(x, "GRU")?;
-        let (w, r) = (arg(i, 1)?, arg(i, 2)?);
+        let dw = weights.get(i)?;
         let hs = c.hidden;
         let x = c.time_major(x)?;
         let (seq, batch, _) = x.dims3()?;
@@ -296,13 +368,9 @@ pub(super) fn gru(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         let mut ys = Vec::with_capacity(c.reverse.len());
         let mut finals = Vec::with_capacity(c.reverse.len());
         for (d, &rev) in c.reverse.iter().enumerate() {
-            let b = opt(i, 3).map(|b| b.get(d)).transpose()?;
-            let (wb, rb) = match &b {
-                Some(b) => (Some(b.narrow(0, 0, 3 * hs)?), Some(b.narrow(0, 3 * hs, 3 * hs)?)),
-                None => (None, None),
-            };
-            let xw = project(&x, &transposed(w, d)?, wb)?;
-            let rt = transposed(r, d)?;
+            let xw = project(&x, &dw[d].wt, dw[d].wb.clone())?;
+            let rt = &dw[d].rt;
+            let rb = &dw[d].rb;
             let rt_zr = rt.narrow(1, 0, 2 * hs)?.contiguous()?;
             let rt_h = rt.narrow(1, 2 * hs, hs)?.contiguous()?;
             let rb_zr = rb.as_ref().map(|b| b.narrow(0, 0, 2 * hs)).transpose()?;
@@ -347,29 +415,23 @@ pub(super) fn gru(ctx: &NodeCtx<'_>) -> Result<Kernel> {
 
 pub(super) fn rnn(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let c = Common::read(ctx, &[Act::Tanh])?;
+    let weights = Weights::new(ctx, 1, &c)?;
     Ok(Kernel::new(move |i| {
         let x = arg(i, 0)?;
         check_float(x, "RNN")?;
-        let (w, r) = (arg(i, 1)?, arg(i, 2)?);
-        let hs = c.hidden;
+        let dw = weights.get(i)?;
         let x = c.time_major(x)?;
         let (seq, batch, _) = x.dims3()?;
         let masks = c.masks(opt(i, 4), seq, batch, &x)?;
         let mut ys = Vec::with_capacity(c.reverse.len());
         let mut finals = Vec::with_capacity(c.reverse.len());
         for (d, &rev) in c.reverse.iter().enumerate() {
-            let bias = opt(i, 3)
-                .map(|b| -> Result<Tensor> {
-                    let b = b.get(d)?;
-                    b.narrow(0, 0, hs)?.add(&b.narrow(0, hs, hs)?)
-                })
-                .transpose()?;
-            let xw = project(&x, &transposed(w, d)?, bias)?;
-            let rt = transposed(r, d)?;
+            let xw = project(&x, &dw[d].wt, dw[d].bias_sum()?)?;
+            let rt = &dw[d].rt;
             let mut h = c.initial(opt(i, 5), d, batch, &x)?;
             let mut out = vec![h.clone(); seq];
             for t in steps(rev, seq) {
-                let new_h = c.acts[d][0].apply(&c.clip(xw.get(t)?.add(&h.matmul(&rt)?)?)?)?;
+                let new_h = c.acts[d][0].apply(&c.clip(xw.get(t)?.add(&h.matmul(rt)?)?)?)?;
                 let m = masks.as_ref().map(|m| &m[t]);
                 out[t] = output(m, &new_h)?;
                 h = masked(m, new_h, &h)?;

@@ -5,7 +5,9 @@
 
 use candle_core::{DType, Tensor, bail};
 
-use super::{Kernel, NodeCtx, Result, arg, axis, broadcast_shape, host_i64, opt, pad_constant, take_strided};
+use super::{
+    Kernel, NodeCtx, Result, arg, axis, broadcast_shape, ensure_size, host_i64, opt, pad_constant, take_strided,
+};
 use crate::backend::candle::onnx::tensor_from_proto;
 
 pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
@@ -202,6 +204,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
             let x = arg(i, 0)?;
             let target: Vec<usize> = host_i64(arg(i, 1)?)?.iter().map(|&d| d.max(0) as usize).collect();
             let shape = broadcast_shape(x.dims(), &target)?;
+            ensure_size(&shape)?;
             Ok(vec![x.broadcast_as(shape)?])
         }),
         "Tile" => Kernel::new(|i| {
@@ -210,6 +213,8 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
             if reps.len() != x.rank() {
                 bail!("Tile repeats {reps:?} do not match rank {}", x.rank())
             }
+            let out: Vec<usize> = x.dims().iter().zip(&reps).map(|(d, r)| d.saturating_mul(*r)).collect();
+            ensure_size(&out)?;
             Ok(vec![x.repeat(reps)?])
         }),
         "Constant" => {
@@ -239,6 +244,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
             };
             Kernel::new(move |i| {
                 let dims: Vec<usize> = host_i64(arg(i, 0)?)?.iter().map(|&d| d.max(0) as usize).collect();
+                ensure_size(&dims)?;
                 Ok(vec![value.reshape(())?.broadcast_as(dims)?.contiguous()?])
             })
         }
@@ -251,7 +257,8 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
                 if d == 0 {
                     bail!("Range with delta 0")
                 }
-                let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
+                let n = ((l as f64 - s as f64) / d as f64).ceil().max(0.0) as usize;
+                ensure_size(&[n])?;
                 let v: Vec<i64> = (0..n as i64).map(|k| s + k * d).collect();
                 Ok(vec![Tensor::from_vec(v, n, device)?])
             } else {
@@ -260,6 +267,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
                     bail!("Range with delta 0")
                 }
                 let n = ((l - s) / d).ceil().max(0.0) as usize;
+                ensure_size(&[n])?;
                 let v: Vec<f64> = (0..n).map(|k| s + k as f64 * d).collect();
                 Ok(vec![Tensor::from_vec(v, n, device)?.to_dtype(dtype)?])
             }
@@ -446,6 +454,9 @@ fn pad(ctx: &NodeCtx<'_>) -> Kernel {
             if b == 0 && e == 0 {
                 continue;
             }
+            let mut out = y.dims().to_vec();
+            out[d] = out[d].saturating_add(b).saturating_add(e);
+            ensure_size(&out)?;
             y = match mode.as_str() {
                 "constant" => pad_constant(&y, d, b, e, value)?,
                 "edge" => y.pad_with_same(d, b, e)?,
