@@ -32,63 +32,8 @@ pub fn complete_config(
         }
     }
     let batching = config.max_batch_size > 0;
-    if config.input.is_empty() {
-        config.input = signature
-            .inputs
-            .iter()
-            .map(|io| ModelInput {
-                name: io.name.clone(),
-                data_type: io.datatype.config_value(),
-                dims: config_dims(io, batching),
-                ..Default::default()
-            })
-            .collect();
-    } else {
-        for input in &config.input {
-            let graph = find(&signature.inputs, &input.name, "input")?;
-            check(
-                &input.name,
-                input.data_type,
-                &input.dims,
-                input.reshape.as_ref().map(|r| &r.shape[..]),
-                graph,
-                batching,
-            )?;
-        }
-        for graph in &signature.inputs {
-            if !config.input.iter().any(|i| i.name == graph.name) {
-                return Err(format!(
-                    "the model file has input '{}', which {} does not declare",
-                    graph.name,
-                    super::CONFIG_FILE
-                ));
-            }
-        }
-    }
-    if config.output.is_empty() {
-        config.output = signature
-            .outputs
-            .iter()
-            .map(|io| ModelOutput {
-                name: io.name.clone(),
-                data_type: io.datatype.config_value(),
-                dims: config_dims(io, batching),
-                ..Default::default()
-            })
-            .collect();
-    } else {
-        for output in &config.output {
-            let graph = find(&signature.outputs, &output.name, "output")?;
-            check(
-                &output.name,
-                output.data_type,
-                &output.dims,
-                output.reshape.as_ref().map(|r| &r.shape[..]),
-                graph,
-                batching,
-            )?;
-        }
-    }
+    complete_list(&mut config.input, &signature.inputs, batching, "input")?;
+    complete_list(&mut config.output, &signature.outputs, batching, "output")?;
     if config.instance_group.is_empty() {
         config.instance_group.push(ModelInstanceGroup {
             name: config.name.clone(),
@@ -100,6 +45,75 @@ pub fn complete_config(
     Ok(())
 }
 
+/// What completion needs of `ModelInput` and `ModelOutput` alike.
+trait ConfigTensor {
+    fn from_graph(io: &GraphIo, dims: Vec<i64>) -> Self;
+    fn name(&self) -> &str;
+    fn data_type(&self) -> i32;
+    fn dims(&self) -> &[i64];
+    fn reshape(&self) -> Option<&[i64]>;
+}
+
+macro_rules! config_tensor {
+    ($t:ty) => {
+        impl ConfigTensor for $t {
+            fn from_graph(io: &GraphIo, dims: Vec<i64>) -> Self {
+                Self {
+                    name: io.name.clone(),
+                    data_type: io.datatype.config_value(),
+                    dims,
+                    ..Default::default()
+                }
+            }
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn data_type(&self) -> i32 {
+                self.data_type
+            }
+            fn dims(&self) -> &[i64] {
+                &self.dims
+            }
+            fn reshape(&self) -> Option<&[i64]> {
+                self.reshape.as_ref().map(|r| &r.shape[..])
+            }
+        }
+    };
+}
+config_tensor!(ModelInput);
+config_tensor!(ModelOutput);
+
+/// Fills an empty input or output list from the graph, or checks a given one against it (every
+/// graph input must then be declared too).
+fn complete_list<T: ConfigTensor>(
+    list: &mut Vec<T>,
+    graph: &[GraphIo],
+    batching: bool,
+    what: &str,
+) -> Result<(), String> {
+    if list.is_empty() {
+        *list = graph
+            .iter()
+            .map(|io| T::from_graph(io, config_dims(io, batching)))
+            .collect();
+        return Ok(());
+    }
+    for t in list.iter() {
+        let io = find(graph, t.name(), what)?;
+        check(t.name(), t.data_type(), t.dims(), t.reshape(), io, batching)?;
+    }
+    if what == "input"
+        && let Some(io) = graph.iter().find(|io| !list.iter().any(|t| t.name() == io.name))
+    {
+        return Err(format!(
+            "the model file has input '{}', which {} does not declare",
+            io.name,
+            super::CONFIG_FILE
+        ));
+    }
+    Ok(())
+}
+
 /// Every tensor has a known rank of at least one and a variable first dimension.
 fn can_batch(signature: &Signature) -> bool {
     let batchable = |io: &GraphIo| matches!(&io.dims, Some(d) if !d.is_empty() && d[0].is_none());
@@ -107,7 +121,10 @@ fn can_batch(signature: &Signature) -> bool {
 }
 
 fn config_dims(io: &GraphIo, batching: bool) -> Vec<i64> {
-    let dims = io.dims.as_deref().unwrap_or(&[]);
+    // Unknown rank: one variable dimension is the most a config can say.
+    let Some(dims) = io.dims.as_deref() else {
+        return vec![-1];
+    };
     let dims = if batching { dims.get(1..).unwrap_or(&[]) } else { dims };
     dims.iter().map(|d| d.map_or(-1, |d| d as i64)).collect()
 }

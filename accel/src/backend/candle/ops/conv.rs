@@ -112,6 +112,15 @@ fn repeat_on(rank: usize, axis: usize, n: usize) -> Vec<usize> {
     r
 }
 
+/// Adds the per-channel bias: the one prepared at load, else the node's third input, if any.
+fn add_bias(y: Tensor, prepared: Option<&Tensor>, input: Option<&Tensor>) -> Result<Tensor> {
+    match (prepared, input) {
+        (Some(b), _) => y.broadcast_add(b),
+        (None, Some(b)) => y.broadcast_add(&b.reshape(bias_shape(y.rank(), b.elem_count()))?),
+        (None, None) => Ok(y),
+    }
+}
+
 fn bias_shape(rank: usize, channels: usize) -> Vec<usize> {
     let mut s = vec![1; rank];
     s[1] = channels;
@@ -200,16 +209,7 @@ pub(super) fn conv(ctx: &NodeCtx<'_>) -> Result<Kernel> {
                 y = take_strided(&y, axis, 0, s, n.div_ceil(s))?;
             }
         }
-        let b = match &b_const {
-            Some(b) => Some(b.clone()),
-            None => opt(i, 2)
-                .map(|b| b.reshape(bias_shape(y.rank(), b.elem_count())))
-                .transpose()?,
-        };
-        if let Some(b) = b {
-            y = y.broadcast_add(&b)?;
-        }
-        Ok(vec![y])
+        Ok(vec![add_bias(y, b_const.as_ref(), opt(i, 2))?])
     }))
 }
 
@@ -341,16 +341,7 @@ pub(super) fn conv_transpose(ctx: &NodeCtx<'_>) -> Result<Kernel> {
                 .ok_or_else(|| candle_core::Error::Msg("ConvTranspose pads exceed the output".into()))?;
             y = y.narrow(axis, b, len)?;
         }
-        let b = match &b_const {
-            Some(b) => Some(b.clone()),
-            None => opt(i, 2)
-                .map(|b| b.reshape(bias_shape(y.rank(), b.elem_count())))
-                .transpose()?,
-        };
-        if let Some(b) = b {
-            y = y.broadcast_add(&b)?;
-        }
-        Ok(vec![y])
+        Ok(vec![add_bias(y, b_const.as_ref(), opt(i, 2))?])
     }))
 }
 

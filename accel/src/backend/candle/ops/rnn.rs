@@ -287,69 +287,97 @@ fn check_float(x: &Tensor, op: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs a recurrent cell over every direction and time step. `prepare` builds per-direction extras
+/// (peepholes, split weights) and `step` maps (x·Wᵀ at t, states) to the new states, h first; masks,
+/// initial states and the output layout are handled here once for all three cells.
+#[allow(clippy::too_many_arguments)]
+fn run_cell<P>(
+    c: &Common,
+    inputs: &[Option<&Tensor>],
+    op: &str,
+    weights: &Weights,
+    fold_recurrent_bias: bool,
+    states: usize,
+    prepare: impl Fn(usize, &DirWeights) -> Result<P>,
+    step: impl Fn(&P, &DirWeights, &[Act], &Tensor, &[Tensor]) -> Result<Vec<Tensor>>,
+) -> Result<Vec<Tensor>> {
+    let x = arg(inputs, 0)?;
+    check_float(x, op)?;
+    let dw = weights.get(inputs)?;
+    let x = c.time_major(x)?;
+    let (seq, batch, _) = x.dims3()?;
+    let masks = c.masks(opt(inputs, 4), seq, batch, &x)?;
+    let mut ys = Vec::with_capacity(c.reverse.len());
+    let mut finals = Vec::with_capacity(c.reverse.len());
+    for (d, &rev) in c.reverse.iter().enumerate() {
+        let w = &dw[d];
+        let bias = if fold_recurrent_bias {
+            w.bias_sum()?
+        } else {
+            w.wb.clone()
+        };
+        let xw = project(&x, &w.wt, bias)?;
+        let extra = prepare(d, w)?;
+        let mut state: Vec<Tensor> = (0..states)
+            .map(|k| c.initial(opt(inputs, 5 + k), d, batch, &x))
+            .collect::<Result<_>>()?;
+        let mut out = vec![state[0].clone(); seq];
+        for t in steps(rev, seq) {
+            let new = step(&extra, w, &c.acts[d], &xw.get(t)?, &state)?;
+            let m = masks.as_ref().map(|m| &m[t]);
+            out[t] = output(m, &new[0])?;
+            state = new
+                .into_iter()
+                .zip(&state)
+                .map(|(n, o)| masked(m, n, o))
+                .collect::<Result<_>>()?;
+        }
+        ys.push(out);
+        finals.push(state);
+    }
+    c.finish(ys, finals)
+}
+
 pub(super) fn lstm(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let c = Common::read(ctx, &[Act::Sigmoid, Act::Tanh, Act::Tanh])?;
     let input_forget = ctx.attrs().int("input_forget", 0) != 0;
     let weights = Weights::new(ctx, 4, &c)?;
+    let hs = c.hidden;
     Ok(Kernel::new(move |i| {
-        let x = arg(i, 0)?;
-        check_float(x, "LSTM")?;
-        let dw = weights.get(i)?;
-        let x = c.time_major(x)?;
-        let (seq, batch, _) = x.dims3()?;
-        let masks = c.masks(opt(i, 4), seq, batch, &x)?;
-        let mut ys = Vec::with_capacity(c.reverse.len());
-        let mut finals = Vec::with_capacity(c.reverse.len());
-        for (d, &rev) in c.reverse.iter().enumerate() {
-            let xw = project(&x, &dw[d].wt, dw[d].bias_sum()?)?;
-            let rt = &dw[d].rt;
-            let peep = opt(i, 7).map(|p| p.get(d)).transpose()?;
-            let (pi, po, pf) = match &peep {
-                Some(p) => (
-                    Some(p.narrow(0, 0, c.hidden)?),
-                    Some(p.narrow(0, c.hidden, c.hidden)?),
-                    Some(p.narrow(0, 2 * c.hidden, c.hidden)?),
-                ),
-                None => (None, None, None),
-            };
-            let mut h = c.initial(opt(i, 5), d, batch, &x)?;
-            let mut cell = c.initial(opt(i, 6), d, batch, &x)?;
-            let mut out = vec![h.clone(); seq];
-            let [fa, ga, ha] = [c.acts[d][0], c.acts[d][1], c.acts[d][2]];
-            for t in steps(rev, seq) {
-                let gates = xw.get(t)?.add(&h.matmul(rt)?)?;
-                let gate = |k: usize| gates.narrow(1, k * c.hidden, c.hidden);
-                let mut gi = gate(0)?;
-                let mut gf = gate(2)?;
-                if let Some(p) = &pi {
-                    gi = gi.broadcast_add(&cell.broadcast_mul(p)?)?;
-                }
-                if let Some(p) = &pf {
-                    gf = gf.broadcast_add(&cell.broadcast_mul(p)?)?;
-                }
-                let it = fa.apply(&c.clip(gi)?)?;
-                let ft = if input_forget {
-                    it.affine(-1.0, 1.0)?
-                } else {
-                    fa.apply(&c.clip(gf)?)?
-                };
-                let ct = ga.apply(&c.clip(gate(3)?)?)?;
-                let new_cell = ft.mul(&cell)?.add(&it.mul(&ct)?)?;
-                let mut go = gate(1)?;
-                if let Some(p) = &po {
-                    go = go.broadcast_add(&new_cell.broadcast_mul(p)?)?;
-                }
-                let ot = fa.apply(&c.clip(go)?)?;
-                let new_h = ot.mul(&ha.apply(&new_cell)?)?;
-                let m = masks.as_ref().map(|m| &m[t]);
-                out[t] = output(m, &new_h)?;
-                h = masked(m, new_h, &h)?;
-                cell = masked(m, new_cell, &cell)?;
+        // Peepholes P (dirs, 3H): input, output, forget.
+        let prepare = |d: usize, _: &DirWeights| -> Result<Option<[Tensor; 3]>> {
+            opt(i, 7)
+                .map(|p| {
+                    let p = p.get(d)?;
+                    Ok([p.narrow(0, 0, hs)?, p.narrow(0, hs, hs)?, p.narrow(0, 2 * hs, hs)?])
+                })
+                .transpose()
+        };
+        let step = |peep: &Option<[Tensor; 3]>, w: &DirWeights, acts: &[Act], xw: &Tensor, s: &[Tensor]| {
+            let (h, cell) = (&s[0], &s[1]);
+            let (fa, ga, ha) = (acts[0], acts[1], acts[2]);
+            let gates = xw.add(&h.matmul(&w.rt)?)?;
+            let gate = |k: usize| gates.narrow(1, k * hs, hs);
+            let (mut gi, mut gf, mut go) = (gate(0)?, gate(2)?, gate(1)?);
+            if let Some([pi, _, pf]) = peep {
+                gi = gi.broadcast_add(&cell.broadcast_mul(pi)?)?;
+                gf = gf.broadcast_add(&cell.broadcast_mul(pf)?)?;
             }
-            ys.push(out);
-            finals.push(vec![h, cell]);
-        }
-        c.finish(ys, finals)
+            let it = fa.apply(&c.clip(gi)?)?;
+            let ft = if input_forget {
+                it.affine(-1.0, 1.0)?
+            } else {
+                fa.apply(&c.clip(gf)?)?
+            };
+            let ct = ga.apply(&c.clip(gate(3)?)?)?;
+            let new_cell = ft.mul(cell)?.add(&it.mul(&ct)?)?;
+            if let Some([_, po, _]) = peep {
+                go = go.broadcast_add(&new_cell.broadcast_mul(po)?)?;
+            }
+            let ot = fa.apply(&c.clip(go)?)?;
+            Ok(vec![ot.mul(&ha.apply(&new_cell)?)?, new_cell])
+        };
+        run_cell(&c, i, "LSTM", &weights, true, 2, prepare, step)
     }))
 }
 
@@ -357,59 +385,44 @@ pub(super) fn gru(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let c = Common::read(ctx, &[Act::Sigmoid, Act::Tanh])?;
     let linear_before_reset = ctx.attrs().int("linear_before_reset", 0) != 0;
     let weights = Weights::new(ctx, 3, &c)?;
+    let hs = c.hidden;
     Ok(Kernel::new(move |i| {
-        let x = arg(i, 0)?;
-        check_float(x, "GRU")?;
-        let dw = weights.get(i)?;
-        let hs = c.hidden;
-        let x = c.time_major(x)?;
-        let (seq, batch, _) = x.dims3()?;
-        let masks = c.masks(opt(i, 4), seq, batch, &x)?;
-        let mut ys = Vec::with_capacity(c.reverse.len());
-        let mut finals = Vec::with_capacity(c.reverse.len());
-        for (d, &rev) in c.reverse.iter().enumerate() {
-            let xw = project(&x, &dw[d].wt, dw[d].wb.clone())?;
-            let rt = &dw[d].rt;
-            let rb = &dw[d].rb;
-            let rt_zr = rt.narrow(1, 0, 2 * hs)?.contiguous()?;
-            let rt_h = rt.narrow(1, 2 * hs, hs)?.contiguous()?;
-            let rb_zr = rb.as_ref().map(|b| b.narrow(0, 0, 2 * hs)).transpose()?;
-            let rb_h = rb.as_ref().map(|b| b.narrow(0, 2 * hs, hs)).transpose()?;
-            let mut h = c.initial(opt(i, 5), d, batch, &x)?;
-            let mut out = vec![h.clone(); seq];
-            let [fa, ga] = [c.acts[d][0], c.acts[d][1]];
-            for t in steps(rev, seq) {
-                let xt = xw.get(t)?;
-                let mut hzr = h.matmul(&rt_zr)?;
-                if let Some(b) = &rb_zr {
-                    hzr = hzr.broadcast_add(b)?;
-                }
-                let z = fa.apply(&c.clip(xt.narrow(1, 0, hs)?.add(&hzr.narrow(1, 0, hs)?)?)?)?;
-                let rg = fa.apply(&c.clip(xt.narrow(1, hs, hs)?.add(&hzr.narrow(1, hs, hs)?)?)?)?;
-                let recur = if linear_before_reset {
-                    let mut hh = h.matmul(&rt_h)?;
-                    if let Some(b) = &rb_h {
-                        hh = hh.broadcast_add(b)?;
-                    }
-                    rg.mul(&hh)?
-                } else {
-                    let mut hh = rg.mul(&h)?.matmul(&rt_h)?;
-                    if let Some(b) = &rb_h {
-                        hh = hh.broadcast_add(b)?;
-                    }
-                    hh
-                };
-                let cand = ga.apply(&c.clip(xt.narrow(1, 2 * hs, hs)?.add(&recur)?)?)?;
-                // h = (1 - z) * cand + z * h
-                let new_h = cand.add(&z.mul(&h.sub(&cand)?)?)?;
-                let m = masks.as_ref().map(|m| &m[t]);
-                out[t] = output(m, &new_h)?;
-                h = masked(m, new_h, &h)?;
-            }
-            ys.push(out);
-            finals.push(vec![h]);
-        }
-        c.finish(ys, finals)
+        // R^T split into the update/reset gates and the candidate, with their recurrence biases.
+        let prepare = |_: usize, w: &DirWeights| -> Result<(Tensor, Tensor, Option<Tensor>, Option<Tensor>)> {
+            let rb_zr = w.rb.as_ref().map(|b| b.narrow(0, 0, 2 * hs)).transpose()?;
+            let rb_h = w.rb.as_ref().map(|b| b.narrow(0, 2 * hs, hs)).transpose()?;
+            Ok((
+                w.rt.narrow(1, 0, 2 * hs)?.contiguous()?,
+                w.rt.narrow(1, 2 * hs, hs)?.contiguous()?,
+                rb_zr,
+                rb_h,
+            ))
+        };
+        let step = |p: &(Tensor, Tensor, Option<Tensor>, Option<Tensor>),
+                    _: &DirWeights,
+                    acts: &[Act],
+                    xt: &Tensor,
+                    s: &[Tensor]| {
+            let (rt_zr, rt_h, rb_zr, rb_h) = p;
+            let h = &s[0];
+            let (fa, ga) = (acts[0], acts[1]);
+            let add_bias = |t: Tensor, b: &Option<Tensor>| match b {
+                Some(b) => t.broadcast_add(b),
+                None => Ok(t),
+            };
+            let hzr = add_bias(h.matmul(rt_zr)?, rb_zr)?;
+            let z = fa.apply(&c.clip(xt.narrow(1, 0, hs)?.add(&hzr.narrow(1, 0, hs)?)?)?)?;
+            let rg = fa.apply(&c.clip(xt.narrow(1, hs, hs)?.add(&hzr.narrow(1, hs, hs)?)?)?)?;
+            let recur = if linear_before_reset {
+                rg.mul(&add_bias(h.matmul(rt_h)?, rb_h)?)?
+            } else {
+                add_bias(rg.mul(h)?.matmul(rt_h)?, rb_h)?
+            };
+            let cand = ga.apply(&c.clip(xt.narrow(1, 2 * hs, hs)?.add(&recur)?)?)?;
+            // h = (1 - z) * cand + z * h
+            Ok(vec![cand.add(&z.mul(&h.sub(&cand)?)?)?])
+        };
+        run_cell(&c, i, "GRU", &weights, false, 1, prepare, step)
     }))
 }
 
@@ -417,28 +430,9 @@ pub(super) fn rnn(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let c = Common::read(ctx, &[Act::Tanh])?;
     let weights = Weights::new(ctx, 1, &c)?;
     Ok(Kernel::new(move |i| {
-        let x = arg(i, 0)?;
-        check_float(x, "RNN")?;
-        let dw = weights.get(i)?;
-        let x = c.time_major(x)?;
-        let (seq, batch, _) = x.dims3()?;
-        let masks = c.masks(opt(i, 4), seq, batch, &x)?;
-        let mut ys = Vec::with_capacity(c.reverse.len());
-        let mut finals = Vec::with_capacity(c.reverse.len());
-        for (d, &rev) in c.reverse.iter().enumerate() {
-            let xw = project(&x, &dw[d].wt, dw[d].bias_sum()?)?;
-            let rt = &dw[d].rt;
-            let mut h = c.initial(opt(i, 5), d, batch, &x)?;
-            let mut out = vec![h.clone(); seq];
-            for t in steps(rev, seq) {
-                let new_h = c.acts[d][0].apply(&c.clip(xw.get(t)?.add(&h.matmul(rt)?)?)?)?;
-                let m = masks.as_ref().map(|m| &m[t]);
-                out[t] = output(m, &new_h)?;
-                h = masked(m, new_h, &h)?;
-            }
-            ys.push(out);
-            finals.push(vec![h]);
-        }
-        c.finish(ys, finals)
+        let step = |_: &(), w: &DirWeights, acts: &[Act], xt: &Tensor, s: &[Tensor]| {
+            Ok(vec![acts[0].apply(&c.clip(xt.add(&s[0].matmul(&w.rt)?)?)?)?])
+        };
+        run_cell(&c, i, "RNN", &weights, true, 1, |_, _| Ok(()), step)
     }))
 }
