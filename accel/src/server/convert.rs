@@ -65,6 +65,9 @@ pub(super) fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Erro
                     input.name, input.shape
                 ))
             })?;
+        if input.parameters.contains_key(SHM_REGION) {
+            return Err(shared_memory_unsupported(&input.name));
+        }
         let typed = input.contents.filter(|c| !contents_empty(c));
         let data = match (raw.next(), typed) {
             (Some(_), Some(_)) => {
@@ -87,13 +90,15 @@ pub(super) fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Erro
                 }
             }
         };
-        let _ = input.parameters;
         tensors.push(Tensor {
             name: input.name,
             datatype,
             shape,
             data,
         });
+    }
+    if let Some(o) = outputs.iter().find(|o| o.parameters.contains_key(SHM_REGION)) {
+        return Err(shared_memory_unsupported(&o.name));
     }
     Ok(InferRequest {
         model_name,
@@ -109,6 +114,15 @@ pub(super) fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Erro
             })
             .collect(),
     })
+}
+
+/// The tensor parameter that places data in a registered shared-memory region.
+const SHM_REGION: &str = "shared_memory_region";
+
+fn shared_memory_unsupported(tensor: &str) -> Error {
+    Error::unimplemented(format!(
+        "tensor '{tensor}': shared-memory tensors are not supported yet; send the data in the request"
+    ))
 }
 
 fn contents_empty(c: &InferTensorContents) -> bool {
@@ -345,6 +359,19 @@ mod tests {
             ..Default::default()
         };
         assert!(infer_request(both).unwrap_err().to_string().contains("both"));
+        let mut shm = input("x", "FP32", &[1], None);
+        shm.parameters.insert(
+            SHM_REGION.into(),
+            InferParameter {
+                parameter_choice: Some(ParameterChoice::StringParam("region".into())),
+            },
+        );
+        let e = infer_request(ModelInferRequest {
+            inputs: vec![shm],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), crate::core::Code::Unimplemented);
         let count = ModelInferRequest {
             inputs: vec![input("x", "FP32", &[1], None)],
             raw_input_contents: vec![Bytes::new(), Bytes::new()],
