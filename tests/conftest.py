@@ -48,11 +48,15 @@ class Server:
     """A running `accel serve` process."""
 
     def __init__(self, repository: str, log_path: str, extra_args=(), ready_timeout=120.0):
-        self.port = free_port()
+        self.port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.url = f"127.0.0.1:{self.port}"
+        self.http_url = f"127.0.0.1:{self.http_port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = log_path
         self._log = open(log_path, "w")
-        args = [ACCEL_BIN, "serve", "--model-repository", repository, "--grpc-port", str(self.port), *extra_args]
+        args = [ACCEL_BIN, "serve", "--model-repository", repository, "--grpc-port", str(self.port),
+                "--http-port", str(self.http_port), "--metrics-port", str(self.metrics_port),
+                "--metrics-address", "127.0.0.1", "--metrics-interval-ms", "200", *extra_args]
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
         client = grpcclient.InferenceServerClient(self.url)
         deadline = time.monotonic() + ready_timeout
@@ -73,8 +77,20 @@ class Server:
     def client(self) -> grpcclient.InferenceServerClient:
         return grpcclient.InferenceServerClient(self.url)
 
+    def http_client(self):
+        import tritonclient.http as httpclient
+
+        return httpclient.InferenceServerClient(self.http_url)
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+            return r.read().decode()
+
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         with open(self.log_path) as f:
             return f.read()
 

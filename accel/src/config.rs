@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::logging::LogFormat;
 use crate::residency::ControlMode;
 
 /// Accel: a batching inference sidecar for KServe, speaking the v2 / Open Inference Protocol.
@@ -40,17 +41,42 @@ pub struct Config {
     #[arg(long, env = "ACCEL_GRPC_PORT", default_value_t = 8001)]
     pub grpc_port: u16,
 
-    /// Address of the HTTP/REST server (reserved: the REST v2 endpoint is not served yet).
+    /// Serve REST v2 (the KServe v2 HTTP protocol, with Triton's binary tensor extension).
+    #[arg(long, env = "ACCEL_ALLOW_HTTP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_http: bool,
+
+    /// Address the HTTP/REST server binds.
     #[arg(long, env = "ACCEL_HTTP_ADDRESS", default_value = "127.0.0.1")]
     pub http_address: IpAddr,
 
-    /// HTTP/REST port (reserved: the REST v2 endpoint is not served yet).
+    /// HTTP/REST port (v2 endpoints and the /v2/health/live and /v2/health/ready probes). 0 picks a free port.
     #[arg(long, env = "ACCEL_HTTP_PORT", default_value_t = 8000)]
     pub http_port: u16,
 
-    /// Prometheus metrics port (reserved: /metrics is not served yet).
+    /// Largest HTTP request body accepted, in bytes (the JSON header plus binary tensors).
+    #[arg(long, env = "ACCEL_HTTP_MAX_BODY_BYTES", default_value_t = u32::MAX as usize)]
+    pub http_max_body_bytes: usize,
+
+    /// Serve Prometheus metrics at /metrics on --metrics-port.
+    #[arg(long, env = "ACCEL_ALLOW_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_metrics: bool,
+
+    /// Address the metrics server binds. Prometheus scrapes from outside the pod, hence all interfaces.
+    #[arg(long, env = "ACCEL_METRICS_ADDRESS", default_value = "0.0.0.0")]
+    pub metrics_address: IpAddr,
+
+    /// Prometheus metrics port. 0 picks a free port.
     #[arg(long, env = "ACCEL_METRICS_PORT", default_value_t = 8002)]
     pub metrics_port: u16,
+
+    /// How often the CPU, memory and executor duty-cycle gauges are sampled, in milliseconds.
+    #[arg(long, env = "ACCEL_METRICS_INTERVAL_MS", default_value_t = 2000)]
+    pub metrics_interval_ms: u64,
+
+    /// On SIGTERM, how long requests already accepted may take to finish before the process exits.
+    /// Keep the pod's terminationGracePeriodSeconds above it.
+    #[arg(long, env = "ACCEL_EXIT_TIMEOUT_SECS", default_value_t = 30)]
+    pub exit_timeout_secs: u64,
 
     /// Which models are loaded: `none` loads every model at start; `explicit` loads only those named
     /// with --load-model.
@@ -66,9 +92,14 @@ pub struct Config {
     )]
     pub load_models: Vec<String>,
 
-    /// Log verbosity: 0 logs information, 1 adds debug detail, 2 and more trace everything.
+    /// Log verbosity: 0 logs information, 1 adds debug detail, 2 and more trace everything. It can be
+    /// changed at run time with LogSettings (gRPC) or POST /v2/logging.
     #[arg(long, env = "ACCEL_LOG_VERBOSE", default_value_t = 0)]
     pub log_verbose: u8,
+
+    /// Log line format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "ACCEL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 
     /// Largest gRPC message accepted or sent, in bytes. The default (the protocol's 4 GiB framing
     /// limit) carries tensors of 2 GiB and more; lower it to bound the memory one request may take.
@@ -127,6 +158,24 @@ impl Config {
         }
         if self.max_queued_requests == 0 {
             return Err("--max-queued-requests must be at least 1".into());
+        }
+        if self.metrics_interval_ms == 0 {
+            return Err("--metrics-interval-ms must be at least 1".into());
+        }
+        let ports = [
+            ("--grpc-port", Some(self.grpc_port)),
+            ("--http-port", self.allow_http.then_some(self.http_port)),
+            ("--metrics-port", self.allow_metrics.then_some(self.metrics_port)),
+        ];
+        for (i, (a, pa)) in ports.iter().enumerate() {
+            for (b, pb) in &ports[i + 1..] {
+                if let (Some(x), Some(y)) = (pa, pb)
+                    && x == y
+                    && *x != 0
+                {
+                    return Err(format!("{a} and {b} are both {x}"));
+                }
+            }
         }
         if self.intra_op_threads == 0 {
             return Err("--intra-op-threads must be at least 1".into());

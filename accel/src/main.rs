@@ -1,11 +1,12 @@
 //! The `accel` binary: parse and check the configuration before binding anything (an invalid one
-//! exits 64), set up logging and the compute thread count, then serve until SIGINT or SIGTERM.
+//! exits 64), set up logging and the compute thread count, then serve until SIGINT or SIGTERM, drain,
+//! and exit 0 once every accepted request is answered.
 
 use std::process::ExitCode;
 
 use accel::config::{Cli, Command, Config};
+use accel::server::{Exit, Listeners};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// `EX_USAGE`: the configuration is invalid.
 const EXIT_USAGE: u8 = 64;
@@ -28,20 +29,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_env("ACCEL_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=info,tower=info,hyper=info")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
-}
-
 /// candle sizes its CPU thread pools from `RAYON_NUM_THREADS` when they are first used.
 #[allow(unsafe_code, clippy::disallowed_methods)]
 fn set_compute_threads(n: usize) {
@@ -52,7 +39,7 @@ fn set_compute_threads(n: usize) {
 }
 
 fn serve(config: Config) -> ExitCode {
-    init_logging(config.log_verbose);
+    accel::logging::init(config.log_verbose, config.log_format);
     if let Err(e) = config.validate() {
         eprintln!("accel: invalid configuration: {e}");
         return ExitCode::from(EXIT_USAGE);
@@ -78,29 +65,29 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
-        let listener = match accel::server::bind(&config).await {
+        let listeners = match Listeners::bind(&config).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!(
-                    "accel: cannot bind gRPC on {}:{}: {e}",
-                    config.grpc_address, config.grpc_port
-                );
+                eprintln!("accel: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        match listener.local_addr() {
-            Ok(addr) => tracing::info!(%addr, repository = %config.model_repository.display(), "gRPC server listening"),
-            Err(e) => tracing::warn!(error = %e, "gRPC server listening on an unknown address"),
-        }
+        let show = |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
         tracing::info!(
-            http_port = config.http_port,
-            metrics_port = config.metrics_port,
-            "REST and metrics endpoints are not served yet"
+            grpc = %show(listeners.grpc_addr()),
+            http = %show(listeners.http_addr()),
+            metrics = %show(listeners.metrics_addr()),
+            repository = %config.model_repository.display(),
+            "listening"
         );
-        match accel::server::serve(&config, registry, listener, shutdown_signal()).await {
-            Ok(()) => {
-                tracing::info!("stopped");
+        match accel::server::run(&config, registry, listeners, shutdown_signal()).await {
+            Ok(Exit::Drained) => {
+                tracing::info!("drained; exiting");
                 ExitCode::SUCCESS
+            }
+            Ok(Exit::TimedOut { in_flight }) => {
+                tracing::error!(in_flight, "exit timeout reached with requests still running");
+                ExitCode::FAILURE
             }
             Err(e) => {
                 tracing::error!(error = %e, "server failed");

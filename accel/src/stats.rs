@@ -1,13 +1,16 @@
 //! Per-model-version inference statistics, Triton's way: request counts and cumulative durations
 //! (success, failure, queue, compute input/infer/output) and the same per batch size. This is what
 //! ModelStatistics reports, and how users see that batching works (executions < inferences).
-//! Counters are atomics; only the per-batch-size table takes a lock, once per execution.
+//! Counters are atomics; only the per-batch-size table takes a lock, once per execution. The same
+//! calls feed the Prometheus metrics (`crate::metrics`), through handles registered once per model.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+
+use crate::metrics::{FailureReason, ModelMetrics};
 
 /// A count and a cumulative duration.
 #[derive(Debug, Default)]
@@ -47,8 +50,14 @@ pub struct BatchSizeStats {
 }
 
 /// The statistics of one model version.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ModelStats {
+    metrics: ModelMetrics,
+    instances: usize,
+    /// Nanoseconds the executors spent executing (all instances together).
+    busy_ns: AtomicU64,
+    /// (busy_ns, when) at the last duty-cycle sample.
+    last_sample: Mutex<(u64, std::time::Instant)>,
     pub success: DurationStat,
     pub fail: DurationStat,
     pub queue: DurationStat,
@@ -64,16 +73,74 @@ pub struct ModelStats {
 }
 
 impl ModelStats {
-    pub fn record_success(&self, total: Duration) {
-        self.success.add(1, total);
+    pub fn new(model: &str, version: u64, instances: usize) -> Self {
+        let metrics = ModelMetrics::new(model, version);
+        metrics.instances.set(instances as f64);
+        ModelStats {
+            metrics,
+            instances: instances.max(1),
+            busy_ns: AtomicU64::new(0),
+            last_sample: Mutex::new((0, std::time::Instant::now())),
+            success: DurationStat::default(),
+            fail: DurationStat::default(),
+            queue: DurationStat::default(),
+            compute_input: DurationStat::default(),
+            compute_infer: DurationStat::default(),
+            compute_output: DurationStat::default(),
+            inference_count: AtomicU64::new(0),
+            execution_count: AtomicU64::new(0),
+            last_inference_ms: AtomicU64::new(0),
+            memory_bytes: AtomicU64::new(0),
+            batches: Mutex::new(BTreeMap::new()),
+        }
     }
 
-    pub fn record_failure(&self, total: Duration) {
+    pub fn record_success(&self, total: Duration) {
+        self.success.add(1, total);
+        let m = &self.metrics;
+        m.success.increment(1);
+        m.request_duration_us.increment(total.as_micros() as u64);
+        m.request_seconds.record(total.as_secs_f64());
+    }
+
+    pub fn record_failure(&self, total: Duration, reason: FailureReason) {
         self.fail.add(1, total);
+        self.metrics.failure(reason).increment(1);
     }
 
     pub fn record_queue(&self, waited: Duration) {
         self.queue.add(1, waited);
+        self.metrics.queue_duration_us.increment(waited.as_micros() as u64);
+        self.metrics.queue_seconds.record(waited.as_secs_f64());
+    }
+
+    /// The queue now holds `requests` requests with `rows` batch elements.
+    pub fn set_queued(&self, requests: usize, rows: usize) {
+        self.metrics.pending.set(requests as f64);
+        self.metrics.queue_depth.set(rows as f64);
+    }
+
+    /// Time an executor spent on one batch, whatever its outcome.
+    pub fn record_busy(&self, busy: Duration) {
+        self.busy_ns.fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+        self.metrics.busy_us.increment(busy.as_micros() as u64);
+    }
+
+    /// Updates the duty-cycle gauge: the fraction of the time since the last sample the executors were
+    /// busy. Called by the periodic sampler.
+    pub fn sample_duty_cycle(&self) -> f64 {
+        let busy = self.busy_ns.load(Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let mut last = self.last_sample.lock();
+        let elapsed = now.duration_since(last.1).as_nanos() as f64;
+        let duty = if elapsed > 0.0 {
+            ((busy - last.0) as f64 / (elapsed * self.instances as f64)).min(1.0)
+        } else {
+            0.0
+        };
+        *last = (busy, now);
+        self.metrics.duty_cycle.set(duty);
+        duty
     }
 
     /// One successful execution of `rows` batch elements from `requests` requests.
@@ -84,6 +151,16 @@ impl ModelStats {
         self.compute_output.add(n, t.output);
         self.inference_count.fetch_add(rows as u64, Ordering::Relaxed);
         self.execution_count.fetch_add(1, Ordering::Relaxed);
+        let m = &self.metrics;
+        m.compute_input_us
+            .increment(n.saturating_mul(t.input.as_micros() as u64));
+        m.compute_infer_us
+            .increment(n.saturating_mul(t.infer.as_micros() as u64));
+        m.compute_output_us
+            .increment(n.saturating_mul(t.output.as_micros() as u64));
+        m.inference_count.increment(rows as u64);
+        m.exec_count.increment(1);
+        m.batch_size.record(rows as f64);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -98,6 +175,7 @@ impl ModelStats {
 
     pub fn set_memory_bytes(&self, bytes: u64) {
         self.memory_bytes.store(bytes, Ordering::Relaxed);
+        self.metrics.resident_bytes.set(bytes as f64);
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -128,7 +206,7 @@ mod tests {
 
     #[test]
     fn executions_count_rows_and_batches() {
-        let s = ModelStats::default();
+        let s = ModelStats::new("m", 1, 1);
         let t = BatchTimes {
             input: Duration::from_micros(1),
             infer: Duration::from_micros(10),

@@ -12,6 +12,7 @@ use super::task::Command;
 use super::{SubmitError, assemble};
 use crate::backend::{BackendError, ModelInstance};
 use crate::core::ModelSpec;
+use crate::metrics::FailureReason;
 use crate::stats::{BatchTimes, ModelStats};
 
 pub(super) fn run(
@@ -74,13 +75,14 @@ fn execute(spec: &ModelSpec, instance: &mut dyn ModelInstance, stats: &ModelStat
         }
     };
     let finished = Instant::now();
+    stats.record_busy(finished - started);
     let ok = replies.iter().all(Result::is_ok);
     for (p, reply) in entries.into_iter().zip(replies) {
         let elapsed = p.received.elapsed();
-        if reply.is_ok() {
-            stats.record_success(elapsed);
-        } else {
-            stats.record_failure(elapsed);
+        match &reply {
+            Ok(_) => stats.record_success(elapsed),
+            Err(SubmitError::Backend { .. }) => stats.record_failure(elapsed, FailureReason::Backend),
+            Err(_) => stats.record_failure(elapsed, FailureReason::Other),
         }
         let _ = p.reply.send(reply);
     }

@@ -15,6 +15,7 @@ use super::queue::{Pending, PriorityQueue, Reply};
 use super::{QueueLimits, Scheduler, SchedulerThreads, SubmitError, executor, policy_of};
 use crate::backend::ModelInstance;
 use crate::core::{ModelSpec, QueuePolicy, Scheduling, ValidatedRequest};
+use crate::metrics::FailureReason;
 use crate::stats::ModelStats;
 
 /// What the scheduler thread receives.
@@ -144,7 +145,7 @@ impl State {
             }
         }
         for p in self.queue.drain() {
-            self.stats.record_failure(p.received.elapsed());
+            self.stats.record_failure(p.received.elapsed(), FailureReason::Canceled);
             let _ = p.reply.send(Err(SubmitError::ShuttingDown {
                 model: self.model.clone(),
             }));
@@ -194,7 +195,7 @@ impl State {
             (_, d) => d,
         };
         if self.queue.len() >= self.max_queued || !self.queue.has_room(level) {
-            self.stats.record_failure(received.elapsed());
+            self.stats.record_failure(received.elapsed(), FailureReason::Rejected);
             let _ = reply.send(Err(SubmitError::QueueFull {
                 model: self.model.clone(),
                 queued: self.queue.len(),
@@ -217,7 +218,7 @@ impl State {
     fn schedule(&mut self, now: Instant) -> Option<Instant> {
         for p in self.queue.expire(now) {
             let waited = now.saturating_duration_since(p.enqueued);
-            self.stats.record_failure(p.received.elapsed());
+            self.stats.record_failure(p.received.elapsed(), FailureReason::Rejected);
             let _ = p.reply.send(Err(SubmitError::Timeout {
                 model: self.model.clone(),
                 waited_us: waited.as_micros(),
@@ -233,6 +234,7 @@ impl State {
                     }
                     if let Err(e) = self.batches.send(batch) {
                         for p in e.into_inner() {
+                            self.stats.record_failure(p.received.elapsed(), FailureReason::Canceled);
                             let _ = p.reply.send(Err(SubmitError::ShuttingDown {
                                 model: self.model.clone(),
                             }));
@@ -248,6 +250,8 @@ impl State {
                 Action::Idle => break,
             }
         }
+        let rows = self.queue.iter().map(|p| p.request.batch_size).sum();
+        self.stats.set_queued(self.queue.len(), rows);
         let next = self.queue.next_deadline();
         match (wake, next) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -206,7 +206,10 @@ impl Registry {
         }
         let mut versions = BTreeMap::new();
         for (version, path) in &source.versions {
-            let v = match self.load_version(name, *version, path, &source.config) {
+            let started = std::time::Instant::now();
+            let loaded = self.load_version(name, *version, path, &source.config);
+            crate::metrics::record_load(name, started.elapsed().as_secs_f64(), loaded.is_ok());
+            let v = match loaded {
                 Ok(served) => Version {
                     state: ModelState::Ready,
                     reason: String::new(),
@@ -250,7 +253,7 @@ impl Registry {
             .map(|_| loaded.instance(&spec))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
-        let stats = Arc::new(ModelStats::default());
+        let stats = Arc::new(ModelStats::new(&spec.name, version, spec.instance_count));
         stats.set_memory_bytes(loaded.weight_bytes());
         let (scheduler, threads) = Scheduler::start(spec.clone(), instances, stats.clone(), self.options.queue_limits)
             .map_err(|e| format!("cannot start threads: {e}"))?;

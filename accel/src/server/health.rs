@@ -1,24 +1,22 @@
 //! `grpc.health.v1.Health/Check`, as Kubernetes gRPC probes call it: SERVING once start-up loading
-//! is done.
-
-use std::sync::Arc;
+//! is done, NOT_SERVING again while the server drains.
 
 use accel_proto::health::health_check_response::ServingStatus;
 use accel_proto::health::health_server::Health;
 use accel_proto::health::{HealthCheckRequest, HealthCheckResponse};
 use tonic::{Request, Response, Status};
 
-use crate::residency::Registry;
+use super::infer::Inference;
 
 /// The gRPC health service.
 #[derive(Debug, Clone)]
 pub struct HealthService {
-    registry: Arc<Registry>,
+    inference: Inference,
 }
 
 impl HealthService {
-    pub fn new(registry: Arc<Registry>) -> Self {
-        HealthService { registry }
+    pub fn new(inference: Inference) -> Self {
+        HealthService { inference }
     }
 }
 
@@ -29,7 +27,7 @@ impl Health for HealthService {
         if !(service.is_empty() || service == "inference.GRPCInferenceService") {
             return Err(Status::not_found(format!("unknown service '{service}'")));
         }
-        let status = if self.registry.started() {
+        let status = if self.inference.ready() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

@@ -1,19 +1,27 @@
-//! The network side: the gRPC inference service (`grpc`), the standard health service (`health`),
-//! conversion between wire messages and core types (`convert`), and the one mapping from errors to
-//! status codes (`status`). No scheduling logic lives here.
+//! The network side: gRPC (`grpc`), REST (`http`), Prometheus metrics (`metrics_endpoint`) and health
+//! (`health`), all over one inference path (`infer`) and one set of answers (`answers`), with the
+//! error-to-status mapping in one place (`status`). `run` also owns the lifecycle a Kubernetes pod
+//! needs: readiness, and the drain on SIGTERM (`lifecycle`).
 
+mod answers;
 mod convert;
 mod grpc;
 mod health;
+mod http;
+mod infer;
+mod lifecycle;
+mod metrics_endpoint;
 mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use accel_proto::health::health_server::HealthServer;
 use accel_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 use crate::batching::QueueLimits;
@@ -21,8 +29,11 @@ use crate::config::Config;
 use crate::repository::Repository;
 use crate::residency::{LoadOptions, Registry};
 
+pub use answers::EXTENSIONS;
 pub use grpc::InferenceService;
 pub use health::HealthService;
+pub use infer::Inference;
+pub use lifecycle::Lifecycle;
 
 /// The registry a configuration describes (nothing loaded yet).
 pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
@@ -41,35 +52,176 @@ pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
     )))
 }
 
-/// Binds the gRPC port.
-pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
-    TcpListener::bind(SocketAddr::new(config.grpc_address, config.grpc_port)).await
+/// The bound sockets: gRPC always, REST and metrics when enabled.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+    pub metrics: Option<TcpListener>,
 }
 
-/// Serves gRPC on `listener` until `shutdown` completes, loading the models in the background.
-pub async fn serve(
+impl Listeners {
+    /// Binds every port the configuration asks for.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let bind = |ip, port| async move {
+            TcpListener::bind(SocketAddr::new(ip, port))
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {ip}:{port}: {e}")))
+        };
+        Ok(Listeners {
+            grpc: bind(config.grpc_address, config.grpc_port).await?,
+            http: if config.allow_http {
+                Some(bind(config.http_address, config.http_port).await?)
+            } else {
+                None
+            },
+            metrics: if config.allow_metrics {
+                Some(bind(config.metrics_address, config.metrics_port).await?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.local_addr().ok()
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Every accepted request was answered before the exit timeout.
+    Drained,
+    /// The exit timeout passed with requests still running.
+    TimedOut { in_flight: usize },
+}
+
+/// Serves until `signal` completes, then drains: readiness turns false, new requests are refused,
+/// accepted ones finish (up to `--exit-timeout-secs`), and the servers stop.
+pub async fn run(
     config: &Config,
     registry: Arc<Registry>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+    listeners: Listeners,
+    signal: impl Future<Output = ()> + Send,
+) -> Result<Exit, String> {
+    let lifecycle = Lifecycle::new();
+    let inference = Inference::new(registry.clone(), lifecycle.clone());
     let loader = registry.clone();
     std::thread::Builder::new()
         .name("accel-load".into())
         .spawn(move || loader.start())
-        .map_err(|e| tracing::error!(error = %e, "cannot start the loading thread"))
-        .ok();
+        .map_err(|e| format!("cannot start the loading thread: {e}"))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let mut servers = tokio::task::JoinSet::new();
     let limit = config.grpc_max_message_bytes;
-    let inference = GrpcInferenceServiceServer::new(InferenceService::new(registry.clone()))
+    let grpc = GrpcInferenceServiceServer::new(InferenceService::new(inference.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let health = HealthServer::new(HealthService::new(inference.clone()));
     // Small tensors must not wait for delayed ACKs (Nagle): 40 ms per request otherwise.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .initial_stream_window_size(4 * 1024 * 1024)
-        .add_service(inference)
-        .add_service(HealthServer::new(HealthService::new(registry)))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let shutdown = stopped();
+    servers.spawn(async move {
+        tonic::transport::Server::builder()
+            .initial_connection_window_size(16 * 1024 * 1024)
+            .initial_stream_window_size(4 * 1024 * 1024)
+            .add_service(grpc)
+            .add_service(health)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(|e| format!("gRPC server: {e}"))
+    });
+    if let Some(listener) = listeners.http {
+        let router = http::router(inference.clone(), config.http_max_body_bytes);
+        servers.spawn(serve_http(listener, router, stopped(), "REST"));
+    }
+    if let Some(listener) = listeners.metrics {
+        match crate::metrics::install() {
+            Some(handle) => servers.spawn(serve_http(
+                listener,
+                metrics_endpoint::router(handle),
+                stopped(),
+                "metrics",
+            )),
+            None => servers.spawn(async { Ok(()) }),
+        };
+        let interval = Duration::from_millis(config.metrics_interval_ms);
+        tokio::spawn(metrics_endpoint::sample(
+            registry.clone(),
+            lifecycle.clone(),
+            interval,
+            stopped(),
+        ));
+    }
+
+    // Serve until the signal (or until a server fails on its own).
+    tokio::select! {
+        _ = signal => {}
+        Some(done) = servers.join_next() => {
+            let _ = stop_tx.send(true);
+            return Err(match done {
+                Ok(Ok(())) => "a server stopped unexpectedly".to_string(),
+                Ok(Err(e)) => e,
+                Err(e) => format!("a server task failed: {e}"),
+            });
+        }
+    }
+    lifecycle.start_drain();
+    let timeout = Duration::from_secs(config.exit_timeout_secs);
+    tracing::info!(
+        in_flight = lifecycle.in_flight(),
+        timeout_secs = config.exit_timeout_secs,
+        "draining: not ready, refusing new requests"
+    );
+    let exit = if lifecycle.drained(timeout).await {
+        Exit::Drained
+    } else {
+        Exit::TimedOut {
+            in_flight: lifecycle.in_flight(),
+        }
+    };
+    let _ = stop_tx.send(true);
+    // Connections close once their last response is written; do not wait on idle clients forever.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(done) = servers.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "server stopped with an error");
+            }
+        }
+    })
+    .await;
+    Ok(exit)
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    what: &'static str,
+) -> Result<(), String> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
         .await
+        .map_err(|e| format!("{what} server: {e}"))
 }

@@ -1,4 +1,5 @@
-//! The one place where Accel's errors become gRPC statuses.
+//! The one place where Accel's error codes become protocol statuses: gRPC codes, and HTTP status codes
+//! with Triton's `{"error": "..."}` body.
 
 use tonic::Status;
 
@@ -22,4 +23,24 @@ impl From<Error> for Status {
 /// Converts a boundary error through [`Error`].
 pub(super) fn status(e: impl Into<Error>) -> Status {
     Status::from(e.into())
+}
+
+/// The HTTP status of a code (Triton's mapping; RESOURCE_EXHAUSTED as 429, gRPC's own HTTP mapping).
+pub(super) fn http_status(code: Code) -> axum::http::StatusCode {
+    use axum::http::StatusCode;
+    match code {
+        Code::InvalidArgument | Code::Cancelled => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        let status = http_status(self.code());
+        (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
 }

@@ -115,20 +115,27 @@ impl TestServer {
             repo.to_str().unwrap(),
             "--grpc-port",
             "0",
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--metrics-address",
+            "127.0.0.1",
         ];
         args.extend_from_slice(extra);
         let Command::Serve(config) = <Cli as clap::Parser>::try_parse_from(args).unwrap().command;
         config.validate().unwrap();
         let registry = accel::server::registry(&config).unwrap();
-        let listener = accel::server::bind(&config).await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let listeners = accel::server::Listeners::bind(&config).await.unwrap();
+        let url = format!("http://{}", listeners.grpc_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            accel::server::serve(&config, registry, listener, async move {
+            let exit = accel::server::run(&config, registry, listeners, async move {
                 let _ = rx.await;
             })
             .await
             .unwrap();
+            assert_eq!(exit, accel::server::Exit::Drained);
         });
         let server = TestServer {
             url,

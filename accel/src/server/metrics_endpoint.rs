@@ -1,0 +1,64 @@
+//! `/metrics` for Prometheus on its own port, and the sampler that refreshes the gauges which are
+//! readings rather than events: CPU utilisation, memory, executor duty cycles, the drain flag.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::lifecycle::Lifecycle;
+use crate::device::host::{CpuTimes, HostMemory};
+use crate::residency::Registry;
+
+pub(super) fn router(handle: &'static PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || async move {
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                handle.render(),
+            )
+                .into_response()
+        }),
+    )
+}
+
+/// Samples the reading gauges every `interval` until `stop` completes.
+pub(super) async fn sample(
+    registry: Arc<Registry>,
+    lifecycle: Arc<Lifecycle>,
+    interval: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let (cpu, mem_total, mem_used, host_tier, draining) = crate::metrics::host_gauges();
+    host_tier.set(0.0);
+    let mut previous = CpuTimes::read();
+    let mut ticker = tokio::time::interval(interval);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticker.tick() => {}
+        }
+        let now = CpuTimes::read();
+        if let (Some(p), Some(n)) = (previous, now) {
+            cpu.set(n.utilization_since(&p));
+        }
+        previous = now;
+        if let Some(m) = HostMemory::read() {
+            mem_total.set(m.total as f64);
+            mem_used.set(m.used as f64);
+        }
+        if let Ok(models) = registry.served("", "") {
+            for m in models {
+                m.stats.sample_duty_cycle();
+            }
+        }
+        draining.set(if lifecycle.draining() { 1.0 } else { 0.0 });
+    }
+}
