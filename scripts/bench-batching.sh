@@ -5,37 +5,21 @@
 #
 #   scripts/bench-batching.sh [REPEATS]
 #
-# perf_analyzer comes from the tritonclient 2.51.0 wheel (newer perf-analyzer wheels need a newer
-# glibc than Debian 12's); it loads libcudart.so.12 even for CPU runs, which a PyPI wheel provides,
-# and needs Debian's libb64-0d.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 REPEATS=${1:-3}
-BENCH_VENV=${ACCEL_BENCH_VENV:-.venv-bench}
-if ! ldconfig -p | grep -q libb64.so.0d; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get install -y -q libb64-0d >/dev/null; fi
-fi
-if [ ! -x "$BENCH_VENV/bin/perf_analyzer" ]; then
-    python3 -m venv "$BENCH_VENV"
-    "$BENCH_VENV/bin/pip" install -q --disable-pip-version-check 'tritonclient[grpc,http]==2.51.0' nvidia-cuda-runtime-cu12
-fi
-export LD_LIBRARY_PATH=$("$BENCH_VENV/bin/python" -c 'import nvidia.cuda_runtime, os; print(os.path.join(nvidia.cuda_runtime.__path__[0], "lib"))')
+ensure_perf_analyzer
 ensure_protoc
 cargo build --locked --release -j "${CARGO_BUILD_JOBS:-2}" -p accel >&2
 PORT=${ACCEL_BENCH_PORT:-18101}
-target/release/accel serve --model-repository examples/model_repository --grpc-port "$PORT" >/tmp/accel-bench.log 2>&1 &
-SERVER=$!
+start_example_server
 trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-    "$BENCH_VENV/bin/python" -c "import tritonclient.grpc as g, sys; sys.exit(0 if g.InferenceServerClient('127.0.0.1:$PORT').is_server_ready() else 1)" 2>/dev/null && break
-    sleep 0.2
-done
 OUT=$(mktemp -d)
 for model in mlp mlp_nobatch; do
     for c in 1 16 64; do
         for r in $(seq "$REPEATS"); do
-            "$BENCH_VENV/bin/perf_analyzer" -m "$model" -i grpc -u "127.0.0.1:$PORT" -b 1 --concurrency-range "$c" \
+            "$PERF_ANALYZER" -m "$model" -i grpc -u "127.0.0.1:$PORT" -b 1 --concurrency-range "$c" \
                 --measurement-interval 3000 -f "$OUT/$model-$c-$r.csv" >"$OUT/$model-$c-$r.log" 2>&1 \
                 || { cat "$OUT/$model-$c-$r.log" >&2; exit 1; }
         done

@@ -86,8 +86,14 @@ def test_sigterm_drains_accepted_requests_and_exits_zero(drain_repository, tmp_p
     signalled = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     time.sleep(0.1)
-    # Draining: not ready, and new requests are refused with UNAVAILABLE.
+    # Draining: not ready (REST and gRPC health), and new requests are refused with UNAVAILABLE.
     assert not ready(server)
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.url) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="")).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     late = server.client()
     with pytest.raises(InferenceServerException) as e:
         late.infer("slow", [infer_input("x", x)])

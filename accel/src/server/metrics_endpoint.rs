@@ -1,5 +1,6 @@
 //! `/metrics` for Prometheus on its own port, and the sampler that refreshes the gauges which are
-//! readings rather than events: CPU utilisation, memory, executor duty cycles, the drain flag.
+//! readings rather than events (CPU utilisation, memory, executor duty cycles, the drain flag) and
+//! folds recorded histogram samples into their buckets.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub(super) fn router(handle: &'static PrometheusHandle) -> Router {
 
 /// Samples the reading gauges every `interval` until `stop` completes.
 pub(super) async fn sample(
+    handle: &'static PrometheusHandle,
     registry: Arc<Registry>,
     lifecycle: Arc<Lifecycle>,
     interval: Duration,
@@ -60,5 +62,8 @@ pub(super) async fn sample(
             }
         }
         draining.set(if lifecycle.draining() { 1.0 } else { 0.0 });
+        // Histogram samples accumulate until drained into their buckets: without this, memory grows
+        // with every request between scrapes.
+        handle.run_upkeep();
     }
 }

@@ -153,22 +153,22 @@ pub async fn run(
         servers.spawn(serve_http(listener, router, stopped(), "REST"));
     }
     if let Some(listener) = listeners.metrics {
-        match crate::metrics::install() {
-            Some(handle) => servers.spawn(serve_http(
+        if let Some(handle) = crate::metrics::install() {
+            servers.spawn(serve_http(
                 listener,
                 metrics_endpoint::router(handle),
                 stopped(),
                 "metrics",
-            )),
-            None => servers.spawn(async { Ok(()) }),
-        };
-        let interval = Duration::from_millis(config.metrics_interval_ms);
-        tokio::spawn(metrics_endpoint::sample(
-            registry.clone(),
-            lifecycle.clone(),
-            interval,
-            stopped(),
-        ));
+            ));
+            let interval = Duration::from_millis(config.metrics_interval_ms);
+            tokio::spawn(metrics_endpoint::sample(
+                handle,
+                registry.clone(),
+                lifecycle.clone(),
+                interval,
+                stopped(),
+            ));
+        }
     }
 
     // Serve until the signal (or until a server fails on its own).
