@@ -152,23 +152,23 @@ pub async fn run(
         let router = http::router(inference.clone(), config.http_max_body_bytes);
         servers.spawn(serve_http(listener, router, stopped(), "REST"));
     }
-    if let Some(listener) = listeners.metrics {
-        if let Some(handle) = crate::metrics::install() {
-            servers.spawn(serve_http(
-                listener,
-                metrics_endpoint::router(handle),
-                stopped(),
-                "metrics",
-            ));
-            let interval = Duration::from_millis(config.metrics_interval_ms);
-            tokio::spawn(metrics_endpoint::sample(
-                handle,
-                registry.clone(),
-                lifecycle.clone(),
-                interval,
-                stopped(),
-            ));
-        }
+    if let Some(listener) = listeners.metrics
+        && let Some(handle) = crate::metrics::install()
+    {
+        servers.spawn(serve_http(
+            listener,
+            metrics_endpoint::router(handle),
+            stopped(),
+            "metrics",
+        ));
+        let interval = Duration::from_millis(config.metrics_interval_ms);
+        tokio::spawn(metrics_endpoint::sample(
+            handle,
+            registry.clone(),
+            lifecycle.clone(),
+            interval,
+            stopped(),
+        ));
     }
 
     // Serve until the signal (or until a server fails on its own).
