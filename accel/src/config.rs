@@ -133,6 +133,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The `--load-model` names, without empty ones.
+    pub fn models_to_load(&self) -> Vec<String> {
+        self.load_models
+            .iter()
+            .filter(|n| !n.trim().is_empty())
+            .map(|n| n.trim().to_string())
+            .collect()
+    }
+
     /// Checks what can be checked before binding anything.
     pub fn validate(&self) -> Result<(), String> {
         match std::fs::metadata(&self.model_repository) {
@@ -147,7 +156,7 @@ impl Config {
                 return Err(format!("--model-repository {}: {e}", self.model_repository.display()));
             }
         }
-        if self.model_control_mode == ControlMode::Explicit && self.load_models.is_empty() {
+        if self.model_control_mode == ControlMode::Explicit && self.models_to_load().is_empty() {
             tracing::warn!("--model-control-mode explicit without --load-model: no model will be loaded");
         }
         if self.grpc_max_message_bytes < 1024 {
@@ -181,9 +190,9 @@ impl Config {
             return Err("--intra-op-threads must be at least 1".into());
         }
         if let Some(bad) = self
-            .load_models
-            .iter()
-            .find(|n| n.is_empty() || n.contains('/') || n.starts_with('.'))
+            .models_to_load()
+            .into_iter()
+            .find(|n| n.contains('/') || n.starts_with('.'))
         {
             return Err(format!("--load-model '{bad}' is not a model name"));
         }

@@ -42,7 +42,7 @@ pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
         repository,
         LoadOptions {
             control_mode: config.model_control_mode,
-            load_models: config.load_models.clone(),
+            load_models: config.models_to_load(),
             default_max_batch_size: config.default_max_batch_size,
             queue_limits: QueueLimits {
                 max_queued: config.max_queued_requests,
