@@ -126,6 +126,12 @@ pub struct Config {
     #[arg(long, env = "ACCEL_INTRA_OP_THREADS", default_value_t = 1)]
     pub intra_op_threads: usize,
 
+    /// How long an executor that has just finished a batch polls for more work before it sleeps, in
+    /// microseconds. Waking a sleeping thread costs tens of microseconds on virtual machines; polling
+    /// costs CPU while idle. 0 never polls.
+    #[arg(long, env = "ACCEL_EXECUTOR_SPIN_US", default_value_t = 50)]
+    pub executor_spin_us: u64,
+
     /// Threads of the async runtime that serves the network (decoding, encoding, batching handoff).
     /// 0: one per core.
     #[arg(long, env = "ACCEL_SERVER_THREADS", default_value_t = 0)]

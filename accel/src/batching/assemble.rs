@@ -1,11 +1,10 @@
 //! Turning queued requests into one backend batch and the batch's outputs back into per-request
 //! outputs. Inputs are passed to the backend as the requests' own buffers (the backend copies them
 //! once, into its tensors); outputs are split by row ranges with `Bytes::slice`, without copying.
+//! Public for the hot-path micro-benchmarks.
 
 use crate::backend::{Batch, BatchInput};
-use crate::core::{IoSpec, ModelSpec, Tensor, element_count};
-
-use super::queue::Pending;
+use crate::core::{IoSpec, ModelSpec, Tensor, ValidatedRequest, element_count};
 
 /// Resolves a config `reshape` (which may hold one -1) for `elements` elements.
 fn resolve(shape: &[i64], elements: usize) -> Option<Vec<usize>> {
@@ -46,27 +45,27 @@ fn batched_shape(spec: &ModelSpec, io: &IoSpec, first: &Tensor, rows: usize) -> 
 
 /// Builds the backend's batch from compatible requests (same non-batch shapes, see
 /// `ValidatedRequest::batches_with`).
-pub(super) fn batch(spec: &ModelSpec, entries: &[Pending]) -> Batch {
-    let rows: usize = entries.iter().map(|p| p.request.batch_size).sum();
+pub fn batch(spec: &ModelSpec, entries: &[&ValidatedRequest]) -> Batch {
+    let rows: usize = entries.iter().map(|p| p.batch_size).sum();
     let inputs = spec
         .inputs
         .iter()
         .enumerate()
         .map(|(k, io)| {
-            let first = entries.first()?.request.inputs[k].as_ref()?;
+            let first = entries.first()?.inputs[k].as_ref()?;
             Some(BatchInput {
                 datatype: io.datatype,
                 shape: batched_shape(spec, io, first, rows),
                 parts: entries
                     .iter()
-                    .filter_map(|p| p.request.inputs[k].as_ref().map(|t| t.data.clone()))
+                    .filter_map(|p| p.inputs[k].as_ref().map(|t| t.data.clone()))
                     .collect(),
             })
         })
         .collect();
     let mut outputs: Vec<usize> = Vec::new();
     for p in entries {
-        match &p.request.outputs {
+        match &p.outputs {
             Some(wanted) => outputs.extend(wanted),
             None => outputs.extend(0..spec.outputs.len()),
         }
@@ -77,11 +76,11 @@ pub(super) fn batch(spec: &ModelSpec, entries: &[Pending]) -> Batch {
 }
 
 /// Gives each request its rows of each output it asked for, in the order it asked.
-pub(super) fn split(
+pub fn split(
     spec: &ModelSpec,
     produced: &[usize],
     outputs: Vec<Tensor>,
-    entries: &[Pending],
+    entries: &[&ValidatedRequest],
 ) -> Vec<Result<Vec<Tensor>, String>> {
     if outputs.len() != produced.len() {
         let msg = format!(
@@ -91,7 +90,7 @@ pub(super) fn split(
         );
         return entries.iter().map(|_| Err(msg.clone())).collect();
     }
-    let rows: usize = entries.iter().map(|p| p.request.batch_size).sum();
+    let rows: usize = entries.iter().map(|p| p.batch_size).sum();
     if spec.batches()
         && let Some(bad) = outputs.iter().find(|t| t.shape.first() != Some(&rows))
     {
@@ -105,8 +104,8 @@ pub(super) fn split(
     entries
         .iter()
         .map(|p| {
-            let r = p.request.batch_size;
-            let wanted: Vec<usize> = match &p.request.outputs {
+            let r = p.batch_size;
+            let wanted: Vec<usize> = match &p.outputs {
                 Some(w) => w.clone(),
                 None => (0..spec.outputs.len()).collect(),
             };

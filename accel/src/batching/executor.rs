@@ -5,38 +5,28 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
-
 use super::queue::Pending;
-use super::task::Command;
+use super::shared::Shared;
 use super::{SubmitError, assemble};
 use crate::backend::{BackendError, ModelInstance};
-use crate::core::ModelSpec;
+use crate::core::{ModelSpec, ValidatedRequest};
 use crate::metrics::FailureReason;
 use crate::stats::{BatchTimes, ModelStats};
 
-pub(super) fn run(
-    spec: &ModelSpec,
-    mut instance: Box<dyn ModelInstance>,
-    stats: &ModelStats,
-    batches: &Receiver<Vec<Pending>>,
-    done: &Sender<Command>,
-) {
-    while let Ok(mut entries) = batches.recv() {
+pub(super) fn run(spec: &ModelSpec, mut instance: Box<dyn ModelInstance>, stats: &ModelStats, shared: &Shared) {
+    while let Some(mut entries) = shared.next_batch() {
         // A client that went away while its request waited does not get compute spent on it.
         entries.retain(|p| !p.is_cancelled());
         if !entries.is_empty() {
             execute(spec, instance.as_mut(), stats, entries);
-        }
-        if done.send(Command::Idle).is_err() {
-            break;
         }
     }
 }
 
 fn execute(spec: &ModelSpec, instance: &mut dyn ModelInstance, stats: &ModelStats, entries: Vec<Pending>) {
     let started = Instant::now();
-    let batch = assemble::batch(spec, &entries);
+    let requests: Vec<&ValidatedRequest> = entries.iter().map(|p| &p.request).collect();
+    let batch = assemble::batch(spec, &requests);
     let assembled = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| instance.execute(&batch))).unwrap_or_else(|panic| {
         let what = panic
@@ -49,9 +39,9 @@ fn execute(spec: &ModelSpec, instance: &mut dyn ModelInstance, stats: &ModelStat
     });
     let computed = Instant::now();
     let rows: usize = entries.iter().map(|p| p.request.batch_size).sum();
-    let requests = entries.len();
+    let count = entries.len();
     let replies: Vec<_> = match result {
-        Ok(outputs) => assemble::split(spec, &batch.outputs, outputs, &entries)
+        Ok(outputs) => assemble::split(spec, &batch.outputs, outputs, &requests)
             .into_iter()
             .map(|r| {
                 r.map_err(|message| SubmitError::Output {
@@ -89,7 +79,7 @@ fn execute(spec: &ModelSpec, instance: &mut dyn ModelInstance, stats: &ModelStat
     if ok {
         stats.record_execution(
             rows,
-            requests,
+            count,
             BatchTimes {
                 input: assembled - started,
                 infer: computed - assembled,

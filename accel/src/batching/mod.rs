@@ -1,28 +1,31 @@
-//! Dynamic batching, one scheduler per model version: requests wait in a priority queue (`queue`),
-//! a pure function decides when to send a batch (`decide`), one OS thread owns the queue and applies
-//! the decisions (`task`), and one OS thread per model instance concatenates the inputs once, runs the
-//! backend and splits the outputs by rows (`executor`, `assemble`). No compute runs on tokio's threads.
+//! Dynamic batching, one queue per model version: requests wait in a priority queue (`queue`) shared
+//! by the handlers that fill it and the executor threads that drain it (`shared`); a pure function
+//! decides when to send a batch (`decide`); one OS thread per model instance concatenates the inputs
+//! once, runs the backend and splits the outputs by rows (`executor`, `assemble`). No compute runs on
+//! tokio's threads, and no request crosses more threads than its handler's and its executor's.
 
-mod assemble;
+pub mod assemble;
 mod decide;
 mod executor;
 mod queue;
-mod task;
+mod shared;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::backend::{BackendError, ModelInstance};
 use crate::core::{Code, ModelSpec, Tensor, ValidatedRequest};
+use crate::metrics::FailureReason;
 use crate::stats::ModelStats;
 
 pub(crate) use decide::Policy;
-use task::Command;
+use shared::Shared;
 
 /// Why a request did not get a result from the scheduler.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -51,33 +54,34 @@ impl SubmitError {
     }
 }
 
-/// Limits the server puts on every model's queue.
+/// Limits and tuning the server puts on every model's queue.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueLimits {
     /// Requests one model may hold queued before new ones are refused with UNAVAILABLE.
     pub max_queued: usize,
+    /// How long an idle executor polls for work before it sleeps.
+    pub executor_spin: Duration,
 }
 
-/// A handle to one model version's scheduler. Cheap to clone.
+/// A handle to one model version's queue. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Scheduler {
-    model: Arc<str>,
-    requests: Sender<Command>,
-    limit: usize,
+    shared: Arc<Shared>,
 }
 
-/// The threads behind a [`Scheduler`]; dropping it asks them to stop once their work is answered.
+/// The executor threads behind a [`Scheduler`]; dropping it asks them to stop once their work is
+/// answered.
 #[derive(Debug)]
 pub struct SchedulerThreads {
-    control: Sender<Command>,
+    shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl SchedulerThreads {
-    /// Asks the threads to stop and waits for them: queued requests are answered with
+    /// Stops the model and waits for its executors: queued requests are answered with
     /// `ShuttingDown`, batches already executing finish.
     pub fn shutdown(mut self) {
-        let _ = self.control.send(Command::Shutdown);
+        self.shared.shutdown();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -86,19 +90,42 @@ impl SchedulerThreads {
 
 impl Drop for SchedulerThreads {
     fn drop(&mut self) {
-        let _ = self.control.send(Command::Shutdown);
+        self.shared.shutdown();
     }
 }
 
 impl Scheduler {
-    /// Starts the scheduler thread and one executor thread per instance.
+    /// Starts one executor thread per instance.
     pub fn start(
         spec: Arc<ModelSpec>,
         instances: Vec<Box<dyn ModelInstance>>,
         stats: Arc<ModelStats>,
         limits: QueueLimits,
     ) -> std::io::Result<(Scheduler, SchedulerThreads)> {
-        task::start(spec, instances, stats, limits)
+        let shared = Arc::new(Shared::new(
+            &spec,
+            stats.clone(),
+            limits.max_queued,
+            limits.executor_spin,
+        ));
+        let mut threads = Vec::with_capacity(instances.len());
+        for (k, instance) in instances.into_iter().enumerate() {
+            let (spec, stats, queue) = (spec.clone(), stats.clone(), shared.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("accel-exec-{}-{}-{k}", spec.name, spec.version))
+                .spawn(move || executor::run(&spec, instance, &stats, &queue));
+            match thread {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    shared.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok((
+            Scheduler { shared: shared.clone() },
+            SchedulerThreads { shared, threads },
+        ))
     }
 
     /// Queues a request and waits for its outputs (in the order the request asked for them).
@@ -108,32 +135,30 @@ impl Scheduler {
     /// Dropping the future drops the reply channel: the queued entry is discarded before it is
     /// batched, or its result is discarded if it is already executing. Nothing else is affected.
     pub async fn infer(&self, request: ValidatedRequest, received: Instant) -> Result<Vec<Tensor>, SubmitError> {
-        let (tx, rx) = oneshot::channel();
-        let command = Command::Enqueue {
-            request,
-            received,
-            reply: tx,
-            span: tracing::Span::current(),
+        let (tx, mut rx) = oneshot::channel();
+        let accepted = self.shared.submit(request, received, tx, tracing::Span::current())?;
+        let closed = || SubmitError::ShuttingDown {
+            model: self.shared.model.clone(),
         };
-        match self.requests.try_send(command) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(SubmitError::QueueFull {
-                    model: self.model.to_string(),
-                    queued: self.limit,
-                });
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(SubmitError::ShuttingDown {
-                    model: self.model.to_string(),
-                });
+        if let Some(deadline) = accepted.reject_at {
+            match tokio::time::timeout_at(deadline.into(), &mut rx).await {
+                Ok(reply) => return reply.unwrap_or_else(|_| Err(closed())),
+                // Still queued at its timeout: withdraw and reject it. Already taken by an executor:
+                // it runs to its answer.
+                Err(_) => {
+                    if let Some(p) = self.shared.withdraw(accepted.ticket) {
+                        let waited = p.enqueued.elapsed();
+                        let stats = self.shared.stats();
+                        stats.record_failure(p.received.elapsed(), FailureReason::Rejected);
+                        return Err(SubmitError::Timeout {
+                            model: self.shared.model.clone(),
+                            waited_us: waited.as_micros(),
+                        });
+                    }
+                }
             }
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(SubmitError::ShuttingDown {
-                model: self.model.to_string(),
-            })
-        })
+        rx.await.unwrap_or_else(|_| Err(closed()))
     }
 }
 

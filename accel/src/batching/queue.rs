@@ -1,7 +1,7 @@
 //! The queue of one model: one FIFO per priority level (Triton's `PolicyQueue`s inside a
 //! `PriorityQueue`), each applying its level's policy: a bound on its length, and queue timeouts that
 //! either reject a request (REJECT) or move it behind the level's punctual requests (DELAY). Plain
-//! data: the scheduler thread owns it, and the decision function only reads it.
+//! data: `shared` guards it with a lock, and the decision function only reads it.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -17,6 +17,8 @@ pub(crate) type Reply = Result<Vec<Tensor>, SubmitError>;
 /// A request waiting in the queue.
 #[derive(Debug)]
 pub(crate) struct Pending {
+    /// Identifies the entry, so that its handler can withdraw it at its timeout.
+    pub ticket: u64,
     pub request: ValidatedRequest,
     /// When the server received the request (for the success duration).
     pub received: Instant,
@@ -55,6 +57,8 @@ impl PolicyQueue {
 pub(crate) struct PriorityQueue {
     levels: Vec<PolicyQueue>,
     len: usize,
+    /// Batch elements queued.
+    rows: usize,
 }
 
 impl PriorityQueue {
@@ -67,15 +71,20 @@ impl PriorityQueue {
                 delayed: VecDeque::new(),
             })
             .collect();
-        PriorityQueue { levels, len: 0 }
+        PriorityQueue {
+            levels,
+            len: 0,
+            rows: 0,
+        }
     }
 
     pub(super) fn len(&self) -> usize {
         self.len
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Batch elements queued.
+    pub(super) fn rows(&self) -> usize {
+        self.rows
     }
 
     pub(super) fn levels(&self) -> usize {
@@ -94,6 +103,7 @@ impl PriorityQueue {
 
     /// Appends a request to its level; check [`PriorityQueue::has_room`] first.
     pub(super) fn push(&mut self, p: Pending) {
+        self.rows += p.request.batch_size;
         self.levels[p.level].queue.push_back(p);
         self.len += 1;
     }
@@ -115,7 +125,23 @@ impl PriorityQueue {
             }
         }
         self.len -= out.len();
+        self.rows -= out.iter().map(|p| p.request.batch_size).sum::<usize>();
         out
+    }
+
+    /// Removes the entry with `ticket`, if it is still queued.
+    pub(super) fn remove(&mut self, ticket: u64) -> Option<Pending> {
+        for level in &mut self.levels {
+            for q in [&mut level.queue, &mut level.delayed] {
+                if let Some(k) = q.iter().position(|p| p.ticket == ticket) {
+                    let p = q.remove(k)?;
+                    self.len -= 1;
+                    self.rows -= p.request.batch_size;
+                    return Some(p);
+                }
+            }
+        }
+        None
     }
 
     /// When the oldest queued request arrived.
@@ -139,11 +165,18 @@ impl PriorityQueue {
 
     /// Applies queue timeouts at `now`: REJECT levels hand expired requests back to be answered,
     /// DELAY levels move them behind the level's punctual requests. Also drops cancelled requests.
+    /// Costs one scan and no allocation when nothing has expired or been cancelled (the usual case).
     pub(super) fn expire(&mut self, now: Instant) -> Vec<Pending> {
+        let due = |p: &Pending| p.is_cancelled() || p.deadline.is_some_and(|d| d <= now);
+        if !self
+            .levels
+            .iter()
+            .any(|l| l.queue.iter().any(due) || l.delayed.iter().any(Pending::is_cancelled))
+        {
+            return Vec::new();
+        }
         let mut rejected = Vec::new();
-        let mut removed = 0;
         for level in &mut self.levels {
-            let before = level.len();
             let mut kept = VecDeque::with_capacity(level.queue.len());
             for p in level.queue.drain(..) {
                 if p.is_cancelled() {
@@ -164,9 +197,9 @@ impl PriorityQueue {
             }
             level.queue = kept;
             level.delayed.retain(|p| !p.is_cancelled());
-            removed += before - level.len();
         }
-        self.len -= removed;
+        self.len = self.levels.iter().map(PolicyQueue::len).sum();
+        self.rows = self.iter().map(|p| p.request.batch_size).sum();
         rejected
     }
 

@@ -31,7 +31,7 @@ fn parameters(map: HashMap<String, InferParameter>) -> Parameters {
 }
 
 /// Decodes a ModelInferRequest. Errors are INVALID_ARGUMENT and name the tensor.
-pub(super) fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Error> {
+pub fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Error> {
     let ModelInferRequest {
         model_name,
         model_version,

@@ -99,12 +99,10 @@ impl GrpcInferenceService for InferenceService {
         self.infer(request.into_inner()).await.map(Response::new)
     }
 
-    type ModelStreamInferStream = StreamOf<ModelStreamInferResponse>;
-
     async fn model_stream_infer(
         &self,
         request: Request<Streaming<ModelInferRequest>>,
-    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+    ) -> Result<Response<StreamOf<ModelStreamInferResponse>>, Status> {
         let service = self.clone();
         let responses = request
             .into_inner()

@@ -30,6 +30,8 @@ use crate::repository::Repository;
 use crate::residency::{LoadOptions, Registry};
 
 pub use answers::EXTENSIONS;
+/// Decodes a ModelInferRequest into the core request (public for the hot-path micro-benchmarks).
+pub use convert::infer_request as decode_infer_request;
 pub use grpc::InferenceService;
 pub use health::HealthService;
 pub use infer::Inference;
@@ -46,6 +48,7 @@ pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
             default_max_batch_size: config.default_max_batch_size,
             queue_limits: QueueLimits {
                 max_queued: config.max_queued_requests,
+                executor_spin: std::time::Duration::from_micros(config.executor_spin_us),
             },
             load_threads: config.model_load_threads,
         },

@@ -45,6 +45,7 @@ impl Harness {
         self.receivers.push(rx);
         let enqueued = self.t0 + Duration::from_micros(at_us);
         let p = Pending {
+            ticket: self.receivers.len() as u64,
             request: request(rows, width),
             received: enqueued,
             enqueued,

@@ -1,0 +1,321 @@
+//! `accel-bench`: load a KServe v2 gRPC server and report throughput and latency you can trust, or
+//! time Accel's candle executor in-process (`compute`) for the compute-only ceiling.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use accel_bench::{LoadShape, Plan, Target, load, report, target};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "accel-bench",
+    version,
+    about = "Throughput and latency of a KServe v2 gRPC server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load a server: a concurrency sweep (closed loop) or fixed rates (open loop).
+    Run(RunArgs),
+    /// Time Accel's candle executor on an ONNX file, in-process, per batch size.
+    Compute(ComputeArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:8001")]
+    url: String,
+    /// Model to load; repeat for several (requests then spread over them, see --zipf).
+    #[arg(long = "model", required_unless_present = "all_models")]
+    models: Vec<String>,
+    /// Use every READY model of the server's repository index.
+    #[arg(long)]
+    all_models: bool,
+    /// Zipf exponent for choosing among several models (0: uniform).
+    #[arg(long, default_value_t = 0.0)]
+    zipf: f64,
+    /// Closed loop: concurrent callers, a sweep (comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with = "rate")]
+    concurrency: Vec<usize>,
+    /// Open loop: requests per second with Poisson arrivals, a sweep (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<f64>,
+    /// Batch elements per request (the first, variable dimension).
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// A variable non-batch dimension: NAME:d1,d2,... (the whole shape of that input).
+    #[arg(long = "shape")]
+    shapes: Vec<String>,
+    /// gRPC connections the requests are spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Warm-up before measuring, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Length of a measurement window, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    window: f64,
+    /// Consecutive windows whose throughputs must agree within --stability.
+    #[arg(long, default_value_t = 3)]
+    stable_windows: usize,
+    /// Give up waiting for stability after this many windows (and say so).
+    #[arg(long, default_value_t = 10)]
+    max_windows: usize,
+    /// Relative spread allowed between the agreeing windows.
+    #[arg(long, default_value_t = 0.1)]
+    stability: f64,
+    /// Open loop: requests in flight beyond which arrivals are dropped and counted as errors.
+    #[arg(long, default_value_t = 10_000)]
+    max_in_flight: usize,
+    /// Write the results as JSON to this file ("-" for standard output).
+    #[arg(long)]
+    json: Option<String>,
+    /// Write the results as CSV to this file ("-" for standard output).
+    #[arg(long)]
+    csv: Option<String>,
+    /// No progress line on standard error.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct ComputeArgs {
+    /// The ONNX model file.
+    #[arg(long)]
+    onnx: String,
+    /// Batch sizes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    batch: Vec<usize>,
+    /// Seconds of timing per batch size and repeat.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Repeats per batch size (reported as min / median / max).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("accel-bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run(args))
+        }
+        Command::Compute(args) => compute(args),
+    }
+}
+
+fn parse_shape(s: &str) -> Result<(String, Vec<i64>), String> {
+    let (name, dims) = s
+        .split_once(':')
+        .ok_or_else(|| format!("--shape {s}: expected NAME:d1,d2"))?;
+    let dims = dims
+        .split(',')
+        .map(|d| {
+            d.trim()
+                .parse::<i64>()
+                .map_err(|_| format!("--shape {s}: bad dimension '{d}'"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((name.to_string(), dims))
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    match try_run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("accel-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn try_run(args: RunArgs) -> Result<ExitCode, String> {
+    let shapes = args
+        .shapes
+        .iter()
+        .map(|s| parse_shape(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let target = Arc::new(Target::connect(&args.url, args.connections).await?);
+    let mut names = args.models.clone();
+    if args.all_models {
+        let index = target
+            .client()
+            .repository_index(accel_proto::inference::RepositoryIndexRequest {
+                repository_name: String::new(),
+                ready: true,
+            })
+            .await
+            .map_err(|s| format!("RepositoryIndex: {}", s.message()))?
+            .into_inner();
+        names.extend(index.models.into_iter().map(|m| m.name));
+        names.dedup();
+    }
+    let mut models = Vec::with_capacity(names.len());
+    for (k, name) in names.iter().enumerate() {
+        models.push(target::prepare(&target, name, args.batch_size, &shapes, k as u64).await?);
+    }
+    let models = Arc::new(models);
+    let plan = Plan {
+        warmup: Duration::from_secs_f64(args.warmup),
+        window: Duration::from_secs_f64(args.window),
+        stable_windows: args.stable_windows.max(1),
+        max_windows: args.max_windows,
+        stability: args.stability,
+        max_in_flight: args.max_in_flight,
+        zipf: args.zipf,
+        progress: !args.quiet,
+    };
+    let levels: Vec<LoadShape> = if !args.rate.is_empty() {
+        args.rate.iter().map(|&rate| LoadShape::Open { rate }).collect()
+    } else if !args.concurrency.is_empty() {
+        args.concurrency
+            .iter()
+            .map(|&concurrency| LoadShape::Closed { concurrency })
+            .collect()
+    } else {
+        vec![LoadShape::Closed { concurrency: 1 }]
+    };
+    let mut results = Vec::new();
+    for level in levels {
+        results.push(load::run(target.clone(), models.clone(), level, &plan).await);
+    }
+    print!("{}", report::table(&results));
+    if let Some(path) = &args.json {
+        let text = report::json(&results)?;
+        if path == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))?;
+        }
+    }
+    if let Some(path) = &args.csv {
+        if path == "-" {
+            report::csv(&results, std::io::stdout())?;
+        } else {
+            let file = std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?;
+            report::csv(&results, file)?;
+        }
+    }
+    let errors: u64 = results.iter().map(|r| r.error_count).sum();
+    if errors > 0 {
+        eprintln!("accel-bench: {errors} requests failed; the throughput above counts only successful ones");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// In-process compute through Accel's candle backend: the ceiling of the model itself.
+fn compute(args: ComputeArgs) -> ExitCode {
+    use accel::backend::candle::CandleBackend;
+    use accel::backend::{Backend, Batch, BatchInput};
+    use accel::core::{InstanceKind, IoSpec, ModelSpec, Scheduling};
+
+    let backend = CandleBackend::cpu();
+    let loaded = match backend.load(std::path::Path::new(&args.onnx)) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("accel-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sig = loaded.signature().clone();
+    let io = |g: &accel::core::GraphIo| IoSpec {
+        name: g.name.clone(),
+        datatype: g.datatype,
+        dims: g
+            .dims
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .skip(1)
+            .map(|d| d.map_or(-1, |d| d as i64))
+            .collect(),
+        reshape: None,
+        optional: false,
+    };
+    let spec = ModelSpec {
+        name: "compute".into(),
+        version: 1,
+        platform: String::new(),
+        backend: "candle".into(),
+        max_batch_size: usize::MAX,
+        inputs: sig.inputs.iter().map(io).collect(),
+        outputs: sig.outputs.iter().map(io).collect(),
+        scheduling: Scheduling::Direct,
+        instance_count: 1,
+        instance_kind: InstanceKind::Cpu,
+    };
+    let mut instance = match loaded.instance(&spec) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("accel-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("| batch | samples/s (min / median / max) | ms per batch (median) |");
+    println!("|---|---|---|");
+    for &b in &args.batch {
+        let mut inputs = Vec::new();
+        for (k, input) in spec.inputs.iter().enumerate() {
+            let mut shape = vec![b];
+            shape.extend(input.dims.iter().map(|&d| d.max(1) as usize));
+            let wire: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            let data = match accel_bench::inputs::random(input.datatype.wire_name(), &wire, k as u64) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("accel-bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            inputs.push(Some(BatchInput {
+                datatype: input.datatype,
+                shape,
+                parts: vec![data],
+            }));
+        }
+        let batch = Batch {
+            inputs,
+            outputs: (0..spec.outputs.len()).collect(),
+        };
+        let mut rates = Vec::new();
+        let mut per_batch = Vec::new();
+        for _ in 0..args.repeats.max(1) {
+            let _ = instance.execute(&batch);
+            let (mut n, start) = (0u64, Instant::now());
+            while start.elapsed().as_secs_f64() < args.seconds {
+                if let Err(e) = instance.execute(&batch) {
+                    eprintln!("accel-bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+                n += 1;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            rates.push(n as f64 * b as f64 / secs);
+            per_batch.push(secs * 1000.0 / n as f64);
+        }
+        rates.sort_by(f64::total_cmp);
+        per_batch.sort_by(f64::total_cmp);
+        println!(
+            "| {b} | {:.0} / {:.0} / {:.0} | {:.3} |",
+            rates[0],
+            rates[rates.len() / 2],
+            rates[rates.len() - 1],
+            per_batch[per_batch.len() / 2]
+        );
+    }
+    ExitCode::SUCCESS
+}
