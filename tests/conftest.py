@@ -25,7 +25,9 @@ import fetch_models  # noqa: E402
 import modelgen  # noqa: E402
 import opmodels  # noqa: E402
 
-ACCEL_BIN = os.environ.get("ACCEL_BIN", os.path.join(ROOT, "target", "debug", "accel"))
+# Where cargo put the debug build (CARGO_TARGET_DIR moves it).
+TARGET_DIR = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"))
+ACCEL_BIN = os.environ.get("ACCEL_BIN", os.path.join(TARGET_DIR, "debug", "accel"))
 
 # Distinct seeded MLPs: a mix-up between models shows as a wrong result.
 MLP_SEEDS = {"mlp_a": 11, "mlp_b": 12, "mlp_c": 13}

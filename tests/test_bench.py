@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from conftest import ROOT, Server
+from conftest import TARGET_DIR, Server
 
-BENCH = os.environ.get("ACCEL_BENCH_BIN", os.path.join(ROOT, "target", "debug", "accel-bench"))
+BENCH = os.environ.get("ACCEL_BENCH_BIN", os.path.join(TARGET_DIR, "debug", "accel-bench"))
 
 
 def bench(server, *args):
