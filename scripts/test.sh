@@ -12,4 +12,4 @@ cargo build --locked -j "$JOBS" --bins
 cargo test --locked -j "$JOBS" --workspace
 "$VENV/bin/python" tests/fetch_models.py >/dev/null
 "$VENV/bin/python" tests/fetch_helm.py >/dev/null
-ACCEL_BIN="$PWD/target/debug/accel" "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
+"$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
