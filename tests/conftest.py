@@ -195,7 +195,10 @@ def main_repository(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def server(main_repository, tmp_path_factory):
-    s = Server(main_repository, str(tmp_path_factory.mktemp("logs") / "accel.log"))
+    # Every model loaded at start, so that the tests see the broken ones UNAVAILABLE from the start
+    # (test_residency.py covers the default on-demand mode).
+    s = Server(main_repository, str(tmp_path_factory.mktemp("logs") / "accel.log"),
+               extra_args=["--model-control-mode", "none"])
     yield s
     s.stop()
 
@@ -233,6 +236,26 @@ def real_models():
     if missing:
         pytest.fail(f"models {missing} are missing: run `python3 tests/fetch_models.py` first (scripts/test.sh does)")
     return paths
+
+
+def scrape(server) -> dict:
+    """/metrics parsed as Prometheus parses it: {(name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(server.metrics()):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def total(samples: dict, name: str) -> float:
+    """A metric summed over every label set."""
+    return sum(v for (n, _), v in samples.items() if n == name)
 
 
 def infer_input(name: str, array: np.ndarray) -> grpcclient.InferInput:

@@ -13,7 +13,7 @@ def test_server_live_ready_and_metadata(client):
     assert meta["name"] == "accel"
     assert set(meta["extensions"]) >= {"model_configuration", "statistics"}
     # Only what is implemented is claimed.
-    assert "model_repository" not in meta["extensions"]
+    assert "model_repository" in meta["extensions"]
     assert "system_shared_memory" not in meta["extensions"]
 
 
@@ -94,6 +94,6 @@ def test_grpc_health_check(server):
 
 def test_not_yet_implemented_rpcs_say_so(client):
     with pytest.raises(InferenceServerException) as e:
-        client.load_model("mlp_a")
+        client.get_system_shared_memory_status()
     assert "UNIMPLEMENTED" in e.value.status()
-    assert "issue 3" in e.value.message()
+    assert "shared-memory" in e.value.message()

@@ -6,22 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from conftest import MLP_DIMS, infer_input
-
-
-def scrape(server):
-    samples = {}
-    for family in text_string_to_metric_families(server.metrics()):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-def value(samples, name, **labels):
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+from conftest import MLP_DIMS, infer_input, scrape, value
 
 
 def test_triton_counters_move_by_exactly_the_requests_sent(server, client):
@@ -91,7 +78,7 @@ def test_host_and_model_gauges(server, client):
     assert value(samples, "accel_model_resident_bytes", model="mlp_b", version="1") == resident
     assert value(samples, "accel_model_instances", model="mlp_two_instances", version="1") == 2
     assert ("accel_executor_duty_cycle", (("model", "mlp_b"), ("version", "1"))) in samples
-    assert value(samples, "accel_model_loads_total", model="mlp_b") == 1
+    assert value(samples, "accel_model_loads_total", model="mlp_b", source="file") == 1
     assert value(samples, "accel_model_load_failures_total", model="broken_file") == 1
     assert value(samples, "accel_server_draining") == 0
 

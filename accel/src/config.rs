@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::logging::LogFormat;
-use crate::residency::ControlMode;
+use crate::residency::{ControlMode, MemorySize};
 
 /// Accel: a batching inference sidecar for KServe, speaking the v2 / Open Inference Protocol.
 #[derive(Debug, Parser)]
@@ -78,12 +78,13 @@ pub struct Config {
     #[arg(long, env = "ACCEL_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
 
-    /// Which models are loaded: `none` loads every model at start; `explicit` loads only those named
-    /// with --load-model.
-    #[arg(long, env = "ACCEL_MODEL_CONTROL_MODE", value_enum, default_value = "none")]
+    /// Which models are loaded: `on-demand` lists every model and loads each at its first request,
+    /// evicting idle ones when memory is needed; `none` loads every model at start; `explicit` loads
+    /// only --load-model models and those the repository API asks for. Only on-demand evicts.
+    #[arg(long, env = "ACCEL_MODEL_CONTROL_MODE", value_enum, default_value = "on-demand")]
     pub model_control_mode: ControlMode,
 
-    /// A model to load at start; repeat the flag (or separate names with commas) for several.
+    /// A model to load at start, in every mode; repeat the flag (or separate names with commas).
     #[arg(
         long = "load-model",
         env = "ACCEL_LOAD_MODEL",
@@ -91,6 +92,36 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub load_models: Vec<String>,
+
+    /// A model that is loaded at start and never evicted; repeat or separate with commas. A model's
+    /// config can pin it too: parameters { key: "accel.pinned" value: { string_value: "true" } }.
+    #[arg(
+        long = "pin-model",
+        env = "ACCEL_PIN_MODEL",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub pin_models: Vec<String>,
+
+    /// Device memory resident models may hold: bytes (8GiB, 512MiB, 1000000) or a percentage of the
+    /// device (the container's memory limit on the CPU). Loads that do not fit evict idle models
+    /// (on-demand mode) or fail with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ACCEL_MEMORY_BUDGET", default_value = "80%")]
+    pub memory_budget: MemorySize,
+
+    /// Device memory left out of the budget, for requests in flight and others on the device. A load
+    /// also needs this much to stay free on the device, as measured when it is admitted.
+    #[arg(long, env = "ACCEL_MEMORY_RESERVE", default_value = "256MiB")]
+    pub memory_reserve: MemorySize,
+
+    /// Host memory that evicted models may keep their prepared weights in, so that bringing one back
+    /// skips reading and compiling its file (bytes, or a percentage of host memory). 0 disables.
+    #[arg(long, env = "ACCEL_HOST_CACHE_SIZE", default_value = "10%")]
+    pub host_cache_size: MemorySize,
+
+    /// How long a request waits for its model to become resident (its load, and memory to free up).
+    #[arg(long, env = "ACCEL_MODEL_LOAD_TIMEOUT_SECS", default_value_t = 60)]
+    pub model_load_timeout_secs: u64,
 
     /// Log verbosity: 0 logs information, 1 adds debug detail, 2 and more trace everything. It can be
     /// changed at run time with LogSettings (gRPC) or POST /v2/logging.
@@ -141,11 +172,12 @@ pub struct Config {
 impl Config {
     /// The `--load-model` names, without empty ones.
     pub fn models_to_load(&self) -> Vec<String> {
-        self.load_models
-            .iter()
-            .filter(|n| !n.trim().is_empty())
-            .map(|n| n.trim().to_string())
-            .collect()
+        names(&self.load_models)
+    }
+
+    /// The `--pin-model` names, without empty ones.
+    pub fn models_to_pin(&self) -> Vec<String> {
+        names(&self.pin_models)
     }
 
     /// Checks what can be checked before binding anything.
@@ -198,12 +230,23 @@ impl Config {
         if let Some(bad) = self
             .models_to_load()
             .into_iter()
+            .chain(self.models_to_pin())
             .find(|n| n.contains('/') || n.starts_with('.'))
         {
-            return Err(format!("--load-model '{bad}' is not a model name"));
+            return Err(format!("--load-model or --pin-model '{bad}' is not a model name"));
+        }
+        if self.model_load_timeout_secs == 0 {
+            return Err("--model-load-timeout-secs must be at least 1".into());
         }
         Ok(())
     }
+}
+
+fn names(list: &[String]) -> Vec<String> {
+    list.iter()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| n.trim().to_string())
+        .collect()
 }
 
 #[cfg(test)]
@@ -227,7 +270,8 @@ mod tests {
         assert_eq!(c.grpc_port, 8001);
         assert_eq!(c.grpc_address.to_string(), "127.0.0.1");
         assert_eq!(c.load_models, vec!["a", "b", "c"]);
-        assert_eq!(c.model_control_mode, ControlMode::None);
+        assert_eq!(c.model_control_mode, ControlMode::OnDemand);
+        assert_eq!(c.memory_budget, MemorySize::Percent(80.0));
         assert!(c.validate().is_ok());
     }
 

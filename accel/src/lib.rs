@@ -4,6 +4,7 @@
 //! (queues, batches, executor threads) → `backend` (engines). `core` holds the protocol-neutral types
 //! all of them share; `repository` reads the model repository on disk.
 
+pub mod alloc;
 pub mod backend;
 pub mod batching;
 pub mod config;

@@ -18,6 +18,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const LABEL_MODEL: &str = "model";
 pub const LABEL_VERSION: &str = "version";
 pub const LABEL_REASON: &str = "reason";
+/// Where a load read the model from: `file` (the repository) or `host` (the host tier).
+pub const LABEL_SOURCE: &str = "source";
 
 // ---- Triton's metrics ---------------------------------------------------------------------------------
 
@@ -51,6 +53,8 @@ pub const ACCEL_MODEL_EVICTIONS_TOTAL: &str = "accel_model_evictions_total";
 pub const ACCEL_MODEL_RELOADS_TOTAL: &str = "accel_model_reloads_total";
 pub const ACCEL_MODEL_LOAD_DURATION_SECONDS: &str = "accel_model_load_duration_seconds";
 pub const ACCEL_HOST_TIER_BYTES: &str = "accel_host_tier_bytes";
+pub const ACCEL_MEMORY_BUDGET_BYTES: &str = "accel_memory_budget_bytes";
+pub const ACCEL_MEMORY_IN_USE_BYTES: &str = "accel_memory_in_use_bytes";
 pub const ACCEL_QUEUE_DEPTH: &str = "accel_queue_depth";
 pub const ACCEL_EXECUTOR_BUSY_DURATION_US: &str = "accel_executor_busy_duration_us";
 pub const ACCEL_EXECUTOR_DUTY_CYCLE: &str = "accel_executor_duty_cycle";
@@ -186,16 +190,24 @@ fn describe() {
     describe_gauge!(ACCEL_MODEL_INSTANCES, "Executor instances of a model version");
     describe_counter!(ACCEL_MODEL_LOADS_TOTAL, "Model version loads that succeeded");
     describe_counter!(ACCEL_MODEL_LOAD_FAILURES_TOTAL, "Model version loads that failed");
-    describe_counter!(ACCEL_MODEL_EVICTIONS_TOTAL, "Model versions evicted to free memory");
+    describe_counter!(ACCEL_MODEL_EVICTIONS_TOTAL, "Models evicted to free memory");
     describe_counter!(
         ACCEL_MODEL_RELOADS_TOTAL,
-        "Model versions made resident again after an eviction"
+        "Models made resident again from the host tier"
     );
     describe_histogram!(
         ACCEL_MODEL_LOAD_DURATION_SECONDS,
-        "Time to load a model version, seconds"
+        "Time to load a model version, by source (file or host tier), seconds"
     );
     describe_gauge!(ACCEL_HOST_TIER_BYTES, "Bytes of evicted weights kept in host memory");
+    describe_gauge!(
+        ACCEL_MEMORY_BUDGET_BYTES,
+        "Device memory resident models may hold (the budget less the reserve), bytes"
+    );
+    describe_gauge!(
+        ACCEL_MEMORY_IN_USE_BYTES,
+        "Device memory held by resident models and loads in progress, bytes"
+    );
     describe_gauge!(ACCEL_QUEUE_DEPTH, "Batch elements queued for a model version");
     describe_counter!(
         ACCEL_EXECUTOR_BUSY_DURATION_US,
@@ -262,23 +274,33 @@ impl ModelMetrics {
     }
 }
 
-/// Load outcomes of a model (all versions).
-pub fn record_load(model: &str, seconds: f64, ok: bool) {
+/// The outcome of loading one version of a model from `source` (`file` or `host`).
+pub fn record_load(model: &str, source: &'static str, seconds: f64, ok: bool) {
     if ok {
-        counter!(ACCEL_MODEL_LOADS_TOTAL, LABEL_MODEL => model.to_string()).increment(1);
-        histogram!(ACCEL_MODEL_LOAD_DURATION_SECONDS, LABEL_MODEL => model.to_string()).record(seconds);
+        counter!(ACCEL_MODEL_LOADS_TOTAL, LABEL_MODEL => model.to_string(), LABEL_SOURCE => source).increment(1);
+        histogram!(ACCEL_MODEL_LOAD_DURATION_SECONDS, LABEL_MODEL => model.to_string(), LABEL_SOURCE => source)
+            .record(seconds);
     } else {
         counter!(ACCEL_MODEL_LOAD_FAILURES_TOTAL, LABEL_MODEL => model.to_string()).increment(1);
     }
 }
 
 /// Process-wide gauges the sampler updates.
-pub fn host_gauges() -> (Gauge, Gauge, Gauge, Gauge, Gauge) {
+pub fn host_gauges() -> (Gauge, Gauge, Gauge, Gauge) {
     (
         gauge!(NV_CPU_UTILIZATION),
         gauge!(NV_CPU_MEMORY_TOTAL_BYTES),
         gauge!(NV_CPU_MEMORY_USED_BYTES),
-        gauge!(ACCEL_HOST_TIER_BYTES),
         gauge!(ACCEL_SERVER_DRAINING),
+    )
+}
+
+/// GPU gauges of one device (Triton's `gpu_uuid` label is the NVML index here).
+pub fn gpu_gauges(index: u32) -> (Gauge, Gauge, Gauge) {
+    let gpu = index.to_string();
+    (
+        gauge!(NV_GPU_UTILIZATION, "gpu" => gpu.clone()),
+        gauge!(NV_GPU_MEMORY_TOTAL_BYTES, "gpu" => gpu.clone()),
+        gauge!(NV_GPU_MEMORY_USED_BYTES, "gpu" => gpu),
     )
 }

@@ -1,11 +1,12 @@
-//! `accel-bench`: load a KServe v2 gRPC server and report throughput and latency you can trust, or
-//! time Accel's candle executor in-process (`compute`) for the compute-only ceiling.
+//! `accel-bench`: load a KServe v2 gRPC server and report throughput and latency you can trust, time
+//! Accel's candle executor in-process (`compute`) for the compute-only ceiling, or replay a Zipf trace
+//! against Accel's eviction policy, LRU and Belady's rule (`residency-sim`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use accel_bench::{LoadShape, Plan, Target, load, report, target};
+use accel_bench::{LoadShape, Plan, Target, load, report, residency_sim, target};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -25,6 +26,8 @@ enum Command {
     Run(RunArgs),
     /// Time Accel's candle executor on an ONNX file, in-process, per batch size.
     Compute(ComputeArgs),
+    /// Hit rates of Accel's eviction policy, LRU and Belady's rule on Zipf traces (offline).
+    ResidencySim(SimArgs),
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +89,28 @@ struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+struct SimArgs {
+    /// Models in the repository.
+    #[arg(long, default_value_t = 200)]
+    models: usize,
+    /// Largest model over smallest (sizes log-uniform between).
+    #[arg(long, default_value_t = 30.0)]
+    spread: f64,
+    /// Zipf exponents of model popularity (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0.8,1.0,1.2")]
+    zipf: Vec<f64>,
+    /// Memory capacity as fractions of all models' bytes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.25")]
+    capacity: Vec<f64>,
+    /// Requests per trace.
+    #[arg(long, default_value_t = 200_000)]
+    requests: usize,
+    /// Traces per point (different seeds), reported as min / median / max.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+}
+
+#[derive(Debug, Args)]
 struct ComputeArgs {
     /// The ONNX model file.
     #[arg(long)]
@@ -115,7 +140,49 @@ fn main() -> ExitCode {
             runtime.block_on(run(args))
         }
         Command::Compute(args) => compute(args),
+        Command::ResidencySim(args) => residency(args),
     }
+}
+
+fn residency(args: SimArgs) -> ExitCode {
+    let spread3 = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        format!("{:.3} / {:.3} / {:.3}", v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    println!("| Zipf s | capacity | policy | hit rate (min / median / max) | load time s (median) |");
+    println!("|---|---|---|---|---|");
+    for &s in &args.zipf {
+        for &c in &args.capacity {
+            let mut rows: Vec<(&'static str, Vec<f64>, Vec<f64>)> = Vec::new();
+            for seed in 0..args.seeds.max(1) {
+                let trace = residency_sim::Trace::zipf(args.models, args.spread, s, args.requests, seed);
+                let capacity = (trace.total_bytes() as f64 * c) as u64;
+                let outcomes = [
+                    residency_sim::accel(&trace, capacity),
+                    residency_sim::lru(&trace, capacity),
+                    residency_sim::belady(&trace, capacity),
+                ];
+                for (k, o) in outcomes.into_iter().enumerate() {
+                    if rows.len() <= k {
+                        rows.push((o.policy, Vec::new(), Vec::new()));
+                    }
+                    rows[k].1.push(o.hit_rate());
+                    rows[k].2.push(o.load_secs);
+                }
+            }
+            for (policy, hits, secs) in rows {
+                let mut secs = secs;
+                secs.sort_by(f64::total_cmp);
+                println!(
+                    "| {s} | {:.0}% | {policy} | {} | {:.0} |",
+                    c * 100.0,
+                    spread3(hits),
+                    secs[secs.len() / 2]
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn parse_shape(s: &str) -> Result<(String, Vec<i64>), String> {

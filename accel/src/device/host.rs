@@ -37,11 +37,13 @@ fn parse_proc_stat(text: &str) -> Option<CpuTimes> {
     })
 }
 
-/// Total and used memory, in bytes.
+/// Total, used and available memory, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostMemory {
     pub total: u64,
     pub used: u64,
+    /// What could still be allocated: free plus reclaimable page cache.
+    pub available: u64,
 }
 
 impl HostMemory {
@@ -52,10 +54,24 @@ impl HostMemory {
         if let (Some(limit), Some(current)) = (limit, current)
             && let (Ok(total), Ok(used)) = (limit.trim().parse::<u64>(), current.trim().parse::<u64>())
         {
-            return Some(HostMemory { total, used });
+            // Page cache the kernel would drop before failing an allocation is not in use.
+            let reclaimable = fs::read_to_string("/sys/fs/cgroup/memory.stat")
+                .ok()
+                .and_then(|s| cgroup_stat(&s, "inactive_file"))
+                .unwrap_or(0);
+            return Some(HostMemory {
+                total,
+                used,
+                available: total.saturating_sub(used.saturating_sub(reclaimable)),
+            });
         }
         parse_meminfo(&fs::read_to_string("/proc/meminfo").ok()?)
     }
+}
+
+fn cgroup_stat(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn parse_meminfo(text: &str) -> Option<HostMemory> {
@@ -68,7 +84,19 @@ fn parse_meminfo(text: &str) -> Option<HostMemory> {
     Some(HostMemory {
         total,
         used: total.saturating_sub(available),
+        available,
     })
+}
+
+/// This process's resident set size, in bytes.
+pub fn process_rss() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib * 1024)
 }
 
 #[cfg(test)]
@@ -86,9 +114,16 @@ mod tests {
             m,
             HostMemory {
                 total: 1_024_000,
-                used: 614_400
+                used: 614_400,
+                available: 409_600
             }
         );
+        assert_eq!(
+            cgroup_stat("active_file 5\ninactive_file 42\n", "inactive_file"),
+            Some(42)
+        );
+        assert_eq!(cgroup_stat("inactive_filex 1\n", "inactive_file"), None);
+        assert!(process_rss().is_some_and(|r| r > 0));
         assert!(
             CpuTimes::read().is_some() && HostMemory::read().is_some(),
             "readable on Linux"

@@ -1,5 +1,7 @@
-//! What the server knows about the machine it runs on. Today: the host's CPU and memory (for metrics);
-//! the GPU readings through NVML and the DeviceMemory trait the residency manager schedules with are
-//! the next issues' work.
+//! What the server knows about the machine it runs on: the host's CPU and memory (`host`), live
+//! device memory behind one trait for the residency manager (`memory`), and GPUs through NVML
+//! (`nvml`).
 
 pub mod host;
+pub mod memory;
+pub mod nvml;

@@ -95,18 +95,28 @@ impl Repository {
 
     /// Reads one model directory. `name` must be one of [`Repository::model_names`].
     pub fn read_model(&self, name: &str) -> Result<ModelSource, RepositoryError> {
+        self.read_model_with(name, None)
+    }
+
+    /// Reads one model directory, with `config` (the repository API's override) in place of its
+    /// config.pbtxt when given.
+    pub fn read_model_with(&self, name: &str, config: Option<ModelConfig>) -> Result<ModelSource, RepositoryError> {
+        if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.') {
+            return Err(RepositoryError::Invalid(format!("'{name}' is not a model name")));
+        }
         let dir = self.root.join(name);
         let config_path = dir.join(CONFIG_FILE);
-        let (config, ignored_fields, has_config_file) = match std::fs::read_to_string(&config_path) {
-            Ok(text) => {
-                let (config, ignored) = parse_config(&text).map_err(RepositoryError::Config)?;
-                (config, ignored, true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (ModelConfig::default(), Vec::new(), false),
-            Err(e) => {
-                return Err(RepositoryError::Config(format!("{}: {e}", config_path.display())));
-            }
+        let read = match config {
+            Some(c) => Ok((c, Vec::new(), true)),
+            None => match std::fs::read_to_string(&config_path) {
+                Ok(text) => parse_config(&text)
+                    .map(|(config, ignored)| (config, ignored, true))
+                    .map_err(RepositoryError::Config),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((ModelConfig::default(), Vec::new(), false)),
+                Err(e) => Err(RepositoryError::Config(format!("{}: {e}", config_path.display()))),
+            },
         };
+        let (config, ignored_fields, has_config_file) = read?;
         if !config.name.is_empty() && config.name != name {
             return Err(RepositoryError::Invalid(format!(
                 "{CONFIG_FILE} names the model '{}', but its directory is '{name}'",

@@ -1,12 +1,21 @@
-//! The model registry: which models and versions exist, their state in Triton's words (READY,
-//! LOADING, UNLOADING, UNAVAILABLE, each with a reason), loading them through a backend, and handing
-//! out leases to the request path. A model that fails to load is UNAVAILABLE with the reason and
-//! never affects the others.
+//! Many models, one device. The registry knows every model of the repository and its state in
+//! Triton's words (READY, LOADING, UNLOADING, UNAVAILABLE with a reason); it loads models (at start,
+//! through the repository API, or on a model's first request), keeps the memory they hold within a
+//! budget checked against live readings of the device (`budget`, `crate::device::memory`), evicts idle
+//! models by value when a load needs room (`policy`), keeps evicted models' prepared weights in host
+//! memory (`host_tier`), and hands the request path leases that keep a model alive while it is used
+//! (`served`). A model that fails to load is UNAVAILABLE with the reason and never affects the others.
 
+pub mod budget;
+mod host_tier;
+pub mod policy;
 mod registry;
+mod served;
 mod state;
 
-pub use registry::{ControlMode, IndexEntry, Lease, LoadOptions, Registry, ServedModel};
+pub use budget::{Bytes, MemorySize};
+pub use registry::{ControlMode, IndexEntry, LoadOptions, PIN_PARAMETER, Registry};
+pub use served::{Lease, ServedModel};
 pub use state::ModelState;
 
 use thiserror::Error;
@@ -31,6 +40,22 @@ pub enum AcquireError {
         state: ModelState,
         reason: String,
     },
+    #[error("model '{model}' needs {}, more than the whole memory budget of {}", Bytes(*need), Bytes(*budget))]
+    ResourceExhausted { model: String, need: u64, budget: u64 },
+    #[error(
+        "model '{model}' needs {} but {} of the {} budget is held by {}",
+        Bytes(*need), Bytes(*in_use), Bytes(*budget),
+        if *waited { "models that stayed busy or pinned until the load timeout" } else { "loaded models: unload one first" }
+    )]
+    NoMemory {
+        model: String,
+        need: u64,
+        in_use: u64,
+        budget: u64,
+        /// Whether the load waited for models to become evictable (on-demand mode): then retrying
+        /// later may succeed.
+        waited: bool,
+    },
 }
 
 fn version_label(version: &str) -> String {
@@ -45,7 +70,10 @@ impl AcquireError {
     pub fn code(&self) -> Code {
         match self {
             AcquireError::UnknownModel { .. } | AcquireError::UnknownVersion { .. } => Code::NotFound,
-            AcquireError::NotReady { .. } => Code::Unavailable,
+            AcquireError::NotReady { .. } | AcquireError::NoMemory { waited: true, .. } => Code::Unavailable,
+            AcquireError::ResourceExhausted { .. } | AcquireError::NoMemory { waited: false, .. } => {
+                Code::ResourceExhausted
+            }
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Answers to the requests other than inference, as the protocol's messages. gRPC returns them as
 //! they are; REST returns their JSON form (`http`), so both front ends report exactly the same thing.
 
+use std::sync::Arc;
+
 use accel_proto::inference::{
-    InferBatchStatistics, InferStatistics, LogSettingsResponse, MemoryUsage, ModelConfigResponse,
+    InferBatchStatistics, InferStatistics, LogSettingsResponse, MemoryUsage, ModelConfig, ModelConfigResponse,
     ModelMetadataResponse, ModelStatistics, ModelStatisticsResponse, RepositoryIndexResponse, ServerMetadataResponse,
     StatisticDuration, log_settings_response::SettingValue, log_settings_response::setting_value::ParameterChoice,
     model_metadata_response::TensorMetadata, repository_index_response::ModelIndex,
@@ -21,6 +23,7 @@ pub const EXTENSIONS: &[&str] = &[
     "parameters",
     "binary_tensor_data",
     "logging",
+    "model_repository",
 ];
 
 /// An RPC that belongs to work still to come.
@@ -44,8 +47,12 @@ fn tensor_metadata(io: &IoSpec, batching: bool) -> TensorMetadata {
     }
 }
 
-pub(super) fn model_metadata(registry: &Registry, name: &str, version: &str) -> Result<ModelMetadataResponse, Error> {
-    let lease = registry.acquire(name, version)?;
+pub(super) async fn model_metadata(
+    registry: &Arc<Registry>,
+    name: &str,
+    version: &str,
+) -> Result<ModelMetadataResponse, Error> {
+    let lease = registry.acquire(name, version).await?;
     let spec = &lease.spec;
     Ok(ModelMetadataResponse {
         name: spec.name.clone(),
@@ -61,8 +68,12 @@ pub(super) fn model_metadata(registry: &Registry, name: &str, version: &str) -> 
     })
 }
 
-pub(super) fn model_config(registry: &Registry, name: &str, version: &str) -> Result<ModelConfigResponse, Error> {
-    let lease = registry.acquire(name, version)?;
+pub(super) async fn model_config(
+    registry: &Arc<Registry>,
+    name: &str,
+    version: &str,
+) -> Result<ModelConfigResponse, Error> {
+    let lease = registry.acquire(name, version).await?;
     Ok(ModelConfigResponse {
         config: Some(lease.config.clone()),
     })
@@ -110,19 +121,77 @@ fn statistics(name: &str, version: u64, s: &ModelStats) -> ModelStatistics {
     }
 }
 
-/// Statistics of one model's READY versions, or of every model when `name` is empty.
+/// Statistics of the loaded versions of one model (kept across evictions), or of every model when
+/// `name` is empty.
 pub(super) fn model_statistics(
     registry: &Registry,
     name: &str,
     version: &str,
 ) -> Result<ModelStatisticsResponse, Error> {
-    let served = registry.served(name, version)?;
+    let found = registry.statistics(name, version)?;
     Ok(ModelStatisticsResponse {
-        model_stats: served
-            .iter()
-            .map(|m| statistics(&m.spec.name, m.spec.version, &m.stats))
-            .collect(),
+        model_stats: found.iter().map(|(n, v, s)| statistics(n, *v, s)).collect(),
     })
+}
+
+/// A RepositoryModelLoad parameter, whichever protocol carried it.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum LoadParameter {
+    String(String),
+    Other,
+}
+
+/// Loads (or reloads) a model; `config` is Triton's override: the model's whole configuration as JSON.
+pub(super) async fn load_model(
+    registry: &Arc<Registry>,
+    name: &str,
+    parameters: Vec<(String, LoadParameter)>,
+) -> Result<(), Error> {
+    let mut config = None;
+    for (key, value) in parameters {
+        match (key.as_str(), value) {
+            ("config", LoadParameter::String(json)) => config = Some(config_from_json(name, &json)?),
+            ("config", _) => return Err(Error::invalid_argument("parameter 'config' must be a JSON string")),
+            (k, _) if k.starts_with("file:") => {
+                return Err(Error::unimplemented(
+                    "model file overrides ('file:' parameters) are not supported: put the files in the repository",
+                ));
+            }
+            (k, _) => return Err(Error::invalid_argument(format!("unknown load parameter '{k}'"))),
+        }
+    }
+    registry.load_model(name, config).await?;
+    Ok(())
+}
+
+/// Triton's JSON form of a ModelConfig (field names as in the .proto, enums by name), checked against
+/// the model it is for.
+fn config_from_json(name: &str, json: &str) -> Result<ModelConfig, Error> {
+    let internal = |m: String| Error::new(crate::core::Code::Internal, m);
+    let descriptor = accel_proto::descriptor_pool()
+        .map_err(|e| internal(e.to_string()))?
+        .get_message_by_name(accel_proto::MODEL_CONFIG_MESSAGE)
+        .ok_or_else(|| internal("the ModelConfig descriptor is missing".into()))?;
+    let mut de = serde_json::Deserializer::from_str(json);
+    let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(false);
+    let message = prost_reflect::DynamicMessage::deserialize_with_options(descriptor, &mut de, &options)
+        .map_err(|e| Error::invalid_argument(format!("parameter 'config' is not a model configuration: {e}")))?;
+    let config: ModelConfig = message
+        .transcode_to()
+        .map_err(|e| Error::invalid_argument(format!("parameter 'config': {e}")))?;
+    if !config.name.is_empty() && config.name != name {
+        return Err(Error::invalid_argument(format!(
+            "parameter 'config' names the model '{}', not '{name}'",
+            config.name
+        )));
+    }
+    Ok(config)
+}
+
+/// Unloads a model once its requests in flight have finished.
+pub(super) async fn unload_model(registry: &Arc<Registry>, name: &str) -> Result<(), Error> {
+    registry.unload_model(name).await?;
+    Ok(())
 }
 
 pub(super) fn repository_index(registry: &Registry, ready_only: bool) -> RepositoryIndexResponse {

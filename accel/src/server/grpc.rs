@@ -17,11 +17,12 @@ use accel_proto::inference::{
     SystemSharedMemoryRegisterResponse, SystemSharedMemoryStatusRequest, SystemSharedMemoryStatusResponse,
     SystemSharedMemoryUnregisterRequest, SystemSharedMemoryUnregisterResponse, TraceSettingRequest,
     TraceSettingResponse, log_settings_request::setting_value::ParameterChoice,
+    model_repository_parameter::ParameterChoice as ModelRepositoryChoice,
 };
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::answers::{self, LogValue, not_yet};
+use super::answers::{self, LoadParameter, LogValue, not_yet};
 use super::convert;
 use super::infer::Inference;
 use super::status::status;
@@ -71,8 +72,7 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        let ready =
-            !self.inference.lifecycle.draining() && self.inference.registry.acquire(&r.name, &r.version).is_ok();
+        let ready = !self.inference.lifecycle.draining() && self.inference.registry.model_ready(&r.name, &r.version);
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
@@ -88,11 +88,9 @@ impl GrpcInferenceService for InferenceService {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(answers::model_metadata(
-            &self.inference.registry,
-            &r.name,
-            &r.version,
-        )?))
+        Ok(Response::new(
+            answers::model_metadata(&self.inference.registry, &r.name, &r.version).await?,
+        ))
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
@@ -139,11 +137,9 @@ impl GrpcInferenceService for InferenceService {
         request: Request<ModelConfigRequest>,
     ) -> Result<Response<ModelConfigResponse>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(answers::model_config(
-            &self.inference.registry,
-            &r.name,
-            &r.version,
-        )?))
+        Ok(Response::new(
+            answers::model_config(&self.inference.registry, &r.name, &r.version).await?,
+        ))
     }
 
     async fn model_statistics(
@@ -170,16 +166,36 @@ impl GrpcInferenceService for InferenceService {
 
     async fn repository_model_load(
         &self,
-        _: Request<RepositoryModelLoadRequest>,
+        request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        unimplemented("RepositoryModelLoad", "memory-aware residency (issue 3)")
+        let r = request.into_inner();
+        let parameters = r
+            .parameters
+            .into_iter()
+            .map(|(k, v)| {
+                let value = match v.parameter_choice {
+                    Some(ModelRepositoryChoice::StringParam(s)) => LoadParameter::String(s),
+                    // tritonclient sends the config override as bytes when given as such.
+                    Some(ModelRepositoryChoice::BytesParam(b)) => match String::from_utf8(b.to_vec()) {
+                        Ok(s) => LoadParameter::String(s),
+                        Err(_) => LoadParameter::Other,
+                    },
+                    _ => LoadParameter::Other,
+                };
+                (k, value)
+            })
+            .collect();
+        answers::load_model(&self.inference.registry, &r.model_name, parameters).await?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _: Request<RepositoryModelUnloadRequest>,
+        request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
-        unimplemented("RepositoryModelUnload", "memory-aware residency (issue 3)")
+        let r = request.into_inner();
+        answers::unload_model(&self.inference.registry, &r.model_name).await?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 
     async fn system_shared_memory_status(

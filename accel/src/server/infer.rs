@@ -43,7 +43,7 @@ impl Inference {
     ) -> Result<InferResponse, Error> {
         let received = Instant::now();
         let _admission = self.lifecycle.admit()?;
-        let lease = self.registry.acquire(model, version)?;
+        let lease = self.registry.acquire(model, version).await?;
         let fail = |e: Error| {
             lease.stats.record_failure(received.elapsed(), FailureReason::Other);
             e

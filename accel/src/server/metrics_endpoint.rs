@@ -1,6 +1,6 @@
 //! `/metrics` for Prometheus on its own port, and the sampler that refreshes the gauges which are
-//! readings rather than events (CPU utilisation, memory, executor duty cycles, the drain flag) and
-//! folds recorded histogram samples into their buckets.
+//! readings rather than events (CPU utilisation, host and GPU memory, executor duty cycles, the drain
+//! flag) and folds recorded histogram samples into their buckets.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::lifecycle::Lifecycle;
 use crate::device::host::{CpuTimes, HostMemory};
+use crate::device::memory::DeviceMemory;
 use crate::residency::Registry;
 
 pub(super) fn router(handle: &'static PrometheusHandle) -> Router {
@@ -37,8 +38,18 @@ pub(super) async fn sample(
     interval: Duration,
     stop: impl Future<Output = ()>,
 ) {
-    let (cpu, mem_total, mem_used, host_tier, draining) = crate::metrics::host_gauges();
-    host_tier.set(0.0);
+    let (cpu, mem_total, mem_used, draining) = crate::metrics::host_gauges();
+    let gpus: Vec<_> = match crate::device::nvml::gpus() {
+        Ok(gpus) => gpus
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| (g, crate::metrics::gpu_gauges(i as u32)))
+            .collect(),
+        Err(reason) => {
+            tracing::info!(%reason, "no GPU metrics");
+            Vec::new()
+        }
+    };
     let mut previous = CpuTimes::read();
     let mut ticker = tokio::time::interval(interval);
     tokio::pin!(stop);
@@ -56,9 +67,18 @@ pub(super) async fn sample(
             mem_total.set(m.total as f64);
             mem_used.set(m.used as f64);
         }
-        if let Ok(models) = registry.served("", "") {
-            for m in models {
-                m.stats.sample_duty_cycle();
+        for (gpu, (utilization, total, used)) in &gpus {
+            if let Ok(r) = gpu.read() {
+                total.set(r.total as f64);
+                used.set(r.used as f64);
+            }
+            if let Ok(u) = gpu.utilization() {
+                utilization.set(u);
+            }
+        }
+        if let Ok(models) = registry.statistics("", "") {
+            for (_, _, stats) in models {
+                stats.sample_duty_cycle();
             }
         }
         draining.set(if lifecycle.draining() { 1.0 } else { 0.0 });

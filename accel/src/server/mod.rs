@@ -37,22 +37,30 @@ pub use health::HealthService;
 pub use infer::Inference;
 pub use lifecycle::Lifecycle;
 
-/// The registry a configuration describes (nothing loaded yet).
+/// The registry a configuration describes (nothing loaded yet), scheduling the host's memory (models
+/// run on the CPU).
 pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
     let repository = Repository::open(&config.model_repository).map_err(|e| e.to_string())?;
+    let options = LoadOptions {
+        control_mode: config.model_control_mode,
+        load_models: config.models_to_load(),
+        pinned: config.models_to_pin(),
+        default_max_batch_size: config.default_max_batch_size,
+        queue_limits: QueueLimits {
+            max_queued: config.max_queued_requests,
+            executor_spin: Duration::from_micros(config.executor_spin_us),
+        },
+        load_threads: config.model_load_threads,
+        memory_budget: config.memory_budget,
+        memory_reserve: config.memory_reserve,
+        host_cache: config.host_cache_size,
+        load_timeout: Duration::from_secs(config.model_load_timeout_secs),
+    };
     Ok(Arc::new(Registry::new(
         repository,
-        LoadOptions {
-            control_mode: config.model_control_mode,
-            load_models: config.models_to_load(),
-            default_max_batch_size: config.default_max_batch_size,
-            queue_limits: QueueLimits {
-                max_queued: config.max_queued_requests,
-                executor_spin: std::time::Duration::from_micros(config.executor_spin_us),
-            },
-            load_threads: config.model_load_threads,
-        },
-    )))
+        options,
+        Box::new(crate::device::memory::Host),
+    )?))
 }
 
 /// The bound sockets: gRPC always, REST and metrics when enabled.

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use prost_reflect::{DynamicMessage, SerializeOptions};
 use serde_json::Value;
 
-use super::answers::{self, LogValue, not_yet};
+use super::answers::{self, LoadParameter, LogValue, not_yet};
 use super::infer::Inference;
 use crate::core::{Code, Error};
 
@@ -37,14 +37,8 @@ pub(super) fn router(inference: Inference, max_body_bytes: usize) -> Router {
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .route("/v2/repository/index", post(repository_index))
-        .route(
-            "/v2/repository/models/{model}/load",
-            post(|| async { not_yet("model loading", "memory-aware residency (issue 3)") }),
-        )
-        .route(
-            "/v2/repository/models/{model}/unload",
-            post(|| async { not_yet("model unloading", "memory-aware residency (issue 3)") }),
-        )
+        .route("/v2/repository/models/{model}/load", post(load_model))
+        .route("/v2/repository/models/{model}/unload", post(unload_model))
         .route("/v2/logging", get(get_logging).post(post_logging))
         .route("/v2/trace/setting", get(trace).post(trace))
         .route("/v2/models/{model}/trace/setting", get(trace).post(trace))
@@ -102,24 +96,24 @@ async fn server_metadata() -> Result<Json<Value>, Error> {
     )?))
 }
 
-fn metadata(s: &Inference, model: &str, version: &str) -> Result<Json<Value>, Error> {
-    let m = answers::model_metadata(&s.registry, model, version)?;
+async fn metadata(s: &Inference, model: &str, version: &str) -> Result<Json<Value>, Error> {
+    let m = answers::model_metadata(&s.registry, model, version).await?;
     Ok(Json(proto_json(&m, "inference.ModelMetadataResponse")?))
 }
 
 async fn model_metadata(State(s): State<Inference>, Path(model): Path<String>) -> Result<Json<Value>, Error> {
-    metadata(&s, &model, "")
+    metadata(&s, &model, "").await
 }
 
 async fn model_metadata_v(
     State(s): State<Inference>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, Error> {
-    metadata(&s, &model, &version)
+    metadata(&s, &model, &version).await
 }
 
 fn ready(s: &Inference, model: &str, version: &str) -> StatusCode {
-    ready_status(!s.lifecycle.draining() && s.registry.acquire(model, version).is_ok())
+    ready_status(!s.lifecycle.draining() && s.registry.model_ready(model, version))
 }
 
 async fn model_ready(State(s): State<Inference>, Path(model): Path<String>) -> StatusCode {
@@ -130,21 +124,21 @@ async fn model_ready_v(State(s): State<Inference>, Path((model, version)): Path<
     ready(&s, &model, &version)
 }
 
-fn config(s: &Inference, model: &str, version: &str) -> Result<Json<Value>, Error> {
-    let c = answers::model_config(&s.registry, model, version)?;
+async fn config(s: &Inference, model: &str, version: &str) -> Result<Json<Value>, Error> {
+    let c = answers::model_config(&s.registry, model, version).await?;
     let json = proto_json(&c.config.unwrap_or_default(), accel_proto::MODEL_CONFIG_MESSAGE)?;
     Ok(Json(json))
 }
 
 async fn model_config(State(s): State<Inference>, Path(model): Path<String>) -> Result<Json<Value>, Error> {
-    config(&s, &model, "")
+    config(&s, &model, "").await
 }
 
 async fn model_config_v(
     State(s): State<Inference>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, Error> {
-    config(&s, &model, &version)
+    config(&s, &model, &version).await
 }
 
 fn stats(s: &Inference, model: &str, version: &str) -> Result<Json<Value>, Error> {
@@ -181,6 +175,42 @@ async fn repository_index(State(s): State<Inference>, body: Bytes) -> Result<Jso
     )?;
     // REST answers the list itself, not the gRPC message around it.
     Ok(Json(index.get("models").cloned().unwrap_or(Value::Array(Vec::new()))))
+}
+
+/// The `parameters` object of a repository request body (which may be empty).
+fn repository_parameters(body: &Bytes) -> Result<Vec<(String, LoadParameter)>, Error> {
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| Error::invalid_argument(format!("request body: {e}")))?;
+    let Some(params) = v.get("parameters") else {
+        return Ok(Vec::new());
+    };
+    let Value::Object(map) = params else {
+        return Err(Error::invalid_argument("'parameters' must be a JSON object"));
+    };
+    Ok(map
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                Value::String(s) => LoadParameter::String(s.clone()),
+                _ => LoadParameter::Other,
+            };
+            (k.clone(), value)
+        })
+        .collect())
+}
+
+async fn load_model(State(s): State<Inference>, Path(model): Path<String>, body: Bytes) -> Result<StatusCode, Error> {
+    answers::load_model(&s.registry, &model, repository_parameters(&body)?).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn unload_model(State(s): State<Inference>, Path(model): Path<String>, body: Bytes) -> Result<StatusCode, Error> {
+    // `unload_dependents` (ensembles) has nothing to act on here.
+    repository_parameters(&body)?;
+    answers::unload_model(&s.registry, &model).await?;
+    Ok(StatusCode::OK)
 }
 
 fn log_json(r: accel_proto::inference::LogSettingsResponse) -> Value {

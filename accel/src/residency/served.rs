@@ -1,0 +1,163 @@
+//! A model version as the registry holds it: prepared (read, compiled, its footprint measured: what the
+//! host tier keeps) and served (executor threads started over the prepared model: what requests lease).
+//! Building either is blocking work done on loader threads, never on the async runtime.
+
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+
+use accel_proto::inference::ModelConfig;
+use parking_lot::Mutex;
+
+use crate::backend::{Backend, LoadedModel};
+use crate::batching::{QueueLimits, Scheduler, SchedulerThreads};
+use crate::core::ModelSpec;
+use crate::repository::{complete_config, to_spec};
+use crate::stats::ModelStats;
+
+/// A version read and compiled, with what it holds in memory.
+#[derive(Debug)]
+pub struct PreparedVersion {
+    pub version: u64,
+    pub loaded: Box<dyn LoadedModel>,
+    /// The completed configuration, as the ModelConfig RPC reports it.
+    pub config: ModelConfig,
+    pub spec: Arc<ModelSpec>,
+    /// Bytes the load left allocated (measured), or the backend's count of its weights.
+    pub bytes: u64,
+}
+
+/// Reads and compiles one version, measuring what it holds.
+pub(super) fn prepare(
+    backend: &dyn Backend,
+    name: &str,
+    version: u64,
+    file: &Path,
+    config: &ModelConfig,
+    default_max_batch_size: usize,
+) -> Result<PreparedVersion, String> {
+    let (loaded, measured) = crate::alloc::measure(|| backend.load(file));
+    let loaded = loaded.map_err(|e| e.to_string())?;
+    let mut config = config.clone();
+    complete_config(&mut config, name, loaded.signature(), default_max_batch_size)?;
+    if config.platform.is_empty() {
+        config.platform = "onnxruntime_onnx".into();
+    }
+    config.backend = backend.name().to_string();
+    let spec = Arc::new(to_spec(&config, version, backend.name())?);
+    // The weights at least: the allocator's count can miss memory other threads allocated.
+    let bytes = measured.unwrap_or(0).max(loaded.weight_bytes());
+    Ok(PreparedVersion {
+        version,
+        loaded,
+        config,
+        spec,
+        bytes,
+    })
+}
+
+/// A READY model version: executor threads over a prepared model.
+#[derive(Debug)]
+pub struct ServedModel {
+    pub spec: Arc<ModelSpec>,
+    pub config: ModelConfig,
+    pub scheduler: Scheduler,
+    pub stats: Arc<ModelStats>,
+    pub(super) prepared: Arc<PreparedVersion>,
+    threads: Mutex<Option<SchedulerThreads>>,
+    /// Alive until the executor threads have been joined (and their instances freed).
+    running: Mutex<Option<Arc<()>>>,
+}
+
+impl ServedModel {
+    /// Starts one executor thread per instance.
+    pub fn start(prepared: Arc<PreparedVersion>, stats: Arc<ModelStats>, limits: QueueLimits) -> Result<Self, String> {
+        let spec = prepared.spec.clone();
+        let instances = (0..spec.instance_count)
+            .map(|_| prepared.loaded.instance(&spec))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        stats.set_memory_bytes(prepared.bytes);
+        let (scheduler, threads) = Scheduler::start(spec.clone(), instances, stats.clone(), limits)
+            .map_err(|e| format!("cannot start threads: {e}"))?;
+        Ok(ServedModel {
+            spec,
+            config: prepared.config.clone(),
+            scheduler,
+            stats,
+            prepared,
+            threads: Mutex::new(Some(threads)),
+            running: Mutex::new(Some(Arc::new(()))),
+        })
+    }
+
+    /// What tells when this model's memory has really come back: the served model and its prepared
+    /// model dropped, and the executor threads joined.
+    pub(super) fn freed_signal(&self) -> Freed {
+        Freed {
+            running: self.running.lock().as_ref().map(Arc::downgrade).unwrap_or_default(),
+            prepared: Arc::downgrade(&self.prepared),
+        }
+    }
+}
+
+impl Drop for ServedModel {
+    fn drop(&mut self) {
+        let threads = self.threads.lock().take();
+        let running = self.running.lock().take();
+        if let Some(threads) = threads {
+            // Joining waits for a batch in progress: not on the thread that dropped the last lease,
+            // which may be the async runtime's.
+            let reaper = std::thread::Builder::new().name("accel-reaper".into()).spawn(move || {
+                threads.shutdown();
+                drop(running);
+                crate::alloc::release_free_memory();
+            });
+            if let Err(e) = reaper {
+                tracing::warn!(error = %e, "cannot start a thread to join executors; they stop on their own");
+            }
+        }
+    }
+}
+
+/// Weak references that die when a served model's memory is free.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Freed {
+    running: Weak<()>,
+    prepared: Weak<PreparedVersion>,
+}
+
+impl Freed {
+    pub(super) fn is_freed(&self) -> bool {
+        self.running.strong_count() == 0 && self.prepared.strong_count() == 0
+    }
+}
+
+/// A served model held for one request: it cannot go away while the lease lives.
+#[derive(Debug, Clone)]
+pub struct Lease(pub(super) Arc<ServedModel>);
+
+impl Deref for Lease {
+    type Target = ServedModel;
+    fn deref(&self) -> &ServedModel {
+        &self.0
+    }
+}
+
+/// Bytes of the files in a version's directory: an estimate of a load's footprint before it is
+/// measured (ONNX weights are stored raw, external data files included).
+pub(super) fn files_size(model_file: &Path) -> u64 {
+    let Some(dir) = model_file.parent() else {
+        return 0;
+    };
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
