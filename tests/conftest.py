@@ -238,6 +238,19 @@ def real_models():
     return paths
 
 
+def ort_library() -> str:
+    """The ONNX Runtime shared library inside the installed onnxruntime wheel (for --onnxruntime-library)."""
+    import glob
+
+    import onnxruntime
+
+    capi = os.path.join(os.path.dirname(onnxruntime.__file__), "capi")
+    found = sorted(glob.glob(os.path.join(capi, "libonnxruntime.so.1*")))
+    if not found:
+        pytest.fail(f"no libonnxruntime.so.1* in {capi}: is PyPI's onnxruntime installed?")
+    return found[-1]
+
+
 def scrape(server) -> dict:
     """/metrics parsed as Prometheus parses it: {(name, sorted labels): value}."""
     from prometheus_client.parser import text_string_to_metric_families

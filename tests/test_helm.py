@@ -14,7 +14,7 @@ import yaml
 
 import fetch_helm
 import kserve_crds
-from conftest import ACCEL_BIN, ROOT, free_port, infer_input
+from conftest import ACCEL_BIN, ROOT, free_port, infer_input, ort_library
 
 CHART = os.path.join(ROOT, "helm", "accel")
 VARIANTS = [None] + sorted(os.path.basename(p) for p in glob.glob(os.path.join(CHART, "ci", "*-values.yaml")))
@@ -92,6 +92,7 @@ def test_bad_values_are_refused(helm):
         (["--set", "accel.grpcPorts=8001"], "grpcPorts"),
         (["--set", "terminationGracePeriodSeconds=10"], "exitTimeoutSecs"),
         (["--set", "modelRepository.source=pvc"], "claimName"),
+        (["--set", "accel.defaultBackend=tensorrt"], "defaultBackend"),
     ]
     for args, needle in cases:
         r = render(helm, None, args)
@@ -144,7 +145,8 @@ def test_rendered_container_starts_accel(helm, variant, tmp_path):
     docs = objects(helm, variant, ["--set", f"accel.grpcPort={grpc_port}", "--set", f"accel.httpPort={http_port}",
                                    "--set", f"accel.metricsPort={metrics_port}", "--set", "accel.metricsAddress=127.0.0.1",
                                    "--set", "accel.httpAddress=127.0.0.1", "--set", "accel.grpcAddress=127.0.0.1",
-                                   "--set", "modelRepository.mountPath=" + os.path.join(ROOT, "examples", "model_repository")])
+                                   "--set", "modelRepository.mountPath=" + os.path.join(ROOT, "examples", "model_repository"),
+                                   "--set", "accel.onnxruntimeLibrary=" + ort_library()])
     spec = pod_spec(docs)
     container = next(c for c in spec["containers"] if c["image"].startswith("ghcr.io/accel-serving/accel:"))
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -169,6 +171,8 @@ def test_rendered_container_starts_accel(helm, variant, tmp_path):
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         y = client.infer("mlp", [infer_input("INPUT0", np.zeros((2, 256), np.float32))]).as_numpy("OUTPUT0")
         assert y.shape == (2, 256)
+        # The library the values name was loaded, and the example's ONNX models run on it.
+        assert client.get_model_config("mlp", as_json=True)["config"]["backend"] == "onnxruntime"
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
             assert b"nv_inference_request_success" in r.read()
     finally:

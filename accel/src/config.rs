@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::logging::LogFormat;
-use crate::residency::{ControlMode, MemorySize};
+use crate::residency::{ControlMode, DefaultBackend, MemorySize};
 
 /// Accel: a batching inference sidecar for KServe, speaking the v2 / Open Inference Protocol.
 #[derive(Debug, Parser)]
@@ -122,6 +122,16 @@ pub struct Config {
     /// How long a request waits for its model to become resident (its load, and memory to free up).
     #[arg(long, env = "ACCEL_MODEL_LOAD_TIMEOUT_SECS", default_value_t = 60)]
     pub model_load_timeout_secs: u64,
+
+    /// The ONNX Runtime shared library, loaded at start: the libonnxruntime.so.1.x that PyPI's
+    /// onnxruntime wheel ships in onnxruntime/capi/. Without it, models run on candle.
+    #[arg(long, env = "ACCEL_ONNXRUNTIME_LIBRARY", value_name = "PATH")]
+    pub onnxruntime_library: Option<PathBuf>,
+
+    /// The engine for ONNX models whose config names no backend: `auto` is onnxruntime when its
+    /// library is loaded, else candle. `backend: "onnxruntime"` or `"candle"` in a config overrides it.
+    #[arg(long, env = "ACCEL_DEFAULT_BACKEND", value_enum, default_value = "auto")]
+    pub default_backend: DefaultBackend,
 
     /// Log verbosity: 0 logs information, 1 adds debug detail, 2 and more trace everything. It can be
     /// changed at run time with LogSettings (gRPC) or POST /v2/logging.

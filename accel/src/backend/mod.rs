@@ -1,9 +1,10 @@
 //! The execution boundary. A [`Backend`] reads a model file into a [`LoadedModel`] (weights turned into
 //! device tensors once), which creates one [`ModelInstance`] per executor thread; an instance executes a
-//! [`Batch`]. Nothing here knows about candle, protocols or scheduling: engines (candle today, ONNX
-//! Runtime and GPU devices next) plug in behind these traits.
+//! [`Batch`]. Nothing here knows about protocols or scheduling: engines (candle, our own executor;
+//! ONNX Runtime) plug in behind these traits.
 
 pub mod candle;
+pub mod onnxruntime;
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -26,6 +27,9 @@ pub enum BackendError {
     UnsupportedDataType(String),
     #[error("execution failed: {0}")]
     Execution(String),
+    /// The request's tensors cannot run through the model (found only when executing).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
 }
 
 impl BackendError {
@@ -34,7 +38,7 @@ impl BackendError {
             BackendError::Read { .. } | BackendError::InvalidModel(_) | BackendError::UnsupportedOperator(_) => {
                 Code::Unavailable
             }
-            BackendError::UnsupportedDataType(_) => Code::InvalidArgument,
+            BackendError::UnsupportedDataType(_) | BackendError::InvalidInput(_) => Code::InvalidArgument,
             BackendError::Execution(_) => Code::Internal,
         }
     }
@@ -113,4 +117,22 @@ pub trait ModelInstance: Send {
     /// Runs one batch; returns one tensor per entry of `batch.outputs`, in that order, each with the
     /// batch as its first dimension when the model batches.
     fn execute(&mut self, batch: &Batch) -> Result<Vec<Tensor>, BackendError>;
+}
+
+/// Bytes of the files in a model file's directory (ONNX external data included): what a load is
+/// expected to hold before it is measured.
+pub fn files_size(model_file: &Path) -> u64 {
+    let Some(dir) = model_file.parent() else {
+        return 0;
+    };
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }

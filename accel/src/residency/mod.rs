@@ -7,6 +7,7 @@
 //! (`served`). A model that fails to load is UNAVAILABLE with the reason and never affects the others.
 
 pub mod budget;
+mod engines;
 mod host_tier;
 pub mod policy;
 mod registry;
@@ -14,6 +15,7 @@ mod served;
 mod state;
 
 pub use budget::{Bytes, MemorySize};
+pub use engines::DefaultBackend;
 pub use registry::{ControlMode, IndexEntry, LoadOptions, PIN_PARAMETER, Registry};
 pub use served::{Lease, ServedModel};
 pub use state::ModelState;

@@ -18,11 +18,12 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::watch;
 
 use super::budget::{Budget, Bytes, MemorySize};
+use super::engines::{DefaultBackend, Engines};
 use super::host_tier::HostTier;
 use super::policy::{Candidate, Usage, choose_victims};
-use super::served::{Freed, Lease, PreparedVersion, ServedModel, files_size, prepare};
+use super::served::{Freed, Lease, PreparedVersion, ServedModel, prepare};
 use super::{AcquireError, ModelState};
-use crate::backend::candle::CandleBackend;
+use crate::backend::files_size;
 use crate::batching::QueueLimits;
 use crate::device::memory::DeviceMemory;
 use crate::repository::Repository;
@@ -74,6 +75,12 @@ pub struct LoadOptions {
     pub host_cache: MemorySize,
     /// How long a request waits for its model to become resident (loading, or memory to free up).
     pub load_timeout: Duration,
+    /// The ONNX Runtime library, when given.
+    pub onnxruntime_library: Option<std::path::PathBuf>,
+    /// The engine of ONNX models whose config names no backend.
+    pub default_backend: DefaultBackend,
+    /// Threads one execution may use inside an engine.
+    pub intra_op_threads: usize,
 }
 
 /// One version of a resident model.
@@ -214,7 +221,7 @@ pub struct IndexEntry {
 pub struct Registry {
     repository: Repository,
     options: LoadOptions,
-    backend: CandleBackend,
+    engines: Engines,
     memory: Box<dyn DeviceMemory>,
     /// Bytes of the device left alone.
     reserve: u64,
@@ -270,6 +277,11 @@ impl Registry {
             bytes => bytes.resolve(0),
         };
         let limit = budget - reserve;
+        let engines = Engines::new(
+            options.onnxruntime_library.as_deref(),
+            options.default_backend,
+            options.intra_op_threads,
+        );
         tracing::info!(
             device = %memory.describe(),
             total = %Bytes(reading.total),
@@ -281,7 +293,7 @@ impl Registry {
         Ok(Registry {
             repository,
             options,
-            backend: CandleBackend::cpu(),
+            engines,
             memory,
             reserve,
             state: RwLock::new(State {
@@ -549,7 +561,10 @@ impl Registry {
         if !source.ignored_fields.is_empty() {
             tracing::info!(model = %name, fields = ?source.ignored_fields, "config.pbtxt fields that Accel does not use are ignored");
         }
-        select_backend(&source.config).map_err(unavailable)?;
+        let backend = self
+            .engines
+            .select(&source.config.backend, &source.config.platform)
+            .map_err(unavailable)?;
         let known = self.state.read().models.get(name).and_then(|e| e.bytes);
         let estimate = known.unwrap_or_else(|| source.versions.iter().map(|(_, p)| files_size(p)).sum());
         let mut waited = self.admit(name, estimate, deadline)?;
@@ -558,7 +573,7 @@ impl Registry {
         for (version, path) in &source.versions {
             let t = Instant::now();
             match prepare(
-                &self.backend,
+                backend,
                 name,
                 *version,
                 path,
@@ -1215,18 +1230,5 @@ fn lease(name: &str, version: &str, res: &Resident) -> Result<Lease, AcquireErro
             state: slot.state,
             reason: slot.reason.clone(),
         }),
-    }
-}
-
-/// Which engine runs a model, from its config (Triton's `backend` / `platform` fields).
-fn select_backend(config: &ModelConfig) -> Result<&'static str, String> {
-    match (config.backend.as_str(), config.platform.as_str()) {
-        ("candle", _) | ("onnxruntime", _) | ("", "onnxruntime_onnx" | "onnx_onnxv1" | "") => Ok("candle"),
-        ("", platform) => Err(format!(
-            "platform '{platform}' is not supported: Accel serves ONNX models (platform onnxruntime_onnx)"
-        )),
-        (backend, _) => Err(format!(
-            "backend '{backend}' is not supported: Accel serves ONNX models with the candle backend"
-        )),
     }
 }

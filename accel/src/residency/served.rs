@@ -143,21 +143,3 @@ impl Deref for Lease {
         &self.0
     }
 }
-
-/// Bytes of the files in a version's directory: an estimate of a load's footprint before it is
-/// measured (ONNX weights are stored raw, external data files included).
-pub(super) fn files_size(model_file: &Path) -> u64 {
-    let Some(dir) = model_file.parent() else {
-        return 0;
-    };
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}

@@ -55,6 +55,9 @@ pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
         memory_reserve: config.memory_reserve,
         host_cache: config.host_cache_size,
         load_timeout: Duration::from_secs(config.model_load_timeout_secs),
+        onnxruntime_library: config.onnxruntime_library.clone(),
+        default_backend: config.default_backend,
+        intra_op_threads: config.intra_op_threads,
     };
     Ok(Arc::new(Registry::new(
         repository,

@@ -52,12 +52,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* Accel's flags as ACCEL_* variables: every key of .Values.accel, camelCase -> UPPER_SNAKE. */}}
+{{/* Accel's flags as ACCEL_* variables: every key of .Values.accel, camelCase -> UPPER_SNAKE; empty
+     lists and strings are left out (the flag's default applies). */}}
 {{- define "accel.env" -}}
 - name: ACCEL_MODEL_REPOSITORY
   value: {{ .Values.modelRepository.mountPath | quote }}
 {{- range $key, $value := .Values.accel }}
-{{- if not (and (kindIs "slice" $value) (empty $value)) }}
+{{- if not (and (or (kindIs "slice" $value) (kindIs "string" $value)) (empty $value)) }}
 - name: {{ printf "ACCEL_%s" ($key | snakecase | upper) }}
   {{- if eq $key "grpcAddress" }}
   value: {{ include "accel.grpcAddress" $ | quote }}

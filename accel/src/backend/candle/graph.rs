@@ -11,7 +11,7 @@ use candle_onnx::onnx::{
     ModelProto, NodeProto, ValueInfoProto, tensor_shape_proto::dimension::Value as Dim, type_proto::Value as TypeValue,
 };
 
-use super::error::message;
+use super::error::{is_input_error, message};
 use super::onnx::{internal_dtype, tensor_from_proto, wire_datatype};
 use super::ops::{self, Kernel, NodeCtx};
 use crate::backend::BackendError;
@@ -269,7 +269,12 @@ impl Plan {
                 } else {
                     format!("{} ({})", step.name, step.op_type)
                 };
-                BackendError::Execution(format!("node {label}: {}", message(&e)))
+                let text = format!("node {label}: {}", message(&e));
+                if is_input_error(&e) {
+                    BackendError::InvalidInput(text)
+                } else {
+                    BackendError::Execution(text)
+                }
             })?;
             for (slot, value) in step.outputs.iter().zip(values) {
                 if let Some(slot) = slot {

@@ -7,6 +7,7 @@
 use candle_core::{Tensor, bail};
 
 use super::{Kernel, NodeCtx, Result, arg, opt, pad_constant, take_strided};
+use crate::backend::candle::error::input_error;
 
 /// Spatial attributes shared by Conv, ConvTranspose and the pools.
 #[derive(Clone, Debug)]
@@ -178,7 +179,7 @@ pub(super) fn conv(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         for (k, &(b, e)) in pads.iter().enumerate() {
             let extent = (sp.kernel[k].saturating_sub(1)) * sp.dilations[k] + 1;
             if x.dims()[2 + k] + b + e < extent {
-                bail!(
+                input_error!(
                     "input spatial size {:?} (padded {b}+{e}) is smaller than the kernel {:?}",
                     &x.dims()[2..],
                     sp.kernel

@@ -7,6 +7,7 @@ use candle_core::{Tensor, bail};
 
 use super::conv::Spatial;
 use super::{Kernel, NodeCtx, Result, arg, pad_constant};
+use crate::backend::candle::error::input_error;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -72,7 +73,7 @@ pub(super) fn pool(ctx: &NodeCtx<'_>, kind: Kind) -> Result<Kernel> {
             let (b, e) = pads_spec[k];
             let span = size + b + e;
             if span < ks[k] {
-                bail!(
+                input_error!(
                     "input spatial size {size} (padded to {span}) is smaller than the pooling window {}",
                     ks[k]
                 )

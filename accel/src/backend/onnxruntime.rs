@@ -1,0 +1,326 @@
+//! The ONNX Runtime backend, through the `ort` crate with its library loaded at run time: the
+//! `libonnxruntime.so.1.x` that PyPI's `onnxruntime` wheel ships, named by `--onnxruntime-library`.
+//! Nothing is linked at build time, and a missing or wrong library is an error for the models that
+//! need it, never a crash (`ort::init_from`, not `ORT_DYLIB_PATH`, which panics).
+//!
+//! A load creates one session (which checks the file and gives the signature); each instance owns a
+//! session, created once and returned to the model's pool when the instance stops, so a model brought
+//! back from the host tier starts without recompiling. A batch's inputs are copied once, from the
+//! requests' buffers straight into the tensors ONNX Runtime reads; outputs are copied once out of
+//! its tensors.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, ValueType};
+use parking_lot::Mutex;
+
+use super::{Backend, BackendError, Batch, BatchInput, LoadedModel, ModelInstance};
+use crate::core::{DataType, GraphIo, ModelSpec, Signature, Tensor};
+
+/// ONNX Runtime, loaded from a library file.
+#[derive(Clone)]
+pub struct OrtBackend {
+    env: Environment,
+    library: PathBuf,
+    intra_threads: usize,
+}
+
+impl std::fmt::Debug for OrtBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtBackend").field("library", &self.library).finish()
+    }
+}
+
+impl OrtBackend {
+    /// Loads the library (once per process) and creates ONNX Runtime's environment. `intra_threads`
+    /// is the thread count of each session's own pool.
+    pub fn open(library: &Path, intra_threads: usize) -> Result<OrtBackend, String> {
+        let builder = ort::init_from(library).map_err(|e| {
+            let mut message = format!("cannot load ONNX Runtime: {e}");
+            if let ort::LoadDynamicError::Dlopen { error, .. } = &e
+                && let Some(reason) = std::error::Error::source(error)
+            {
+                message = format!("{message}: {reason}");
+            }
+            message
+        })?;
+        let env = builder
+            .with_name("accel")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
+        Ok(OrtBackend {
+            env,
+            library: library.to_path_buf(),
+            intra_threads: intra_threads.max(1),
+        })
+    }
+
+    fn session(&self, file: &Path) -> Result<Session, BackendError> {
+        let invalid = |e: String| BackendError::InvalidModel(format!("ONNX Runtime: {e}"));
+        let builder = Session::builder(&self.env).map_err(|e| invalid(e.to_string()))?;
+        let builder = builder
+            .with_intra_threads(self.intra_threads)
+            .map_err(|e| invalid(e.to_string()))?;
+        let builder = builder.with_inter_threads(1).map_err(|e| invalid(e.to_string()))?;
+        let mut builder = builder
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| invalid(e.to_string()))?;
+        builder.commit_from_file(file).map_err(|e| invalid(e.to_string()))
+    }
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        "onnxruntime"
+    }
+
+    fn load(&self, file: &Path) -> Result<Box<dyn LoadedModel>, BackendError> {
+        let size = super::files_size(file);
+        if !file.is_file() {
+            return Err(BackendError::Read {
+                path: file.display().to_string(),
+                reason: "no such file".into(),
+            });
+        }
+        let session = self.session(file)?;
+        let signature = Signature {
+            inputs: session
+                .inputs()
+                .iter()
+                .map(|o| graph_io(o.name(), o.dtype()))
+                .collect::<Result<_, _>>()?,
+            outputs: session
+                .outputs()
+                .iter()
+                .map(|o| graph_io(o.name(), o.dtype()))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Box::new(OrtModel {
+            backend: self.clone(),
+            file: file.to_path_buf(),
+            signature,
+            bytes: size,
+            sessions: Arc::new(Mutex::new(vec![session])),
+        }))
+    }
+}
+
+fn datatype(t: TensorElementType) -> Option<DataType> {
+    Some(match t {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::U8,
+        TensorElementType::Uint16 => DataType::U16,
+        TensorElementType::Uint32 => DataType::U32,
+        TensorElementType::Uint64 => DataType::U64,
+        TensorElementType::Int8 => DataType::I8,
+        TensorElementType::Int16 => DataType::I16,
+        TensorElementType::Int32 => DataType::I32,
+        TensorElementType::Int64 => DataType::I64,
+        TensorElementType::Float16 => DataType::F16,
+        TensorElementType::Float32 => DataType::F32,
+        TensorElementType::Float64 => DataType::F64,
+        TensorElementType::Bfloat16 => DataType::Bf16,
+        _ => return None,
+    })
+}
+
+fn graph_io(name: &str, ty: &ValueType) -> Result<GraphIo, BackendError> {
+    let ValueType::Tensor { ty, shape, .. } = ty else {
+        return Err(BackendError::UnsupportedDataType(format!(
+            "'{name}' is not a tensor ({ty:?}), which Accel does not serve"
+        )));
+    };
+    let datatype = datatype(*ty).ok_or_else(|| {
+        BackendError::UnsupportedDataType(format!("'{name}' has element type {ty:?}, which Accel does not serve"))
+    })?;
+    Ok(GraphIo {
+        name: name.to_string(),
+        datatype,
+        dims: Some(shape.iter().map(|&d| usize::try_from(d).ok()).collect()),
+    })
+}
+
+/// A model ONNX Runtime has compiled, with its idle sessions.
+struct OrtModel {
+    backend: OrtBackend,
+    file: PathBuf,
+    signature: Signature,
+    bytes: u64,
+    sessions: Arc<Mutex<Vec<Session>>>,
+}
+
+impl std::fmt::Debug for OrtModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtModel").field("file", &self.file).finish()
+    }
+}
+
+impl LoadedModel for OrtModel {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// ONNX Runtime allocates outside Rust's allocator, so its weights are counted as the model's
+    /// files (what its initializers hold).
+    fn weight_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn instance(&self, spec: &ModelSpec) -> Result<Box<dyn ModelInstance>, BackendError> {
+        let session = match self.sessions.lock().pop() {
+            Some(s) => s,
+            None => self.backend.session(&self.file)?,
+        };
+        let position = |list: &[GraphIo], name: &str, what: &str| {
+            list.iter()
+                .position(|e| e.name == name)
+                .ok_or_else(|| BackendError::InvalidModel(format!("the model file has no {what} '{name}'")))
+        };
+        for i in &spec.inputs {
+            position(&self.signature.inputs, &i.name, "input")?;
+        }
+        for o in &spec.outputs {
+            position(&self.signature.outputs, &o.name, "output")?;
+        }
+        Ok(Box::new(OrtInstance {
+            session: Some(session),
+            pool: self.sessions.clone(),
+            inputs: spec.inputs.iter().map(|i| i.name.clone()).collect(),
+            outputs: spec.outputs.iter().map(|o| (o.name.clone(), o.datatype)).collect(),
+        }))
+    }
+}
+
+struct OrtInstance {
+    session: Option<Session>,
+    /// Where the session goes back when the instance stops.
+    pool: Arc<Mutex<Vec<Session>>>,
+    inputs: Vec<String>,
+    outputs: Vec<(String, DataType)>,
+}
+
+impl Drop for OrtInstance {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.pool.lock().push(s);
+        }
+    }
+}
+
+impl ModelInstance for OrtInstance {
+    fn execute(&mut self, batch: &Batch) -> Result<Vec<Tensor>, BackendError> {
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| BackendError::Execution("the session is gone".into()))?;
+        let mut values = Vec::with_capacity(batch.inputs.len());
+        for (k, input) in batch.inputs.iter().enumerate() {
+            if let Some(input) = input {
+                values.push((self.inputs[k].as_str(), to_ort(input)?));
+            }
+        }
+        let run = |e: ort::Error| match e.code() {
+            ort::ErrorCode::InvalidArgument => BackendError::InvalidInput(format!("ONNX Runtime: {e}")),
+            _ => BackendError::Execution(format!("ONNX Runtime: {e}")),
+        };
+        let outputs = session.run(values).map_err(run)?;
+        batch
+            .outputs
+            .iter()
+            .map(|&k| {
+                let (name, datatype) = &self.outputs[k];
+                let value = outputs
+                    .get(name)
+                    .ok_or_else(|| BackendError::Execution(format!("ONNX Runtime returned no output '{name}'")))?;
+                from_ort(value, name, *datatype)
+            })
+            .collect()
+    }
+}
+
+fn owned<T: PrimitiveTensorElementType + bytemuck::Pod + std::fmt::Debug>(
+    input: &BatchInput,
+) -> Result<DynValue, BackendError> {
+    let mut data = vec![T::zeroed(); input.byte_len() / std::mem::size_of::<T>()];
+    input.copy_to(bytemuck::cast_slice_mut(&mut data));
+    let shape: Vec<i64> = input.shape.iter().map(|&d| d as i64).collect();
+    OrtTensor::from_array((shape, data))
+        .map(|t| t.into_dyn())
+        .map_err(|e| BackendError::Execution(format!("ONNX Runtime input: {e}")))
+}
+
+/// The one copy of a batch input: the requests' bytes into a tensor ONNX Runtime owns.
+fn to_ort(input: &BatchInput) -> Result<DynValue, BackendError> {
+    match input.datatype {
+        DataType::F32 => owned::<f32>(input),
+        DataType::F64 => owned::<f64>(input),
+        DataType::F16 => owned::<half::f16>(input),
+        DataType::Bf16 => owned::<half::bf16>(input),
+        DataType::I8 => owned::<i8>(input),
+        DataType::I16 => owned::<i16>(input),
+        DataType::I32 => owned::<i32>(input),
+        DataType::I64 => owned::<i64>(input),
+        DataType::U8 => owned::<u8>(input),
+        DataType::U16 => owned::<u16>(input),
+        DataType::U32 => owned::<u32>(input),
+        DataType::U64 => owned::<u64>(input),
+        DataType::Bool => {
+            let data: Vec<bool> = input.parts.iter().flat_map(|p| p.iter().map(|&b| b != 0)).collect();
+            let shape: Vec<i64> = input.shape.iter().map(|&d| d as i64).collect();
+            OrtTensor::from_array((shape, data))
+                .map(|t| t.into_dyn())
+                .map_err(|e| BackendError::Execution(format!("ONNX Runtime input: {e}")))
+        }
+        DataType::Bytes => Err(BackendError::UnsupportedDataType(
+            "BYTES tensors are not served by the onnxruntime backend".into(),
+        )),
+    }
+}
+
+fn extract<T: PrimitiveTensorElementType + bytemuck::Pod>(value: &DynValue) -> Result<(Vec<usize>, Bytes), String> {
+    let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
+    let shape = shape.iter().map(|&d| d.max(0) as usize).collect();
+    Ok((shape, Bytes::copy_from_slice(bytemuck::cast_slice(data))))
+}
+
+/// The one copy of an output: out of ONNX Runtime's tensor into the response's bytes.
+fn from_ort(value: &DynValue, name: &str, datatype: DataType) -> Result<Tensor, BackendError> {
+    let extracted = match datatype {
+        DataType::F32 => extract::<f32>(value),
+        DataType::F64 => extract::<f64>(value),
+        DataType::F16 => extract::<half::f16>(value),
+        DataType::Bf16 => extract::<half::bf16>(value),
+        DataType::I8 => extract::<i8>(value),
+        DataType::I16 => extract::<i16>(value),
+        DataType::I32 => extract::<i32>(value),
+        DataType::I64 => extract::<i64>(value),
+        DataType::U8 => extract::<u8>(value),
+        DataType::U16 => extract::<u16>(value),
+        DataType::U32 => extract::<u32>(value),
+        DataType::U64 => extract::<u64>(value),
+        DataType::Bool => value
+            .try_extract_tensor::<bool>()
+            .map(|(shape, data)| {
+                (
+                    shape.iter().map(|&d| d.max(0) as usize).collect(),
+                    data.iter().map(|&b| u8::from(b)).collect::<Vec<u8>>().into(),
+                )
+            })
+            .map_err(|e| e.to_string()),
+        DataType::Bytes => Err("BYTES tensors are not served by the onnxruntime backend".into()),
+    };
+    let (shape, data) = extracted
+        .map_err(|e| BackendError::Execution(format!("output '{name}' is not {}: {e}", datatype.wire_name())))?;
+    Ok(Tensor {
+        name: name.to_string(),
+        datatype,
+        shape,
+        data,
+    })
+}
