@@ -89,6 +89,14 @@ def cases():
         single("Conv", [vi("x", F, [1, 6, 8, 8])], [vi("y", F, None)], {"group": 6, "auto_pad": "SAME_UPPER", "strides": [2, 2]},
                inits=[const("w", wd)], in_names=["x", "w"]),
         {"x": r.standard_normal((1, 6, 8, 8)).astype(np.float32)})
+    # Depthwise with a channel multiplier of 2, bias, per-axis strides and dilations, asymmetric pads,
+    # a batch of 3 (Accel's own depthwise kernel).
+    wm = (r.standard_normal((8, 1, 3, 5)) * 0.3).astype(np.float32)
+    add("conv_depthwise_multiplier",
+        single("Conv", [vi("x", F, [3, 4, 11, 13])], [vi("y", F, None)],
+               {"group": 4, "strides": [1, 2], "dilations": [2, 1], "pads": [2, 0, 1, 3]},
+               inits=[const("w", wm), const("b", r.standard_normal(8).astype(np.float32))], in_names=["x", "w", "b"]),
+        {"x": r.standard_normal((3, 4, 11, 13)).astype(np.float32)})
     add("conv1d",
         single("Conv", [vi("x", F, [2, 3, 20])], [vi("y", F, None)], {"strides": [3], "pads": [2, 1]},
                inits=[const("w", (r.standard_normal((5, 3, 4)) * 0.3).astype(np.float32))], in_names=["x", "w"]),

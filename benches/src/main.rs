@@ -124,6 +124,19 @@ struct ComputeArgs {
     /// Repeats per batch size (reported as min / median / max).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// The engine: Accel's candle executor, or ONNX Runtime through Accel's backend.
+    #[arg(long, value_parser = ["candle", "onnxruntime"], default_value = "candle")]
+    engine: String,
+    /// libonnxruntime.so.1.x, for --engine onnxruntime.
+    #[arg(long)]
+    onnxruntime_library: Option<std::path::PathBuf>,
+    /// An input's whole shape, NAME:d1,d2,... (a variable first dimension is then replaced by the batch
+    /// size); other variable dimensions default to 1.
+    #[arg(long = "shape", value_parser = parse_shape)]
+    shapes: Vec<(String, Vec<i64>)>,
+    /// After each batch size, the candle executor's time per operator type.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn main() -> ExitCode {
@@ -291,7 +304,20 @@ fn compute(args: ComputeArgs) -> ExitCode {
     use accel::backend::{Backend, Batch, BatchInput};
     use accel::core::{InstanceKind, IoSpec, ModelSpec, Scheduling};
 
-    let backend = CandleBackend::cpu();
+    let backend: Box<dyn Backend> = match (args.engine.as_str(), &args.onnxruntime_library) {
+        ("onnxruntime", Some(library)) => match accel::backend::onnxruntime::OrtBackend::open(library, 1) {
+            Ok(b) => Box::new(b),
+            Err(e) => {
+                eprintln!("accel-bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        ("onnxruntime", None) => {
+            eprintln!("accel-bench: --engine onnxruntime needs --onnxruntime-library PATH");
+            return ExitCode::FAILURE;
+        }
+        _ => Box::new(CandleBackend::cpu()),
+    };
     let loaded = match backend.load(std::path::Path::new(&args.onnx)) {
         Ok(m) => m,
         Err(e) => {
@@ -318,7 +344,7 @@ fn compute(args: ComputeArgs) -> ExitCode {
         name: "compute".into(),
         version: 1,
         platform: String::new(),
-        backend: "candle".into(),
+        backend: args.engine.clone(),
         max_batch_size: usize::MAX,
         inputs: sig.inputs.iter().map(io).collect(),
         outputs: sig.outputs.iter().map(io).collect(),
@@ -339,7 +365,19 @@ fn compute(args: ComputeArgs) -> ExitCode {
         let mut inputs = Vec::new();
         for (k, input) in spec.inputs.iter().enumerate() {
             let mut shape = vec![b];
-            shape.extend(input.dims.iter().map(|&d| d.max(1) as usize));
+            match args.shapes.iter().find(|(n, _)| *n == input.name) {
+                Some((_, given)) => {
+                    shape = given.iter().map(|&d| d.max(1) as usize).collect();
+                    let variable_first = sig.inputs[k]
+                        .dims
+                        .as_ref()
+                        .is_none_or(|d| d.first().is_some_and(Option::is_none));
+                    if variable_first && !shape.is_empty() {
+                        shape[0] = b;
+                    }
+                }
+                None => shape.extend(input.dims.iter().map(|&d| d.max(1) as usize)),
+            }
             let wire: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
             let data = match accel_bench::inputs::random(input.datatype.wire_name(), &wire, k as u64) {
                 Ok(d) => d,
@@ -373,6 +411,28 @@ fn compute(args: ComputeArgs) -> ExitCode {
             let secs = start.elapsed().as_secs_f64();
             rates.push(n as f64 * b as f64 / secs);
             per_batch.push(secs * 1000.0 / n as f64);
+        }
+        if args.profile {
+            accel::backend::candle::profile::enable();
+            let (mut n, start) = (0u32, Instant::now());
+            while start.elapsed().as_secs_f64() < args.seconds {
+                let _ = instance.execute(&batch);
+                n += 1;
+            }
+            let rows = accel::backend::candle::profile::take();
+            let all: f64 = rows.iter().map(|r| r.1.as_secs_f64()).sum();
+            eprintln!(
+                "batch {b}: {:.3} ms per run in operators",
+                all * 1000.0 / f64::from(n.max(1))
+            );
+            for (op, time, count) in rows.iter().take(12) {
+                eprintln!(
+                    "  {op:<24} {:>8.3} ms/run {:>5.1}% {:>5} steps/run",
+                    time.as_secs_f64() * 1000.0 / f64::from(n.max(1)),
+                    100.0 * time.as_secs_f64() / all.max(1e-12),
+                    count / u64::from(n.max(1))
+                );
+            }
         }
         rates.sort_by(f64::total_cmp);
         per_batch.sort_by(f64::total_cmp);

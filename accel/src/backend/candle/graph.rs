@@ -263,6 +263,7 @@ impl Plan {
         }
         for step in &self.steps {
             let args: Vec<Option<&Tensor>> = step.inputs.iter().map(|s| s.and_then(|s| env[s].as_ref())).collect();
+            let started = super::profile::enabled().then(std::time::Instant::now);
             let values = step.kernel.run(&args).map_err(|e| {
                 let label = if step.name.is_empty() {
                     step.op_type.clone()
@@ -276,6 +277,9 @@ impl Plan {
                     BackendError::Execution(text)
                 }
             })?;
+            if let Some(started) = started {
+                super::profile::record(&step.op_type, started.elapsed());
+            }
             for (slot, value) in step.outputs.iter().zip(values) {
                 if let Some(slot) = slot {
                     env[*slot] = Some(value);

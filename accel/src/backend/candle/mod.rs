@@ -8,6 +8,7 @@ mod error;
 mod graph;
 mod onnx;
 mod ops;
+pub mod profile;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -4,7 +4,9 @@
 //! applied explicitly, per-axis dilations are baked into the weights at load, and per-axis strides run
 //! at stride 1 and keep every n-th output.
 
-use candle_core::{Tensor, bail};
+use accel_kernels::conv::{Depthwise, ShapeError, depthwise_conv2d};
+use accel_kernels::dense::{Conv2d, conv2d};
+use candle_core::{CpuStorage, DType, Storage, Tensor, bail};
 
 use super::{Kernel, NodeCtx, Result, arg, opt, pad_constant, take_strided};
 use crate::backend::candle::error::input_error;
@@ -128,6 +130,141 @@ fn bias_shape(rank: usize, channels: usize) -> Vec<usize> {
     s
 }
 
+/// An FP32 convolution with constant weights (1-D as 2-D with a height of 1) run by accel-kernels:
+/// depthwise ones by the per-channel kernel (candle runs them as one convolution per channel), the
+/// others as one GEMM per image and group straight into the output (candle adds two copies).
+struct NativeConv {
+    in_channels: usize,
+    out_channels: usize,
+    groups: usize,
+    /// The kernel as 2-D (`[1, k]` for a 1-D convolution).
+    kernel: [usize; 2],
+    weights: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl NativeConv {
+    fn prepare(ctx: &NodeCtx<'_>, groups: usize, sp: &Spatial) -> Result<Option<Self>> {
+        let Some(w) = ctx.const_input(1) else {
+            return Ok(None);
+        };
+        let dims = w.dims();
+        if w.dtype() != DType::F32 || dims.len() != sp.kernel.len() + 2 || dims[2..] != sp.kernel[..] {
+            return Ok(None);
+        }
+        let kernel = match sp.kernel[..] {
+            [k] => [1, k],
+            [kh, kw] => [kh, kw],
+            _ => return Ok(None),
+        };
+        if dims[0] % groups != 0 {
+            bail!("Conv: {} output channels do not split into {groups} groups", dims[0])
+        }
+        let bias = match ctx.const_input(2) {
+            Some(b) if b.dtype() == DType::F32 && b.elem_count() == dims[0] => Some(b.flatten_all()?.to_vec1::<f32>()?),
+            Some(_) => return Ok(None),
+            None if ctx.node.input.get(2).is_some_and(|n| !n.is_empty()) => return Ok(None),
+            None => None,
+        };
+        Ok(Some(NativeConv {
+            in_channels: dims[1] * groups,
+            out_channels: dims[0],
+            groups,
+            kernel,
+            weights: w.flatten_all()?.to_vec1::<f32>()?,
+            bias,
+        }))
+    }
+
+    /// The convolution of `x`, or `None` when `x` is not what the kernels handle (then candle runs it).
+    fn run(&self, x: &Tensor, sp: &Spatial) -> Result<Option<Tensor>> {
+        let one_d = sp.kernel.len() == 1;
+        if x.rank() != sp.kernel.len() + 2
+            || x.dims()[1] != self.in_channels
+            || x.dtype() != DType::F32
+            || !x.device().is_cpu()
+        {
+            return Ok(None);
+        }
+        let pads = sp.resolve_pads(&x.dims()[2..]);
+        let (height, width, pads, strides, dilations) = if one_d {
+            let (b, e) = pads[0];
+            (1, x.dims()[2], [0, b, 0, e], [1, sp.strides[0]], [1, sp.dilations[0]])
+        } else {
+            let (h, w) = (x.dims()[2], x.dims()[3]);
+            (
+                h,
+                w,
+                [pads[0].0, pads[1].0, pads[0].1, pads[1].1],
+                [sp.strides[0], sp.strides[1]],
+                [sp.dilations[0], sp.dilations[1]],
+            )
+        };
+        let batch = x.dims()[0];
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+            return Ok(None);
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            return Ok(None);
+        };
+        let data = &data[start..end];
+        let threads = candle_core::utils::get_num_threads();
+        let too_small = |e: ShapeError| -> Result<Option<Tensor>> {
+            match e {
+                ShapeError::TooSmall { .. } => input_error!("input spatial size {:?}: {e}", &x.dims()[2..]),
+                e => bail!("Conv: {e}"),
+            }
+        };
+        let depthwise = self.groups == self.in_channels && self.groups > 1;
+        let (y, [oh, ow]) = if depthwise {
+            let shape = Depthwise {
+                batch,
+                channels: self.in_channels,
+                multiplier: self.out_channels / self.groups,
+                height,
+                width,
+                kernel: self.kernel,
+                pads,
+                strides,
+                dilations,
+            };
+            let size = match shape.output_size() {
+                Ok(size) => size,
+                Err(e) => return too_small(e),
+            };
+            let y = depthwise_conv2d(&shape, data, &self.weights, self.bias.as_deref(), threads);
+            (y, size)
+        } else {
+            let shape = Conv2d {
+                batch,
+                in_channels: self.in_channels,
+                out_channels: self.out_channels,
+                groups: self.groups,
+                height,
+                width,
+                kernel: self.kernel,
+                pads,
+                strides,
+                dilations,
+            };
+            let size = match shape.output_size() {
+                Ok(size) => size,
+                Err(e) => return too_small(e),
+            };
+            (conv2d(&shape, data, &self.weights, self.bias.as_deref(), threads), size)
+        };
+        let y = y.map_err(|e| candle_core::Error::Msg(format!("Conv: {e}")))?;
+        drop(storage);
+        let y = if one_d {
+            Tensor::from_vec(y, (batch, self.out_channels, ow), x.device())?
+        } else {
+            Tensor::from_vec(y, (batch, self.out_channels, oh, ow), x.device())?
+        };
+        Ok(Some(y))
+    }
+}
+
 pub(super) fn conv(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let groups = ctx.attrs().int("group", 1).max(1) as usize;
     let kernel_attr: Option<Vec<usize>> = ctx
@@ -165,8 +302,14 @@ pub(super) fn conv(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         .const_input(2)
         .map(|b| b.reshape(bias_shape(sp.kernel.len() + 2, b.elem_count())))
         .transpose()?;
+    let native = NativeConv::prepare(ctx, groups, &sp)?;
     Ok(Kernel::new(move |i| {
         let x = arg(i, 0)?.contiguous()?;
+        if let Some(native) = &native
+            && let Some(y) = native.run(&x, &sp)?
+        {
+            return Ok(vec![y]);
+        }
         let w = match &w_const {
             Some(w) => w.clone(),
             None => prep(arg(i, 1)?)?,

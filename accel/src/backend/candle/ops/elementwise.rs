@@ -2,7 +2,8 @@
 //! `U8`), activations, `Where`, `Cast` and `Clip`. candle's float-only unary functions panic on
 //! integers, so integer inputs take exact integer formulations or an explicit error instead.
 
-use candle_core::{DType, Tensor, bail};
+use accel_kernels::activation;
+use candle_core::{CpuStorage, DType, Storage, Tensor, bail};
 
 use super::{Kernel, NodeCtx, Result, arg, broadcast_shape, host_scalar, is_float, opt, scalar};
 use crate::backend::candle::onnx::internal_dtype;
@@ -72,9 +73,12 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
             let x = arg(i, 0)?;
             Ok(vec![x.clone(), x.ones_like()?.to_dtype(DType::U8)?])
         }),
-        "Sigmoid" => float_unary(op, |x| candle_nn::ops::sigmoid(&x.contiguous()?)),
-        "Tanh" => float_unary(op, |x| x.tanh()),
-        "Exp" => float_unary(op, |x| x.exp()),
+        "Sigmoid" => float_unary(op, sigmoid),
+        "Tanh" => float_unary(op, tanh),
+        "Exp" => float_unary(op, |x| match map_f32(x, activation::exp)? {
+            Some(y) => Ok(y),
+            None => x.exp(),
+        }),
         "Log" => float_unary(op, |x| x.log()),
         "Sqrt" => float_unary(op, |x| x.sqrt()),
         "Reciprocal" => float_unary(op, |x| x.recip()),
@@ -133,6 +137,38 @@ fn unary(f: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static) -> Kerne
 }
 
 /// A unary function candle defines for floats only; integers are refused with a clear error.
+/// Sigmoid: accel-kernels' vectorised form on FP32 CPU tensors, candle's otherwise.
+pub(super) fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    match map_f32(x, activation::sigmoid)? {
+        Some(y) => Ok(y),
+        None => candle_nn::ops::sigmoid(&x.contiguous()?),
+    }
+}
+
+/// Tanh: accel-kernels' vectorised form on FP32 CPU tensors, candle's otherwise.
+pub(super) fn tanh(x: &Tensor) -> Result<Tensor> {
+    match map_f32(x, activation::tanh)? {
+        Some(y) => Ok(y),
+        None => x.tanh(),
+    }
+}
+
+/// `f` over the elements of an FP32 tensor on the CPU (made contiguous), or `None` for other tensors.
+fn map_f32(x: &Tensor, f: fn(&[f32], &mut [f32])) -> Result<Option<Tensor>> {
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let mut out = vec![0f32; end - start];
+    f(&data[start..end], &mut out);
+    drop(storage);
+    Tensor::from_vec(out, x.shape(), x.device()).map(Some)
+}
+
 fn float_unary(op: &str, f: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static) -> Kernel {
     let op = op.to_string();
     Kernel::new(move |i| {

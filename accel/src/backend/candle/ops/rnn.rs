@@ -27,8 +27,8 @@ impl Act {
 
     fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Act::Sigmoid => candle_nn::ops::sigmoid(&x.contiguous()?),
-            Act::Tanh => x.tanh(),
+            Act::Sigmoid => super::elementwise::sigmoid(x),
+            Act::Tanh => super::elementwise::tanh(x),
             Act::Relu => x.relu(),
         }
     }
