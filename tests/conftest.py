@@ -183,6 +183,8 @@ dynamic_batching { priority_levels: 2 default_priority_level: 2 }
     os.makedirs(os.path.join(root, "unsupported_op", "1"), exist_ok=True)
     import onnx
     onnx.save(opmodels_unsupported, os.path.join(root, "unsupported_op", "1", "model.onnx"))
+    os.makedirs(os.path.join(root, "unsupported_in_branch", "1"), exist_ok=True)
+    onnx.save(opmodels.unsupported_in_branch_model(), os.path.join(root, "unsupported_in_branch", "1", "model.onnx"))
     modelgen.mlp(os.path.join(root, "wrong_config", "1", "model.onnx"), 5, 8, 8, 8)
     modelgen.write_config(os.path.join(root, "wrong_config"), modelgen.mlp_config("wrong_config", d_in=9, d_out=8))
     return root

@@ -97,6 +97,22 @@ def cases():
                {"group": 4, "strides": [1, 2], "dilations": [2, 1], "pads": [2, 0, 1, 3]},
                inits=[const("w", wm), const("b", r.standard_normal(8).astype(np.float32))], in_names=["x", "w", "b"]),
         {"x": r.standard_normal((3, 4, 11, 13)).astype(np.float32)})
+    # Conv followed by inference BatchNormalization, folded into one Conv at load: with a conv bias,
+    # and without one on weights another Conv shares (the originals must survive for it).
+    wf = (r.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+    bn = lambda k: [const(f"s{k}", r.uniform(0.5, 1.5, 4).astype(np.float32)),  # noqa: E731
+                    const(f"bb{k}", r.standard_normal(4).astype(np.float32)),
+                    const(f"m{k}", r.standard_normal(4).astype(np.float32)),
+                    const(f"v{k}", r.uniform(0.5, 2.0, 4).astype(np.float32))]
+    add("conv_batchnorm_folded",
+        make_model([helper.make_node("Conv", ["x", "wf", "cb"], ["c1"], pads=[1, 1, 1, 1]),
+                    helper.make_node("BatchNormalization", ["c1", "s1", "bb1", "m1", "v1"], ["y1"], epsilon=1e-3),
+                    helper.make_node("Conv", ["x", "wf"], ["c2"]),
+                    helper.make_node("BatchNormalization", ["c2", "s2", "bb2", "m2", "v2"], ["y2"]),
+                    helper.make_node("Conv", ["x", "wf"], ["y3"], strides=[2, 2])],
+                   [vi("x", F, [2, 3, 7, 9])], [vi("y1", F, None), vi("y2", F, None), vi("y3", F, None)],
+                   [const("wf", wf), const("cb", r.standard_normal(4).astype(np.float32))] + bn(1) + bn(2)),
+        {"x": x4})
     add("conv1d",
         single("Conv", [vi("x", F, [2, 3, 20])], [vi("y", F, None)], {"strides": [3], "pads": [2, 1]},
                inits=[const("w", (r.standard_normal((5, 3, 4)) * 0.3).astype(np.float32))], in_names=["x", "w"]),
@@ -343,9 +359,70 @@ def cases():
         ], [vi("a", F, [6]), vi("b", F, [6])], [vi("y0", TensorProto.BOOL, [6]), vi("y1", TensorProto.BOOL, [6])],
             [const("zero", np.array(0, np.float32))]),
         {"a": r.standard_normal(6).astype(np.float32), "b": r.standard_normal(6).astype(np.float32)})
+    out.extend(control_flow_cases(r))
     return out
+
+
+def _if_model():
+    """y = If(c) then x + a (a: an initializer of the main graph) else x * relu(x) (relu(x): a value
+    computed by the main graph), and z = a nested If in the else branch choosing on Not(c)."""
+    a = const("a", np.arange(6, dtype=np.float32).reshape(2, 3))
+    then_g = helper.make_graph([helper.make_node("Add", ["x", "a"], ["t_out"]),
+                                helper.make_node("Identity", ["x"], ["t_z"])],
+                               "then", [], [vi("t_out", F, [2, 3]), vi("t_z", F, [2, 3])])
+    inner_then = helper.make_graph([helper.make_node("Neg", ["x"], ["it"])], "inner_then", [], [vi("it", F, [2, 3])])
+    inner_else = helper.make_graph([helper.make_node("Sub", ["x", "a"], ["ie"])], "inner_else", [], [vi("ie", F, [2, 3])])
+    else_g = helper.make_graph([helper.make_node("Mul", ["x", "r"], ["e_out"]),
+                                helper.make_node("Not", ["c"], ["nc"]),
+                                helper.make_node("If", ["nc"], ["e_z"], then_branch=inner_then, else_branch=inner_else)],
+                               "else", [], [vi("e_out", F, [2, 3]), vi("e_z", F, [2, 3])])
+    return make_model([helper.make_node("Relu", ["x"], ["r"]),
+                       helper.make_node("If", ["c"], ["y", "z"], then_branch=then_g, else_branch=else_g)],
+                      [vi("x", F, [2, 3]), vi("c", TensorProto.BOOL, [1])],
+                      [vi("y", F, [2, 3]), vi("z", F, [2, 3])], [a], opset=17)
+
+
+def _loop_model():
+    """Loop with a trip count and a condition: s += x each iteration (x read from the main graph),
+    scan output s * i, stopping when sum(s) reaches 100 or after `m` iterations."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "x"], ["s_out"]),
+         helper.make_node("Cast", ["i"], ["i_f"], to=F),
+         helper.make_node("Mul", ["s_out", "i_f"], ["scan"]),
+         helper.make_node("ReduceSum", ["s_out"], ["total"], keepdims=0),
+         helper.make_node("Less", ["total", "limit"], ["cond_out"])],
+        "body",
+        [vi("i", I64, []), vi("cond_in", TensorProto.BOOL, []), vi("s_in", F, [3])],
+        [vi("cond_out", TensorProto.BOOL, []), vi("s_out", F, [3]), vi("scan", F, [3])],
+        [const("limit", np.array(100, np.float32))])
+    return make_model([helper.make_node("Loop", ["m", "keep", "s0"], ["s", "scans"], body=body)],
+                      [vi("x", F, [3]), vi("m", I64, [1])], [vi("s", F, [3]), vi("scans", F, ["n", 3])],
+                      [const("keep", np.array(True)), const("s0", np.zeros(3, np.float32))], opset=17)
+
+
+def control_flow_cases(r):
+    x = r.standard_normal((2, 3)).astype(np.float32)
+    return [
+        ("if_then", _if_model(), {"x": x, "c": np.array([True])}),
+        ("if_else_nested", _if_model(), {"x": x, "c": np.array([False])}),
+        # Small steps: the trip count ends it (5 iterations).
+        ("loop_trip_count", _loop_model(), {"x": r.standard_normal(3).astype(np.float32), "m": np.array([5], np.int64)}),
+        # Steps of 30: the condition ends it after the 4th of at most 10.
+        ("loop_condition", _loop_model(), {"x": np.full(3, 10, np.float32), "m": np.array([10], np.int64)}),
+        ("loop_zero_trips", _loop_model(), {"x": np.ones(3, np.float32), "m": np.array([0], np.int64)}),
+    ]
 
 
 def unsupported_model():
     """A graph with an operator the candle executor does not implement."""
     return single("Einsum", [vi("a", F, [2, 3]), vi("b", F, [3, 4])], [vi("y", F, [2, 4])], {"equation": "ij,jk->ik"}, opset=13)
+
+
+def unsupported_in_branch_model():
+    """An If whose else branch uses an operator the candle executor does not implement."""
+    then_g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["t"])], "then", [], [vi("t", F, [2, 4])])
+    else_g = helper.make_graph([helper.make_node("Einsum", ["a", "b"], ["e"], equation="ij,jk->ik")], "else", [],
+                               [vi("e", F, [2, 4])])
+    return make_model([helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)],
+                      [vi("a", F, [2, 3]), vi("b", F, [3, 4]), vi("c", TensorProto.BOOL, [1])], [vi("y", F, [2, 4])],
+                      opset=17)

@@ -64,6 +64,7 @@ def test_repository_index_reports_every_model_and_why_some_are_unavailable(clien
         "broken_file": "not an ONNX model",
         "no_versions": "no version directory",
         "unsupported_op": "Einsum",
+        "unsupported_in_branch": "Einsum",
         "wrong_config": "[9]",
     }
     for name, needle in reasons.items():

@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 use accel_bench::{LoadShape, Plan, Target, load, report, residency_sim, target};
 use clap::{Args, Parser, Subcommand};
 
+// The server's allocator, so that `compute` allocates tensors the way the server does (glibc's
+// malloc maps and faults in fresh pages for every large tensor).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "accel-bench",

@@ -15,7 +15,11 @@ const ROUND: f32 = 12_582_912.0;
 #[inline(always)]
 fn exp1(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    // n as an integer, read from t's low mantissa bits (a saturating `as i32` would not vectorise);
+    // for NaN it is garbage, but the polynomial below is NaN and so is the product.
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;
@@ -24,26 +28,41 @@ fn exp1(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    e * f32::from_bits((ni.wrapping_add(127) as u32) << 23)
 }
 
-/// `out[i] = e^x[i]`.
-pub fn exp(x: &[f32], out: &mut [f32]) {
+multiversion! {
+    /// `out[i] = e^x[i]`.
+    pub fn exp(x: &[f32], out: &mut [f32]) = exp_impl;
+}
+
+multiversion! {
+    /// `out[i] = 1 / (1 + e^-x[i])`.
+    pub fn sigmoid(x: &[f32], out: &mut [f32]) = sigmoid_impl;
+}
+
+multiversion! {
+    /// `out[i] = tanh(x[i])`, as `sign(x) (1 - e^-2|x|) / (1 + e^-2|x|)`, with `x` itself below 2^-12
+    /// where that form loses relative precision (tanh x = x there to within a float's precision).
+    pub fn tanh(x: &[f32], out: &mut [f32]) = tanh_impl;
+}
+
+#[inline(always)]
+pub(crate) fn exp_impl(x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = exp1(v);
     }
 }
 
-/// `out[i] = 1 / (1 + e^-x[i])`.
-pub fn sigmoid(x: &[f32], out: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn sigmoid_impl(x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = 1.0 / (1.0 + exp1(-v));
     }
 }
 
-/// `out[i] = tanh(x[i])`, as `sign(x) (1 - e^-2|x|) / (1 + e^-2|x|)`, with `x` itself below 2^-12
-/// where that form loses relative precision (tanh x = x there to within a float's precision).
-pub fn tanh(x: &[f32], out: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn tanh_impl(x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
         let a = v.abs();
         let e = exp1(-2.0 * a);

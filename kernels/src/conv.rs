@@ -165,8 +165,13 @@ pub(crate) fn valid_columns(offset: isize, stride: usize, width: usize, out_widt
     (lo, hi.max(lo))
 }
 
-/// One output plane from one input plane.
-fn plane_conv(shape: &Depthwise, input: &[f32], taps: &[f32], bias: f32, [oh, ow]: [usize; 2], out: &mut [f32]) {
+multiversion! {
+    /// One output plane from one input plane.
+    fn plane_conv(shape: &Depthwise, input: &[f32], taps: &[f32], bias: f32, size: [usize; 2], out: &mut [f32]) = plane_conv_impl;
+}
+
+#[inline(always)]
+fn plane_conv_impl(shape: &Depthwise, input: &[f32], taps: &[f32], bias: f32, [oh, ow]: [usize; 2], out: &mut [f32]) {
     let (h, w) = (shape.height, shape.width);
     let [kh, kw] = shape.kernel;
     let [sh, sw] = shape.strides;

@@ -105,10 +105,14 @@ pub fn conv2d(
             row.fill(bias[c % shape.out_channels]);
         }
     }
+    // The column matrix is rebuilt for every image and group (im2col writes every element), in a
+    // buffer each thread keeps: a fresh one per call would be zeroed and faulted in every time.
     let mut columns = if shape.pointwise() {
         Vec::new()
     } else {
-        vec![0f32; k * n]
+        let mut buffer = COLUMNS.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        buffer.resize(k * n, 0.0);
+        buffer
     };
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
@@ -153,7 +157,17 @@ pub fn conv2d(
             }
         }
     }
+    if columns.capacity() <= MAX_KEPT_COLUMNS {
+        COLUMNS.with(|c| *c.borrow_mut() = columns);
+    }
     Ok(out)
+}
+
+/// The largest column buffer a thread keeps between calls (elements; 64 MiB).
+const MAX_KEPT_COLUMNS: usize = 16 << 20;
+
+thread_local! {
+    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Gathers the column matrix `[icg*kh*kw, oh*ow]` of one image and group: row `(c, ky, kx)` holds

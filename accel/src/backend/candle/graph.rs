@@ -8,10 +8,13 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_onnx::onnx::{
-    ModelProto, NodeProto, ValueInfoProto, tensor_shape_proto::dimension::Value as Dim, type_proto::Value as TypeValue,
+    GraphProto, ModelProto, NodeProto, ValueInfoProto, tensor_shape_proto::dimension::Value as Dim,
+    type_proto::Value as TypeValue,
 };
 
+use super::control;
 use super::error::{is_input_error, message};
+use super::fuse;
 use super::onnx::{internal_dtype, tensor_from_proto, wire_datatype};
 use super::ops::{self, Kernel, NodeCtx};
 use crate::backend::BackendError;
@@ -47,6 +50,13 @@ pub(super) struct Plan {
     steps: Vec<Step>,
     pub signature: Signature,
     pub weight_bytes: u64,
+}
+
+/// What every graph of a model shares: the opset, the model's directory (external data), the device.
+pub(super) struct Scope<'a> {
+    pub opset: i64,
+    pub dir: &'a Path,
+    pub device: &'a Device,
 }
 
 struct Slots(HashMap<String, usize>);
@@ -90,16 +100,37 @@ fn tensor_bytes(t: &Tensor) -> u64 {
 
 impl Plan {
     pub(super) fn compile(model: &ModelProto, dir: &Path, device: &Device) -> Result<Plan, BackendError> {
-        let invalid = |m: String| BackendError::InvalidModel(m);
         let graph = model
             .graph
             .as_ref()
-            .ok_or_else(|| invalid("the file has no graph".into()))?;
+            .ok_or_else(|| BackendError::InvalidModel("the file has no graph".into()))?;
         let opset = model
             .opset_import
             .iter()
             .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
             .map_or(1, |o| o.version);
+        Self::compile_graph(graph, &Scope { opset, dir, device }, &[], true)
+    }
+
+    /// A sub-graph (a branch of If, the body of Loop): its inputs are its formal inputs, then the
+    /// values it reads from enclosing scopes that are not constants there (`outer`, in order); the
+    /// constant ones become its own constants.
+    pub(super) fn compile_sub(
+        graph: &GraphProto,
+        scope: &Scope<'_>,
+        outer: &[(String, Option<Tensor>)],
+    ) -> Result<Plan, BackendError> {
+        Self::compile_graph(graph, scope, outer, false)
+    }
+
+    fn compile_graph(
+        graph: &GraphProto,
+        scope: &Scope<'_>,
+        outer: &[(String, Option<Tensor>)],
+        top: bool,
+    ) -> Result<Plan, BackendError> {
+        let invalid = |m: String| BackendError::InvalidModel(m);
+        let (opset, dir, device) = (scope.opset, scope.dir, scope.device);
 
         let mut slots = Slots(HashMap::new());
         let mut constants: HashMap<usize, Tensor> = HashMap::new();
@@ -117,16 +148,33 @@ impl Plan {
             if constants.contains_key(&slot) {
                 continue; // an initializer listed as an input: a constant unless overridden
             }
-            signature.inputs.push(graph_io(v)?);
+            if top {
+                signature.inputs.push(graph_io(v)?);
+            }
             inputs.push(Endpoint {
                 name: v.name.clone(),
                 slot,
                 elem_type: elem_type(v),
             });
         }
+        for (name, value) in outer {
+            let slot = slots.get_or_add(name);
+            match value {
+                Some(t) => {
+                    constants.insert(slot, t.clone());
+                }
+                None => inputs.push(Endpoint {
+                    name: name.clone(),
+                    slot,
+                    elem_type: 0,
+                }),
+            }
+        }
         let mut outputs = Vec::new();
         for v in &graph.output {
-            signature.outputs.push(graph_io(v)?);
+            if top {
+                signature.outputs.push(graph_io(v)?);
+            }
             outputs.push(Endpoint {
                 name: v.name.clone(),
                 slot: slots.get_or_add(&v.name),
@@ -141,12 +189,53 @@ impl Plan {
                 .iter()
                 .map(|t| t.name.as_str())
                 .chain(graph.input.iter().map(|v| v.name.as_str()))
+                .chain(outer.iter().map(|(n, _)| n.as_str()))
                 .collect::<Vec<_>>(),
         )?;
+        // Nodes without inputs (Constant, mostly) first: exporters put them next to their readers,
+        // and fusion needs every constant of a chain known when it reaches the chain's first node.
+        let (mut order, rest): (Vec<usize>, Vec<usize>) = order.into_iter().partition(|&n| {
+            graph.node[n].input.iter().all(String::is_empty) && captured_names(&graph.node[n]).is_empty()
+        });
+        order.extend(rest);
+        let folds = batch_norms_to_fold(graph);
+        let mut folded_away: std::collections::HashSet<usize> = std::collections::HashSet::new();
         let mut unsupported: Vec<String> = Vec::new();
         let mut steps: Vec<Step> = Vec::new();
+        let graph_outputs: Vec<String> = graph.output.iter().map(|v| v.name.clone()).collect();
+        let readers = fuse::readers(&graph.node, &graph_outputs);
         for &n in &order {
-            let node = &graph.node[n];
+            if folded_away.contains(&n) {
+                continue;
+            }
+            if !folds.contains_key(&n)
+                && let Some(chain) = element_wise_chain(graph, n, &readers, scope, &mut slots, &constants)
+            {
+                folded_away.extend(chain.nodes[1..].iter().copied());
+                steps.push(chain.step);
+                continue;
+            }
+            let folded_node;
+            // Fold only when the weights, bias and batch-norm parameters are known now (initializers,
+            // or Constant nodes already folded).
+            let fold = folds.get(&n).copied().filter(|&(bn, _)| {
+                let mut known = |name: &String| name.is_empty() || constants.contains_key(&slots.get_or_add(name));
+                graph.node[n].input[1..].iter().all(&mut known) && graph.node[bn].input[1..].iter().all(&mut known)
+            });
+            let node = match fold {
+                Some((bn, weights_unshared)) => {
+                    folded_away.insert(bn);
+                    let (conv, norm) = (&graph.node[n], &graph.node[bn]);
+                    folded_node = fold_into_conv(conv, norm, &mut slots, &mut constants)
+                        .map_err(|e| invalid(format!("folding {} into {}: {}", norm.name, conv.name, message(&e))))?;
+                    if weights_unshared {
+                        // The original weights have no other reader: keep only the folded copy.
+                        constants.remove(&slots.get_or_add(&conv.input[1]));
+                    }
+                    &folded_node
+                }
+                None => &graph.node[n],
+            };
             let node_label = if node.name.is_empty() {
                 node.op_type.clone()
             } else {
@@ -156,11 +245,15 @@ impl Plan {
                 unsupported.push(format!("{}:{}", node.domain, node.op_type));
                 continue;
             }
-            let in_slots: Vec<Option<usize>> = node
+            let mut in_slots: Vec<Option<usize>> = node
                 .input
                 .iter()
                 .map(|s| (!s.is_empty()).then(|| slots.get_or_add(s)))
                 .collect();
+            // Control flow: the values its sub-graphs read from this scope become extra inputs.
+            let control = control::is_control_flow(node);
+            let captured = if control { captured_names(node) } else { Vec::new() };
+            in_slots.extend(captured.iter().map(|n| Some(slots.get_or_add(n))));
             let out_slots: Vec<Option<usize>> = node
                 .output
                 .iter()
@@ -174,13 +267,22 @@ impl Plan {
                 dir,
                 device,
             };
-            let kernel = match ops::compile(&ctx) {
-                Ok(Some(k)) => k,
-                Ok(None) => {
-                    unsupported.push(node.op_type.clone());
-                    continue;
-                }
-                Err(e) => return Err(invalid(format!("node {node_label}: {}", message(&e)))),
+            let compiled = if control {
+                let outer: Vec<(String, Option<Tensor>)> = captured
+                    .iter()
+                    .zip(&in_slots[node.input.len()..])
+                    .map(|(n, s)| (n.clone(), s.and_then(|s| constants.get(&s)).cloned()))
+                    .collect();
+                control::compile(node, scope, &outer).map(Some).map_err(|e| match e {
+                    BackendError::InvalidModel(m) => invalid(format!("node {node_label}: {m}")),
+                    other => other,
+                })?
+            } else {
+                ops::compile(&ctx).map_err(|e| invalid(format!("node {node_label}: {}", message(&e))))?
+            };
+            let Some(kernel) = compiled else {
+                unsupported.push(node.op_type.clone());
+                continue;
             };
             // Constant folding: every given input known now.
             let all_const = in_slots.iter().all(|s| s.is_none_or(|s| constants.contains_key(&s)));
@@ -307,6 +409,214 @@ fn elem_type(v: &ValueInfoProto) -> i32 {
     }
 }
 
+/// An element-wise chain from node `first` on, compiled as one fused step (see `fuse`).
+struct Chain {
+    nodes: Vec<usize>,
+    step: Step,
+}
+
+fn element_wise_chain(
+    graph: &GraphProto,
+    first: usize,
+    readers: &HashMap<String, Vec<usize>>,
+    scope: &Scope<'_>,
+    slots: &mut Slots,
+    constants: &HashMap<usize, Tensor>,
+) -> Option<Chain> {
+    let known: HashMap<&str, &Tensor> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter())
+        .filter_map(|name| Some((name.as_str(), constants.get(slots.0.get(name)?)?)))
+        .collect();
+    let constant = |name: &str| known.get(name).map(|t| (*t).clone());
+    let node = &graph.node[first];
+    let mut variable: Vec<&String> = node
+        .input
+        .iter()
+        .filter(|i| !i.is_empty() && constant(i).is_none())
+        .collect();
+    variable.dedup();
+    let [root] = variable[..] else {
+        return None;
+    };
+    let root = root.clone();
+    let mut current = root.clone();
+    let (mut nodes, mut ops, mut fallback) = (Vec::new(), Vec::new(), Vec::new());
+    let mut k = first;
+    loop {
+        let node = &graph.node[k];
+        let Some(op) = fuse::chain_op(node, scope.opset, &root, &current, &constant) else {
+            break;
+        };
+        // The node's own kernel, for tensors the fused path does not take.
+        let consts: Vec<Option<Tensor>> = node.input.iter().map(|i| constant(i)).collect();
+        let ctx = NodeCtx {
+            node,
+            opset: scope.opset,
+            consts: consts.iter().map(Option::as_ref).collect(),
+            dir: scope.dir,
+            device: scope.device,
+        };
+        let Ok(Some(kernel)) = ops::compile(&ctx) else {
+            break;
+        };
+        let args = node
+            .input
+            .iter()
+            .zip(consts)
+            .map(|(name, value)| match value {
+                _ if name.is_empty() => None,
+                _ if *name == current && nodes.is_empty() => Some(fuse::FallbackArg::Root),
+                _ if *name == current => Some(fuse::FallbackArg::Current),
+                _ if *name == root => Some(fuse::FallbackArg::Root),
+                Some(t) => Some(fuse::FallbackArg::Constant(t)),
+                None => None,
+            })
+            .collect();
+        fallback.push(fuse::Fallback { kernel, args });
+        ops.push(op);
+        nodes.push(k);
+        current = node.output[0].clone();
+        // The chain goes on only through a value with exactly one reader (not a graph output).
+        match readers.get(&current).map(Vec::as_slice) {
+            Some(&[next]) if next != usize::MAX => k = next,
+            _ => break,
+        }
+    }
+    if nodes.len() < 2 {
+        return None;
+    }
+    let names: Vec<&str> = nodes.iter().map(|&k| graph.node[k].op_type.as_str()).collect();
+    Some(Chain {
+        step: Step {
+            name: graph.node[first].name.clone(),
+            op_type: format!("Fused({})", names.join("+")),
+            kernel: fuse::kernel(ops, fallback),
+            inputs: vec![Some(slots.get_or_add(&root))],
+            outputs: vec![Some(slots.get_or_add(&current))],
+            release: Vec::new(),
+        },
+        nodes,
+    })
+}
+
+/// Conv nodes whose only reader is an inference-mode BatchNormalization (folded when their parameters
+/// turn out constant):
+/// conv index -> (batch-norm index, whether the conv is its weights' only reader). The pair becomes one Conv with scaled weights and a bias (what
+/// ONNX Runtime does too), saving a pass over the activation map per pair.
+fn batch_norms_to_fold(graph: &GraphProto) -> HashMap<usize, (usize, bool)> {
+    let default_domain = |n: &NodeProto| n.domain.is_empty() || n.domain == "ai.onnx";
+    let mut readers: HashMap<String, usize> = HashMap::new();
+    for node in &graph.node {
+        for name in node.input.iter().cloned().chain(captured_names(node)) {
+            *readers.entry(name).or_default() += 1;
+        }
+    }
+    for v in &graph.output {
+        *readers.entry(v.name.clone()).or_default() += 1;
+    }
+    let mut folds = HashMap::new();
+    for (k, bn) in graph.node.iter().enumerate() {
+        let constant_params = bn.input.len() == 5 && bn.input[1..].iter().all(|i| !i.is_empty());
+        let training = bn.attribute.iter().any(|a| a.name == "training_mode" && a.i != 0);
+        if bn.op_type != "BatchNormalization" || !default_domain(bn) || !constant_params || training {
+            continue;
+        }
+        if bn.output.iter().skip(1).any(|o| !o.is_empty()) || readers.get(&bn.input[0]) != Some(&1) {
+            continue;
+        }
+        let conv = graph.node.iter().position(|c| {
+            c.op_type == "Conv" && default_domain(c) && c.output.first() == Some(&bn.input[0]) && c.input.len() >= 2
+        });
+        if let Some(c) = conv {
+            folds.insert(c, (k, readers.get(&graph.node[c].input[1]) == Some(&1)));
+        }
+    }
+    folds
+}
+
+/// The Conv node that computes `conv` followed by `bn`: weights scaled per output channel, the
+/// batch norm's shift as the bias, writing the batch norm's output.
+fn fold_into_conv(
+    conv: &NodeProto,
+    bn: &NodeProto,
+    slots: &mut Slots,
+    constants: &mut HashMap<usize, Tensor>,
+) -> candle_core::Result<NodeProto> {
+    let get = |slots: &mut Slots, name: &str| -> candle_core::Result<Tensor> {
+        constants
+            .get(&slots.get_or_add(name))
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg(format!("'{name}' is not a constant")))
+    };
+    let eps = bn.attribute.iter().find(|a| a.name == "epsilon").map_or(1e-5, |a| a.f) as f64;
+    let params: Vec<Tensor> = bn.input[1..5]
+        .iter()
+        .map(|n| get(slots, n)?.to_dtype(candle_core::DType::F64))
+        .collect::<candle_core::Result<_>>()?;
+    let (a, b) = ops::norm::fold_batch_norm(&params[0], &params[1], &params[2], &params[3], eps)?;
+    let w = get(slots, &conv.input[1])?;
+    let mut scale_shape = vec![1; w.rank()];
+    scale_shape[0] = a.elem_count();
+    let w_folded = w
+        .to_dtype(candle_core::DType::F64)?
+        .broadcast_mul(&a.reshape(scale_shape.as_slice())?)?
+        .to_dtype(w.dtype())?;
+    let bias = match conv.input.get(2).filter(|n| !n.is_empty()) {
+        Some(name) => get(slots, name)?.to_dtype(candle_core::DType::F64)?.mul(&a)?.add(&b)?,
+        None => b,
+    };
+    let bias = bias.to_dtype(w.dtype())?;
+    let out = &bn.output[0];
+    let (w_name, b_name) = (format!("{out}::folded_weights"), format!("{out}::folded_bias"));
+    constants.insert(slots.get_or_add(&w_name), w_folded);
+    constants.insert(slots.get_or_add(&b_name), bias);
+    let mut node = conv.clone();
+    node.input = vec![conv.input[0].clone(), w_name, b_name];
+    node.output = vec![out.clone()];
+    Ok(node)
+}
+
+/// The names a node's sub-graphs (If branches, a Loop body, nested ones too) read from enclosing
+/// scopes, in first-use order.
+pub(super) fn captured_names(node: &NodeProto) -> Vec<String> {
+    let mut names = Vec::new();
+    for attr in &node.attribute {
+        for g in attr.g.iter().chain(&attr.graphs) {
+            for name in free_names(g) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// What a graph reads that it does not define itself (initializers, inputs, node outputs).
+fn free_names(graph: &GraphProto) -> Vec<String> {
+    let mut defined: std::collections::HashSet<&str> = graph
+        .initializer
+        .iter()
+        .map(|t| t.name.as_str())
+        .chain(graph.input.iter().map(|v| v.name.as_str()))
+        .collect();
+    for node in &graph.node {
+        defined.extend(node.output.iter().map(String::as_str));
+    }
+    let mut free = Vec::new();
+    for node in &graph.node {
+        let reads = node.input.iter().cloned().chain(captured_names(node));
+        for name in reads {
+            if !name.is_empty() && !defined.contains(name.as_str()) && !free.contains(&name) {
+                free.push(name);
+            }
+        }
+    }
+    free
+}
+
 /// Node indices in an order where every input is produced first. ONNX requires files to be sorted
 /// already; exporters sometimes are not, so sort when needed.
 fn topological_order(nodes: &[NodeProto], given: &[&str]) -> Result<Vec<usize>, BackendError> {
@@ -317,7 +627,8 @@ fn topological_order(nodes: &[NodeProto], given: &[&str]) -> Result<Vec<usize>, 
     while !pending.is_empty() {
         let before = pending.len();
         pending.retain(|&n| {
-            let ready = nodes[n].input.iter().all(|i| known.contains(i.as_str()));
+            let ready = nodes[n].input.iter().all(|i| known.contains(i.as_str()))
+                && captured_names(&nodes[n]).iter().all(|i| known.contains(i.as_str()));
             if ready {
                 order.push(n);
                 for o in &nodes[n].output {

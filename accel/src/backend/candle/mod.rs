@@ -3,8 +3,10 @@
 //! weights stay resident as device tensors; an instance converts a batch's bytes into tensors (one copy,
 //! straight from the requests' buffers), runs the plan, and turns the outputs back into bytes.
 
+mod control;
 mod convert;
 mod error;
+mod fuse;
 mod graph;
 mod onnx;
 mod ops;

@@ -6,6 +6,7 @@
 
 use accel_kernels::conv::{Depthwise, ShapeError, depthwise_conv2d};
 use accel_kernels::dense::{Conv2d, conv2d};
+use accel_kernels::transpose::{ConvTranspose2d, conv_transpose2d};
 use candle_core::{CpuStorage, DType, Storage, Tensor, bail};
 
 use super::{Kernel, NodeCtx, Result, arg, opt, pad_constant, take_strided};
@@ -357,6 +358,66 @@ pub(super) fn conv(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     }))
 }
 
+/// The full (uncropped) transposed convolution of an FP32 CPU tensor by accel-kernels, 1-D as 2-D
+/// with a height of 1; `None` for other tensors.
+fn native_conv_transpose(
+    x: &Tensor,
+    weights: &[f32],
+    out_channels: usize,
+    groups: usize,
+    sp: &Spatial,
+) -> Result<Option<Tensor>> {
+    let one_d = sp.kernel.len() == 1;
+    if x.dtype() != DType::F32 || !x.device().is_cpu() || x.rank() != sp.kernel.len() + 2 {
+        return Ok(None);
+    }
+    let (height, width, kernel, strides, dilations) = if one_d {
+        (
+            1,
+            x.dims()[2],
+            [1, sp.kernel[0]],
+            [1, sp.strides[0]],
+            [1, sp.dilations[0]],
+        )
+    } else {
+        (
+            x.dims()[2],
+            x.dims()[3],
+            [sp.kernel[0], sp.kernel[1]],
+            [sp.strides[0], sp.strides[1]],
+            [sp.dilations[0], sp.dilations[1]],
+        )
+    };
+    let shape = ConvTranspose2d {
+        batch: x.dims()[0],
+        in_channels: x.dims()[1],
+        out_channels,
+        groups,
+        height,
+        width,
+        kernel,
+        strides,
+        dilations,
+    };
+    let [oh, ow] = shape
+        .output_size()
+        .map_err(|e| candle_core::Error::Msg(format!("ConvTranspose: {e}")))?;
+    let (storage, layout) = x.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let threads = candle_core::utils::get_num_threads();
+    let y = conv_transpose2d(&shape, &data[start..end], weights, threads)
+        .map_err(|e| candle_core::Error::Msg(format!("ConvTranspose: {e}")))?;
+    drop(storage);
+    let y = if one_d {
+        Tensor::from_vec(y, (shape.batch, out_channels, ow), x.device())?
+    } else {
+        Tensor::from_vec(y, (shape.batch, out_channels, oh, ow), x.device())?
+    };
+    Ok(Some(y))
+}
+
 pub(super) fn conv_transpose(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let a = ctx.attrs();
     let groups = a.int("group", 1).max(1) as usize;
@@ -392,6 +453,13 @@ pub(super) fn conv_transpose(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         .const_input(2)
         .map(|b| b.reshape(bias_shape(n + 2, b.elem_count())))
         .transpose()?;
+    // FP32 weights for accel-kernels' transposed convolution (the full result, cropped below).
+    let w_f32 = if w.dtype() == DType::F32 {
+        Some(w.flatten_all()?.to_vec1::<f32>()?)
+    } else {
+        None
+    };
+    let w_dims = w.dims().to_vec();
     let native = all_equal(&sp.strides) && all_equal(&sp.dilations);
     let flipped = if native {
         None
@@ -438,8 +506,13 @@ pub(super) fn conv_transpose(ctx: &NodeCtx<'_>) -> Result<Kernel> {
                 }
             })
             .collect();
-        let mut y = match &flipped {
-            None => {
+        let native = match &w_f32 {
+            Some(weights) => native_conv_transpose(&x, weights, w_dims[1] * groups, groups, &sp)?,
+            None => None,
+        };
+        let mut y = match (native, &flipped) {
+            (Some(y), _) => y,
+            (None, None) => {
                 let (s, d) = (sp.strides[0], sp.dilations[0]);
                 let chunks: Vec<Tensor> = (0..groups)
                     .map(|g| {
@@ -457,7 +530,7 @@ pub(super) fn conv_transpose(ctx: &NodeCtx<'_>) -> Result<Kernel> {
                     .collect::<Result<_>>()?;
                 Tensor::cat(&chunks, 1)?
             }
-            Some(wf) => {
+            (None, Some(wf)) => {
                 // Zero-stuff the input by the strides, pad by the dilated kernel extent, and run an
                 // ordinary convolution with the flipped, transposed kernel.
                 let mut z = x.clone();

@@ -154,7 +154,7 @@ pub(super) fn tanh(x: &Tensor) -> Result<Tensor> {
 }
 
 /// `f` over the elements of an FP32 tensor on the CPU (made contiguous), or `None` for other tensors.
-fn map_f32(x: &Tensor, f: fn(&[f32], &mut [f32])) -> Result<Option<Tensor>> {
+fn map_f32(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Result<Option<Tensor>> {
     if x.dtype() != DType::F32 || !x.device().is_cpu() {
         return Ok(None);
     }
@@ -317,6 +317,20 @@ fn clip(ctx: &NodeCtx<'_>) -> Kernel {
             Some(t) => Some(host_scalar(t)?),
             None => amax,
         };
+        // FP32 on the CPU: one pass (candle's maximum then minimum make two, each with a new tensor).
+        let (l, h) = (
+            lo.map_or(f32::NEG_INFINITY, |v| v as f32),
+            hi.map_or(f32::INFINITY, |v| v as f32),
+        );
+        if l <= h
+            && let Some(y) = map_f32(x, |src, dst| {
+                for (o, &v) in dst.iter_mut().zip(src) {
+                    *o = v.max(l).min(h);
+                }
+            })?
+        {
+            return Ok(vec![y]);
+        }
         if let Some(lo) = lo {
             y = y.maximum(lo)?;
         }

@@ -6,7 +6,7 @@
 mod conv;
 mod elementwise;
 mod matmul;
-mod norm;
+pub(super) mod norm;
 mod pool;
 mod reduce;
 mod resize;
@@ -29,7 +29,7 @@ type KernelFn = dyn Fn(&[Option<&Tensor>]) -> Result<Vec<Tensor>> + Send + Sync;
 pub(super) struct Kernel(Box<KernelFn>);
 
 impl Kernel {
-    fn new(f: impl Fn(&[Option<&Tensor>]) -> Result<Vec<Tensor>> + Send + Sync + 'static) -> Self {
+    pub(super) fn new(f: impl Fn(&[Option<&Tensor>]) -> Result<Vec<Tensor>> + Send + Sync + 'static) -> Self {
         Kernel(Box::new(f))
     }
 

@@ -13,7 +13,13 @@ fn channel_shape(rank: usize, c: usize) -> Vec<usize> {
 }
 
 /// scale / sqrt(var + eps) and bias - mean * that, per channel.
-fn fold_batch_norm(scale: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+pub(in crate::backend::candle) fn fold_batch_norm(
+    scale: &Tensor,
+    bias: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
     let a = scale.div(&(var + eps)?.sqrt()?)?;
     let b = bias.sub(&mean.mul(&a)?)?;
     Ok((a, b))
