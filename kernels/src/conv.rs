@@ -143,9 +143,13 @@ pub fn depthwise_conv2d(
     if threads == 1 {
         run(0, &mut out);
     } else {
+        let cap = crate::simd::cap();
         std::thread::scope(|s| {
             for (t, chunk) in out.chunks_mut(per * plane).enumerate() {
-                s.spawn(move || run(t * per, chunk));
+                s.spawn(move || {
+                    crate::simd::set_cap(cap);
+                    run(t * per, chunk)
+                });
             }
         });
     }
@@ -304,15 +308,14 @@ pub(crate) mod tests {
             let bias = rng.values(shape.output_channels());
             let bias = if rng.below(2) == 0 { Some(&bias[..]) } else { None };
             let want = depthwise_conv2d_reference(&shape, &x, &w, bias).unwrap();
-            for threads in [1, 3] {
-                let got = depthwise_conv2d(&shape, &x, &w, bias, threads).unwrap();
-                assert_eq!(got.len(), want.len(), "{shape:?}");
-                assert!(
-                    max_error(&got, &want) < 1e-4,
-                    "{shape:?} threads {threads}: {}",
-                    max_error(&got, &want)
-                );
-            }
+            crate::simd::each_level(|level| {
+                for threads in [1, 3] {
+                    let got = depthwise_conv2d(&shape, &x, &w, bias, threads).unwrap();
+                    assert_eq!(got.len(), want.len(), "{shape:?}");
+                    let err = max_error(&got, &want);
+                    assert!(err < 1e-4, "{shape:?} threads {threads} level {level}: {err}");
+                }
+            });
         }
     }
 

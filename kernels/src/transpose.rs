@@ -215,9 +215,15 @@ mod tests {
             let x = rng.values(shape.batch * shape.in_channels * shape.height * shape.width);
             let w = rng.values(shape.in_channels * shape.out_channels / groups * shape.kernel[0] * shape.kernel[1]);
             let want = conv_transpose2d_reference(&shape, &x, &w).unwrap();
-            let got = conv_transpose2d(&shape, &x, &w, 1 + case % 2).unwrap();
-            assert_eq!(got.len(), want.len(), "{shape:?}");
-            assert!(max_error(&got, &want) < 1e-4, "{shape:?}: {}", max_error(&got, &want));
+            crate::simd::each_level(|level| {
+                let got = conv_transpose2d(&shape, &x, &w, 1 + case % 2).unwrap();
+                assert_eq!(got.len(), want.len(), "{shape:?}");
+                assert!(
+                    max_error(&got, &want) < 1e-4,
+                    "{shape:?} level {level}: {}",
+                    max_error(&got, &want)
+                );
+            });
         }
     }
 
