@@ -113,6 +113,15 @@ def cases():
                    [vi("x", F, [2, 3, 7, 9])], [vi("y1", F, None), vi("y2", F, None), vi("y3", F, None)],
                    [const("wf", wf), const("cb", r.standard_normal(4).astype(np.float32))] + bn(1) + bn(2)),
         {"x": x4})
+    # A 1-D convolution exported as 2-D over a width of 1 (Magika): kx1 kernel, stride, dilation and
+    # top/bottom pads, with and without a bias.
+    wc = (r.standard_normal((5, 3, 4, 1)) * 0.3).astype(np.float32)
+    add("conv_width_one",
+        make_model([helper.make_node("Conv", ["x", "wc", "bc"], ["y1"], pads=[2, 0, 1, 0], strides=[2, 1], dilations=[2, 1]),
+                    helper.make_node("Conv", ["x", "wc"], ["y2"])],
+                   [vi("x", F, [2, 3, 17, 1])], [vi("y1", F, None), vi("y2", F, None)],
+                   [const("wc", wc), const("bc", r.standard_normal(5).astype(np.float32))]),
+        {"x": r.standard_normal((2, 3, 17, 1)).astype(np.float32)})
     add("conv1d",
         single("Conv", [vi("x", F, [2, 3, 20])], [vi("y", F, None)], {"strides": [3], "pads": [2, 1]},
                inits=[const("w", (r.standard_normal((5, 3, 4)) * 0.3).astype(np.float32))], in_names=["x", "w"]),
@@ -216,6 +225,17 @@ def cases():
                    inits=[const("roi", np.array([], np.float32)), const("scales", np.array([1, 1, 2.0, 1.5], np.float32))],
                    in_names=["x", "roi", "scales"], opset=13),
             {"x": xi})
+    # Nearest by sizes: downsampling one axis, upsampling the other (one pass over the last two axes),
+    # and a resize that touches the channel axis too (the general path).
+    add("resize_nearest_sizes_mixed",
+        single("Resize", [vi("x", F, [1, 2, 3, 5])], [vi("y", F, None)], {"mode": "nearest"},
+               inits=[const("sizes", np.array([1, 2, 7, 2], np.int64))], in_names=["x", "", "", "sizes"], opset=13),
+        {"x": xi})
+    add("resize_nearest_channels",
+        single("Resize", [vi("x", F, [1, 2, 3, 5])], [vi("y", F, None)], {"mode": "nearest", "nearest_mode": "ceil"},
+               inits=[const("roi", np.array([], np.float32)), const("scales", np.array([1, 2.0, 1, 2.0], np.float32))],
+               in_names=["x", "roi", "scales"], opset=13),
+        {"x": xi})
     add("resize_sizes_linear",
         single("Resize", [vi("x", F, [1, 2, 3, 5])], [vi("y", F, None)], {"mode": "linear"},
                inits=[const("sizes", np.array([1, 2, 7, 4], np.int64))], in_names=["x", "", "", "sizes"], opset=13),

@@ -170,9 +170,14 @@ thread_local! {
     static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Gathers the column matrix `[icg*kh*kw, oh*ow]` of one image and group: row `(c, ky, kx)` holds
-/// input channel `c` at `(oy*sh + ky*dh - top, ox*sw + kx*dw - left)`, zero outside the input.
-fn im2col(shape: &Conv2d, input: &[f32], icg: usize, [oh, ow]: [usize; 2], columns: &mut [f32]) {
+multiversion! {
+    /// Gathers the column matrix `[icg*kh*kw, oh*ow]` of one image and group: row `(c, ky, kx)` holds
+    /// input channel `c` at `(oy*sh + ky*dh - top, ox*sw + kx*dw - left)`, zero outside the input.
+    fn im2col(shape: &Conv2d, input: &[f32], icg: usize, size: [usize; 2], columns: &mut [f32]) = im2col_impl;
+}
+
+#[inline(always)]
+fn im2col_impl(shape: &Conv2d, input: &[f32], icg: usize, [oh, ow]: [usize; 2], columns: &mut [f32]) {
     let (h, w) = (shape.height, shape.width);
     let [kh, kw] = shape.kernel;
     let [sh, sw] = shape.strides;

@@ -87,4 +87,5 @@ pub mod activation;
 pub mod conv;
 pub mod dense;
 pub mod elementwise;
+pub mod resize;
 pub mod transpose;

@@ -201,6 +201,17 @@ impl NativeConv {
                 [sp.dilations[0], sp.dilations[1]],
             )
         };
+        // A 2-D convolution over a width of 1 with a kx1 kernel (Magika's 1-D convolution exported as
+        // 2-D) is the same memory as one over a height of 1 with a 1xk kernel, whose im2col copies
+        // whole rows instead of one element per row.
+        let mut kernel = self.kernel;
+        let columnar = !one_d && width == 1 && kernel[1] == 1 && pads[1] == 0 && pads[3] == 0;
+        let (height, width, pads, strides, dilations) = if columnar {
+            kernel = [1, kernel[0]];
+            (1, height, [0, pads[0], 0, pads[2]], [1, strides[0]], [1, dilations[0]])
+        } else {
+            (height, width, pads, strides, dilations)
+        };
         let batch = x.dims()[0];
         let (storage, layout) = x.storage_and_layout();
         let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
@@ -225,7 +236,7 @@ impl NativeConv {
                 multiplier: self.out_channels / self.groups,
                 height,
                 width,
-                kernel: self.kernel,
+                kernel,
                 pads,
                 strides,
                 dilations,
@@ -244,7 +255,7 @@ impl NativeConv {
                 groups: self.groups,
                 height,
                 width,
-                kernel: self.kernel,
+                kernel,
                 pads,
                 strides,
                 dilations,
@@ -259,6 +270,8 @@ impl NativeConv {
         drop(storage);
         let y = if one_d {
             Tensor::from_vec(y, (batch, self.out_channels, ow), x.device())?
+        } else if columnar {
+            Tensor::from_vec(y, (batch, self.out_channels, ow, oh), x.device())?
         } else {
             Tensor::from_vec(y, (batch, self.out_channels, oh, ow), x.device())?
         };

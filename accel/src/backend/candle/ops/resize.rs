@@ -2,7 +2,7 @@
 //! transformation except `tf_crop_and_resize`, every nearest-rounding mode. Each resized axis is one
 //! gather (nearest) or two gathers and a blend (linear), so N-D and any device work the same way.
 
-use candle_core::{Tensor, bail};
+use candle_core::{CpuStorage, DType, Storage, Tensor, bail};
 
 use super::{Kernel, NodeCtx, Result, arg, axis, ensure_size, host_f64, host_i64, opt};
 
@@ -116,6 +116,9 @@ fn run(p: &Params, x: &Tensor, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
         out_dims[d] = out;
     }
     ensure_size(&out_dims)?;
+    if let Some(y) = nearest_last_two(p, x, &plan)? {
+        return Ok(y);
+    }
     let mut y = x.clone();
     for (d, out, scale) in plan {
         let len = y.dims()[d];
@@ -161,6 +164,49 @@ fn run(p: &Params, x: &Tensor, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
         };
     }
     Ok(y)
+}
+
+/// Nearest resizing of only the last two axes of an FP32 CPU tensor, by accel-kernels in one pass;
+/// `None` for anything else.
+fn nearest_last_two(p: &Params, x: &Tensor, plan: &[(usize, usize, f64)]) -> Result<Option<Tensor>> {
+    let rank = x.rank();
+    if !matches!(p.mode, Mode::Nearest) || x.dtype() != DType::F32 || !x.device().is_cpu() || rank < 2 {
+        return Ok(None);
+    }
+    let dims = x.dims();
+    let mut index: [Option<Vec<usize>>; 2] = [None, None];
+    for &(d, out, scale) in plan {
+        let len = dims[d];
+        if out == len && scale == 1.0 {
+            continue;
+        }
+        if d + 2 < rank || len == 0 || out == 0 {
+            return Ok(None);
+        }
+        let idx = (0..out)
+            .map(|o| {
+                let c = original_coordinate(&p.transform, o, len, out, scale)?;
+                Ok(nearest_index(&p.nearest, c, scale, len).clamp(0, len as i64 - 1) as usize)
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        index[d + 2 - rank] = Some(idx);
+    }
+    let (h, w) = (dims[rank - 2], dims[rank - 1]);
+    let [rows, cols] = index;
+    let rows = rows.unwrap_or_else(|| (0..h).collect());
+    let cols = cols.unwrap_or_else(|| (0..w).collect());
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let planes = dims[..rank - 2].iter().product();
+    let y = accel_kernels::resize::nearest2d(&data[start..end], planes, [h, w], &rows, &cols)
+        .map_err(|e| candle_core::Error::Msg(format!("Resize: {e}")))?;
+    drop(storage);
+    let mut shape = dims[..rank - 2].to_vec();
+    shape.extend([rows.len(), cols.len()]);
+    Tensor::from_vec(y, shape, x.device()).map(Some)
 }
 
 fn original_coordinate(transform: &str, o: usize, len: usize, out: usize, scale: f64) -> Result<f64> {
