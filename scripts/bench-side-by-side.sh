@@ -2,7 +2,8 @@
 # Side by side on one machine, in one run, with one load tool (accel-bench, closed loop, batch-1
 # requests, concurrency 1/16/64) and one model (the example MLP, FP32 256 -> 1024 -> ReLU -> 256):
 #   - the serving ceiling: echo-server (tonic, same proto, same release profile) answering with its input
-#   - Accel, with dynamic batching (model mlp) and without (mlp_nobatch, at concurrency 64)
+#   - Accel, with dynamic batching (model mlp) and without (mlp_nobatch, at concurrency 64), on its
+#     candle engine; and Accel on its ONNX Runtime engine (the onnxruntime wheel's library)
 #   - NVIDIA Triton 2.51 (PyPI nvidia-pytriton), the same ONNX file through onnxruntime, dynamic batching
 #     with the same max batch (64) and delay (0)
 #   - in-process compute of the same file: Accel's candle executor and onnxruntime, batch 1/8/64
@@ -25,6 +26,7 @@ fi
 # PyTriton's Python-backend stub links libpython from the system path: point it at this Python's.
 TRITON_LIBDIR=$("$TRITON_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
 MODEL=examples/model_repository/mlp/1/model.onnx
+ORT_LIB=$("$VENV/bin/python" -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.1*")))[-1])')
 OUT=target/bench-side-by-side/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 PORT=18401
@@ -49,7 +51,10 @@ start() {  # start KIND
     case "$1" in
         echo) target/release/echo-server --address "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
         accel) target/release/accel serve --model-repository examples/model_repository --grpc-port "$PORT" \
-                   --http-port 0 --metrics-port 0 --metrics-address 127.0.0.1 >"$log" 2>&1 & ;;
+                   --http-port 0 --metrics-port 0 --metrics-address 127.0.0.1 --default-backend candle >"$log" 2>&1 & ;;
+        accel-ort) target/release/accel serve --model-repository examples/model_repository --grpc-port "$PORT" \
+                   --http-port 0 --metrics-port 0 --metrics-address 127.0.0.1 --onnxruntime-library "$ORT_LIB" \
+                   --default-backend onnxruntime >"$log" 2>&1 & ;;
         triton) LD_LIBRARY_PATH="$TRITON_LIBDIR" "$TRITON_VENV/bin/python" benches/triton/serve_onnx.py --onnx "$MODEL" \
                     --name mlp --grpc-port "$PORT" --http-port $((PORT + 1)) --metrics-port $((PORT + 2)) \
                     --max-batch-size 64 --max-queue-delay-us 0 >"$log" 2>&1 & ;;
@@ -74,6 +79,7 @@ for r in $(seq "$ROUNDS"); do
     echo "round $r/$ROUNDS" >&2
     start echo; bench "echo-$r" mlp 1,16,64; stop
     start accel; bench "accel-$r" mlp 1,16,64; bench "accel-nobatch-$r" mlp_nobatch 64; stop
+    start accel-ort; bench "accel-ort-$r" mlp 1,16,64; stop
     start triton; bench "triton-$r" mlp 1,16,64; stop
 done
 RAYON_NUM_THREADS=1 target/release/accel-bench compute --onnx "$MODEL" --batch 1,8,64 --repeats "$ROUNDS" >"$OUT/candle.md"
@@ -92,7 +98,8 @@ def levels(name):
 def fmt(xs):
     xs = sorted(xs)
     return f"{xs[0]:,.0f} / {statistics.median(xs):,.0f} / {xs[-1]:,.0f}"
-servers = {"echo ceiling": levels("echo"), "Accel": levels("accel"), "Triton (PyTriton + onnxruntime)": levels("triton")}
+servers = {"echo ceiling": levels("echo"), "Accel": levels("accel"), "Accel (onnxruntime engine)": levels("accel-ort"),
+           "Triton (PyTriton + onnxruntime)": levels("triton")}
 nobatch = levels("accel-nobatch")
 errors = sum(l["error_count"] for s in servers.values() for ls in s.values() for l in ls)
 print("| server | concurrency | throughput infer/s (min / median / max) | p50 ms | p99 ms |")
@@ -107,11 +114,12 @@ for c, ls in nobatch.items():
     med[("nobatch", c)] = statistics.median(l["infer_per_sec"] for l in ls)
     print(f"| Accel, no dynamic batching | {c} | {fmt([l['infer_per_sec'] for l in ls])} | {statistics.median(l['p50_ms'] for l in ls):.2f} | {statistics.median(l['p99_ms'] for l in ls):.2f} |")
 print()
-print("| concurrency | Accel / Triton | Accel / echo ceiling | Accel p99 / Triton p99 |")
-print("|---|---|---|---|")
+T, O = "Triton (PyTriton + onnxruntime)", "Accel (onnxruntime engine)"
+print("| concurrency | Accel / Triton | Accel(ort) / Triton | Accel / echo ceiling | Accel(ort) / echo ceiling | Accel p99 / Triton p99 |")
+print("|---|---|---|---|---|---|")
 for c in sorted(servers["Accel"]):
     p99 = lambda n: statistics.median(l["p99_ms"] for l in servers[n][c])
-    print(f"| {c} | {med[('Accel', c)] / med[('Triton (PyTriton + onnxruntime)', c)]:.1f}x | {med[('Accel', c)] / med[('echo ceiling', c)]:.2f} | {p99('Accel') / p99('Triton (PyTriton + onnxruntime)'):.2f} |")
+    print(f"| {c} | {med[('Accel', c)] / med[(T, c)]:.1f}x | {med[(O, c)] / med[(T, c)]:.1f}x | {med[('Accel', c)] / med[('echo ceiling', c)]:.2f} | {med[(O, c)] / med[('echo ceiling', c)]:.2f} | {p99('Accel') / p99(T):.2f} |")
 print()
 print(f"Batching on / off at concurrency 64: {med[('Accel', 64)] / med[('nobatch', 64)]:.1f}x")
 print(f"Failed requests across all runs: {errors}")
