@@ -119,6 +119,7 @@ def test_pod_shape(helm):
     gpu = pod_spec(objects(helm, "gpu-values.yaml"))
     accel = next(c for c in gpu["containers"] if c["name"] == "accel")
     assert accel["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"name": "ACCEL_GPU", "value": "0"} in accel["env"], "models go on the GPU the pod gets"
     assert gpu["terminationGracePeriodSeconds"] > int(next(e["value"] for e in accel["env"] if e["name"] == "ACCEL_EXIT_TIMEOUT_SECS"))
     assert accel["securityContext"]["readOnlyRootFilesystem"] is True
     assert accel["securityContext"]["allowPrivilegeEscalation"] is False
@@ -135,6 +136,7 @@ def test_pod_shape(helm):
     assert {m["mountPath"] for m in predictor["volumeMounts"]} >= {"/dev/shm", "/var/run/accel"}
     cpu = pod_spec(objects(helm, "cpu-values.yaml"))
     assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
+    assert all(e["name"] != "ACCEL_GPU" for e in cpu["containers"][0]["env"])
     assert cpu["initContainers"][0]["volumeMounts"][0]["name"] == "model-repository"
 
 

@@ -18,10 +18,25 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Command {
+    /// The configuration of `accel serve`, if that is the command.
+    pub fn serve(self) -> Option<Config> {
+        match self {
+            Command::Serve(c) => Some(c),
+            #[cfg(feature = "cuda")]
+            Command::GpuCheck(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the models of a model repository over gRPC.
     Serve(Config),
+    /// Check the GPU path on this machine's GPU and print a table (binaries built with `cuda`;
+    /// scripts/gpu-check.sh runs it).
+    #[cfg(feature = "cuda")]
+    GpuCheck(crate::gpu_check::GpuCheckArgs),
 }
 
 /// Everything `accel serve` can be told.
@@ -161,6 +176,13 @@ pub struct Config {
     #[arg(long, env = "ACCEL_MODEL_LOAD_THREADS", default_value_t = 2)]
     pub model_load_threads: usize,
 
+    /// Run models on GPU N (counted after CUDA_VISIBLE_DEVICES): candle's CUDA backend, and ONNX
+    /// Runtime's CUDA execution provider when its library has one. Device memory is then read live
+    /// through NVML. Without a usable GPU (or in a build without the `cuda` feature) Accel logs why and
+    /// serves on the CPU.
+    #[arg(long, env = "ACCEL_GPU", value_name = "N")]
+    pub gpu: Option<u32>,
+
     /// Threads one execution may use inside candle's CPU kernels. Instances already run in parallel
     /// (one executor thread each) and the server needs a core too: on small machines 1 is fastest,
     /// since threads that compete for the same cores stall each other.
@@ -276,7 +298,7 @@ mod tests {
             "c",
         ])
         .unwrap();
-        let Command::Serve(c) = cli.command;
+        let c = cli.command.serve().expect("serve");
         assert_eq!(c.grpc_port, 8001);
         assert_eq!(c.grpc_address.to_string(), "127.0.0.1");
         assert_eq!(c.load_models, vec!["a", "b", "c"]);
@@ -300,7 +322,7 @@ mod tests {
             .is_err()
         );
         let cli = Cli::try_parse_from(["accel", "serve", "--model-repository", "/nonexistent/repo"]).unwrap();
-        let Command::Serve(c) = cli.command;
+        let c = cli.command.serve().expect("serve");
         assert!(c.validate().unwrap_err().contains("/nonexistent/repo"));
     }
 }

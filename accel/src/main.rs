@@ -41,6 +41,20 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(config) => serve(config),
+        #[cfg(feature = "cuda")]
+        Command::GpuCheck(args) => {
+            accel::logging::init(0, accel::logging::LogFormat::Text);
+            match accel::gpu_check::run(&args) {
+                Ok((table, ok)) => {
+                    print!("{table}");
+                    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                }
+                Err(e) => {
+                    eprintln!("accel gpu-check: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
@@ -80,6 +94,7 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
+        let shutdown = shutdown_signal();
         let listeners = match Listeners::bind(&config).await {
             Ok(l) => l,
             Err(e) => {
@@ -95,7 +110,7 @@ fn serve(config: Config) -> ExitCode {
             repository = %config.model_repository.display(),
             "listening"
         );
-        match accel::server::run(&config, registry, listeners, shutdown_signal()).await {
+        match accel::server::run(&config, registry, listeners, shutdown).await {
             Ok(Exit::Drained) => {
                 tracing::info!("drained; exiting");
                 ExitCode::SUCCESS
@@ -112,26 +127,38 @@ fn serve(config: Config) -> ExitCode {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM (Kubernetes sends SIGTERM to start a graceful shutdown).
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
+/// Resolves on SIGINT or SIGTERM (Kubernetes sends SIGTERM to start a graceful shutdown). The handlers
+/// are installed when this is called, not when the future is first polled: called before anything is
+/// bound, a SIGTERM that arrives right after readiness drains the server instead of killing it.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut t), Ok(mut i)) => {
                 tokio::select! {
-                    _ = interrupt => {}
-                    _ = term.recv() => {}
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = interrupt.await;
+            (Ok(mut t), Err(_)) => {
+                t.recv().await;
             }
+            (Err(_), Ok(mut i)) => {
+                i.recv().await;
+            }
+            (Err(_), Err(_)) => std::future::pending::<()>().await,
         }
+        tracing::info!("shutdown signal received");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }

@@ -307,7 +307,7 @@ async fn try_run(args: RunArgs) -> Result<ExitCode, String> {
 fn compute(args: ComputeArgs) -> ExitCode {
     use accel::backend::candle::CandleBackend;
     use accel::backend::{Backend, Batch, BatchInput};
-    use accel::core::{InstanceKind, IoSpec, ModelSpec, Scheduling};
+    use accel::core::ModelSpec;
 
     let backend: Box<dyn Backend> = match (args.engine.as_str(), &args.onnxruntime_library) {
         ("onnxruntime", Some(library)) => match accel::backend::onnxruntime::OrtBackend::open(library, 1) {
@@ -331,32 +331,7 @@ fn compute(args: ComputeArgs) -> ExitCode {
         }
     };
     let sig = loaded.signature().clone();
-    let io = |g: &accel::core::GraphIo| IoSpec {
-        name: g.name.clone(),
-        datatype: g.datatype,
-        dims: g
-            .dims
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .skip(1)
-            .map(|d| d.map_or(-1, |d| d as i64))
-            .collect(),
-        reshape: None,
-        optional: false,
-    };
-    let spec = ModelSpec {
-        name: "compute".into(),
-        version: 1,
-        platform: String::new(),
-        backend: args.engine.clone(),
-        max_batch_size: usize::MAX,
-        inputs: sig.inputs.iter().map(io).collect(),
-        outputs: sig.outputs.iter().map(io).collect(),
-        scheduling: Scheduling::Direct,
-        instance_count: 1,
-        instance_kind: InstanceKind::Cpu,
-    };
+    let spec = ModelSpec::direct(&sig, &args.engine);
     let mut instance = match loaded.instance(&spec) {
         Ok(i) => i,
         Err(e) => {

@@ -84,8 +84,12 @@ pub mod simd {
 }
 
 pub mod activation;
+pub mod batch;
 pub mod conv;
 pub mod dense;
 pub mod elementwise;
 pub mod resize;
 pub mod transpose;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;

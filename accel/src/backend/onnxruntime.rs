@@ -28,6 +28,8 @@ pub struct OrtBackend {
     env: Environment,
     library: PathBuf,
     intra_threads: usize,
+    /// The GPU sessions run on through ONNX Runtime's CUDA execution provider (builds with `cuda`).
+    gpu: Option<i32>,
 }
 
 impl std::fmt::Debug for OrtBackend {
@@ -40,6 +42,13 @@ impl OrtBackend {
     /// Loads the library (once per process) and creates ONNX Runtime's environment. `intra_threads`
     /// is the thread count of each session's own pool.
     pub fn open(library: &Path, intra_threads: usize) -> Result<OrtBackend, String> {
+        Self::open_on(library, intra_threads, None)
+    }
+
+    /// As [`OrtBackend::open`], with sessions on GPU `gpu` when the library has the CUDA execution
+    /// provider (onnxruntime-gpu's); without it, or in a build without `cuda`, this logs why and
+    /// sessions run on the CPU.
+    pub fn open_on(library: &Path, intra_threads: usize, gpu: Option<usize>) -> Result<OrtBackend, String> {
         let builder = ort::init_from(library).map_err(|e| {
             let mut message = format!("cannot load ONNX Runtime: {e}");
             if let ort::LoadDynamicError::Dlopen { error, .. } = &e
@@ -58,7 +67,13 @@ impl OrtBackend {
             env,
             library: library.to_path_buf(),
             intra_threads: intra_threads.max(1),
+            gpu: gpu.and_then(cuda_provider),
         })
+    }
+
+    /// The GPU this engine's sessions run on, if any.
+    pub fn gpu(&self) -> Option<i32> {
+        self.gpu
     }
 
     fn session(&self, file: &Path) -> Result<Session, BackendError> {
@@ -68,11 +83,45 @@ impl OrtBackend {
             .with_intra_threads(self.intra_threads)
             .map_err(|e| invalid(e.to_string()))?;
         let builder = builder.with_inter_threads(1).map_err(|e| invalid(e.to_string()))?;
-        let mut builder = builder
+        let builder = builder
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| invalid(e.to_string()))?;
+        #[cfg(feature = "cuda")]
+        let builder = match self.gpu {
+            Some(id) => builder
+                .with_execution_providers([ort::ep::CUDA::default().with_device_id(id).build().error_on_failure()])
+                .map_err(|e| invalid(format!("CUDA execution provider on GPU {id}: {e}")))?,
+            None => builder,
+        };
+        let mut builder = builder;
         builder.commit_from_file(file).map_err(|e| invalid(e.to_string()))
     }
+}
+
+/// `Some(gpu)` when the loaded ONNX Runtime has its CUDA execution provider, else `None`, logged.
+#[cfg(feature = "cuda")]
+fn cuda_provider(gpu: usize) -> Option<i32> {
+    use ort::ep::ExecutionProvider;
+    match ort::ep::CUDA::is_available() {
+        Ok(true) => i32::try_from(gpu).ok(),
+        Ok(false) => {
+            tracing::warn!(
+                gpu,
+                "this ONNX Runtime library has no CUDA execution provider (PyPI's onnxruntime is CPU-only; \
+                 onnxruntime-gpu has it): ONNX Runtime models run on the CPU"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(gpu, error = %e, "cannot ask ONNX Runtime for its CUDA execution provider: ONNX Runtime models run on the CPU");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_provider(_gpu: usize) -> Option<i32> {
+    None
 }
 
 impl Backend for OrtBackend {

@@ -127,6 +127,37 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// A spec that executes a model file directly, outside any server (benchmarks, the GPU check):
+    /// every input and output the graph declares, any batch size, one instance.
+    pub fn direct(signature: &Signature, backend: &str) -> ModelSpec {
+        let io = |g: &GraphIo| IoSpec {
+            name: g.name.clone(),
+            datatype: g.datatype,
+            dims: g
+                .dims
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .skip(1)
+                .map(|d| d.map_or(-1, |d| d as i64))
+                .collect(),
+            reshape: None,
+            optional: false,
+        };
+        ModelSpec {
+            name: "direct".into(),
+            version: 1,
+            platform: String::new(),
+            backend: backend.to_string(),
+            max_batch_size: usize::MAX,
+            inputs: signature.inputs.iter().map(io).collect(),
+            outputs: signature.outputs.iter().map(io).collect(),
+            scheduling: Scheduling::Direct,
+            instance_count: 1,
+            instance_kind: InstanceKind::Cpu,
+        }
+    }
+
     /// Whether tensors of this model carry a leading batch dimension.
     pub fn batches(&self) -> bool {
         self.max_batch_size > 0

@@ -42,6 +42,17 @@ impl Gpu {
         Ok(Gpu { nvml, index, name })
     }
 
+    /// The GPU with this UUID (`GPU-…`, as the CUDA driver reports it): NVML's own indices ignore
+    /// CUDA_VISIBLE_DEVICES, a UUID does not.
+    pub fn open_uuid(uuid: &str) -> Result<Gpu, String> {
+        let nvml = Nvml::init().map_err(|e| format!("NVML is not available: {e}"))?;
+        let (index, name) = nvml
+            .device_by_uuid(uuid)
+            .and_then(|d| Ok((d.index()?, d.name()?)))
+            .map_err(|e| format!("NVML device {uuid}: {e}"))?;
+        Ok(Gpu { nvml, index, name })
+    }
+
     /// GPU utilization over NVML's last sample period, in [0, 1].
     pub fn utilization(&self) -> Result<f64, String> {
         let device = self.nvml.device_by_index(self.index).map_err(|e| e.to_string())?;

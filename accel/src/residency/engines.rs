@@ -28,11 +28,17 @@ pub(super) struct Engines {
 }
 
 impl Engines {
-    /// Candle on the CPU, and ONNX Runtime from `library` when given (a failure to load it is logged
+    /// Candle on `device`, and ONNX Runtime (on GPU `gpu` when it has its CUDA provider) from `library` when given (a failure to load it is logged
     /// and reported by the models that need it).
-    pub(super) fn new(library: Option<&Path>, default: DefaultBackend, intra_threads: usize) -> Self {
+    pub(super) fn new(
+        library: Option<&Path>,
+        default: DefaultBackend,
+        intra_threads: usize,
+        device: &candle_core::Device,
+        gpu: Option<usize>,
+    ) -> Self {
         let onnxruntime = match library {
-            Some(path) => OrtBackend::open(path, intra_threads),
+            Some(path) => OrtBackend::open_on(path, intra_threads, gpu),
             None => Err(
                 "ONNX Runtime is not loaded: start Accel with --onnxruntime-library PATH, the \
                          libonnxruntime.so.1.x of PyPI's onnxruntime wheel (onnxruntime/capi/)"
@@ -45,7 +51,7 @@ impl Engines {
             _ => {}
         }
         Engines {
-            candle: CandleBackend::cpu(),
+            candle: CandleBackend::on(device.clone()),
             onnxruntime,
             default,
         }
@@ -84,7 +90,7 @@ mod tests {
 
     #[test]
     fn triton_fields_select_the_engine() {
-        let e = Engines::new(None, DefaultBackend::Auto, 1);
+        let e = Engines::new(None, DefaultBackend::Auto, 1, &candle_core::Device::Cpu, None);
         assert_eq!(e.select("candle", "").map(|b| b.name()), Ok("candle"));
         assert_eq!(e.select("", "onnxruntime_onnx").map(|b| b.name()), Ok("candle"));
         assert!(
@@ -94,12 +100,14 @@ mod tests {
         );
         assert!(e.select("", "tensorflow_savedmodel").unwrap_err().contains("platform"));
         assert!(e.select("python", "").unwrap_err().contains("'python'"));
-        let strict = Engines::new(None, DefaultBackend::Onnxruntime, 1);
+        let strict = Engines::new(None, DefaultBackend::Onnxruntime, 1, &candle_core::Device::Cpu, None);
         assert!(strict.select("", "").is_err());
         let missing = Engines::new(
             Some(Path::new("/nonexistent/libonnxruntime.so.1")),
             DefaultBackend::Auto,
             1,
+            &candle_core::Device::Cpu,
+            None,
         );
         let reason = missing.select("onnxruntime", "").unwrap_err();
         assert!(reason.contains("/nonexistent/libonnxruntime.so.1"), "{reason}");

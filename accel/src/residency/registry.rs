@@ -81,6 +81,10 @@ pub struct LoadOptions {
     pub default_backend: DefaultBackend,
     /// Threads one execution may use inside an engine.
     pub intra_op_threads: usize,
+    /// candle's device for models (the CPU, or the GPU `--gpu` selected).
+    pub device: candle_core::Device,
+    /// The GPU models run on, when there is one: a load's footprint is then its device memory delta.
+    pub gpu: Option<usize>,
 }
 
 /// One version of a resident model.
@@ -276,11 +280,22 @@ impl Registry {
                 .resolve(crate::device::host::HostMemory::read().map_or(0, |m| m.total)),
             bytes => bytes.resolve(0),
         };
+        // A compiled model on the GPU holds device memory: kept in the host tier it would free none.
+        // Until compiled plans can move their weights to host memory and back, an evicted model on
+        // the GPU is dropped and reloads from its files.
+        let host_limit = if options.gpu.is_some() && host_limit > 0 {
+            tracing::info!("the host tier is not used on the GPU: evicted models reload from their files");
+            0
+        } else {
+            host_limit
+        };
         let limit = budget - reserve;
         let engines = Engines::new(
             options.onnxruntime_library.as_deref(),
             options.default_backend,
             options.intra_op_threads,
+            &options.device,
+            options.gpu,
         );
         tracing::info!(
             device = %memory.describe(),
@@ -572,6 +587,7 @@ impl Registry {
         let mut failed = Vec::new();
         for (version, path) in &source.versions {
             let t = Instant::now();
+            let device_memory = self.options.gpu.map(|_| self.memory.as_ref());
             match prepare(
                 backend,
                 name,
@@ -579,6 +595,7 @@ impl Registry {
                 path,
                 &source.config,
                 self.options.default_max_batch_size,
+                device_memory,
             ) {
                 Ok(p) => {
                     crate::metrics::record_load(name, "file", t.elapsed().as_secs_f64(), true);

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use crate::backend::{Backend, LoadedModel};
 use crate::batching::{QueueLimits, Scheduler, SchedulerThreads};
 use crate::core::ModelSpec;
+use crate::device::memory::DeviceMemory;
 use crate::repository::{complete_config, to_spec};
 use crate::stats::ModelStats;
 
@@ -35,9 +36,24 @@ pub(super) fn prepare(
     file: &Path,
     config: &ModelConfig,
     default_max_batch_size: usize,
+    device_memory: Option<&dyn DeviceMemory>,
 ) -> Result<PreparedVersion, String> {
+    let before = device_memory.and_then(|m| m.read().ok());
     let (loaded, measured) = crate::alloc::measure(|| backend.load(file));
     let loaded = loaded.map_err(|e| e.to_string())?;
+    // On a GPU the weights are device memory: the footprint is what the load took there (NVML's used
+    // memory before and after), which the host allocator's count cannot see.
+    let measured = match (device_memory, before) {
+        (Some(m), Some(before)) => match m.read() {
+            Ok(after) => {
+                let delta = after.used.saturating_sub(before.used);
+                tracing::info!(model = %name, version, device = %m.describe(), bytes = delta, "device memory taken by the load");
+                Some(delta)
+            }
+            Err(_) => measured,
+        },
+        _ => measured,
+    };
     let mut config = config.clone();
     complete_config(&mut config, name, loaded.signature(), default_max_batch_size)?;
     if config.platform.is_empty() {

@@ -37,10 +37,11 @@ pub use health::HealthService;
 pub use infer::Inference;
 pub use lifecycle::Lifecycle;
 
-/// The registry a configuration describes (nothing loaded yet), scheduling the host's memory (models
-/// run on the CPU).
+/// The registry a configuration describes (nothing loaded yet), scheduling the memory of the device
+/// models run on: the GPU `--gpu` names when it is usable, else the host's.
 pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
     let repository = Repository::open(&config.model_repository).map_err(|e| e.to_string())?;
+    let placement = crate::device::gpu::Placement::select(config.gpu);
     let options = LoadOptions {
         control_mode: config.model_control_mode,
         load_models: config.models_to_load(),
@@ -58,12 +59,10 @@ pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
         onnxruntime_library: config.onnxruntime_library.clone(),
         default_backend: config.default_backend,
         intra_op_threads: config.intra_op_threads,
+        device: placement.device,
+        gpu: placement.gpu,
     };
-    Ok(Arc::new(Registry::new(
-        repository,
-        options,
-        Box::new(crate::device::memory::Host),
-    )?))
+    Ok(Arc::new(Registry::new(repository, options, placement.memory)?))
 }
 
 /// The bound sockets: gRPC always, REST and metrics when enabled.

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use accel::config::{Cli, Command};
+use accel::config::Cli;
 use accel_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use candle_onnx::onnx::{
     GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
@@ -123,7 +123,11 @@ impl TestServer {
             "127.0.0.1",
         ];
         args.extend_from_slice(extra);
-        let Command::Serve(config) = <Cli as clap::Parser>::try_parse_from(args).unwrap().command;
+        let config = <Cli as clap::Parser>::try_parse_from(args)
+            .unwrap()
+            .command
+            .serve()
+            .unwrap();
         config.validate().unwrap();
         let registry = accel::server::registry(&config).unwrap();
         let listeners = accel::server::Listeners::bind(&config).await.unwrap();

@@ -71,6 +71,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   {{- end }}
 {{- end }}
 {{- end }}
+{{- if and .Values.gpu.enabled (not (hasKey .Values.accel "gpu")) }}
+{{- /* The device plugin exposes the GPUs it allocated as 0..count-1 inside the container. */}}
+- name: ACCEL_GPU
+  value: "0"
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

@@ -7,6 +7,8 @@ mod control;
 mod convert;
 mod error;
 mod fuse;
+#[cfg(feature = "cuda")]
+mod gpu;
 mod graph;
 mod onnx;
 mod ops;
@@ -32,6 +34,27 @@ impl CandleBackend {
     pub fn cpu() -> Self {
         CandleBackend { device: Device::Cpu }
     }
+
+    /// A backend on `device`. On a GPU each loaded model gets a stream of its own.
+    pub fn on(device: Device) -> Self {
+        CandleBackend { device }
+    }
+
+    /// The device a load places its weights on: on a GPU, a new stream for this model, so that models
+    /// run concurrently; candle ties a tensor to its device and stream, so the model's instances
+    /// share it.
+    fn load_device(&self) -> Result<Device, BackendError> {
+        match &self.device {
+            Device::Cuda(_) => {
+                let ordinal = match self.device.location() {
+                    candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
+                    _ => 0,
+                };
+                Device::new_cuda_with_stream(ordinal).map_err(|e| BackendError::Execution(format!("CUDA stream: {e}")))
+            }
+            other => Ok(other.clone()),
+        }
+    }
 }
 
 impl Backend for CandleBackend {
@@ -49,13 +72,14 @@ impl Backend for CandleBackend {
             .map_err(|e| read_error(format!("not an ONNX model: {e}")))?;
         drop(bytes);
         let dir = file.parent().unwrap_or_else(|| Path::new("."));
-        let plan = Plan::compile(&model, dir, &self.device)?;
+        let device = self.load_device()?;
+        let plan = Plan::compile(&model, dir, &device)?;
         for input in &plan.inputs {
             graph::check_elem_type(input)?;
         }
         Ok(Box::new(CandleModel {
             plan: Arc::new(plan),
-            device: self.device.clone(),
+            device,
         }))
     }
 }
@@ -93,6 +117,8 @@ impl LoadedModel for CandleModel {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Box::new(CandleInstance {
             plan: self.plan.clone(),
+            #[cfg(feature = "cuda")]
+            gpu: gpu::GpuInputs::new(&self.device)?,
             device: self.device.clone(),
             spec_inputs: inputs,
             spec_outputs: outputs,
@@ -103,6 +129,9 @@ impl LoadedModel for CandleModel {
 
 struct CandleInstance {
     plan: Arc<Plan>,
+    /// On a GPU: the pinned staging buffer and gather kernel batch inputs go through.
+    #[cfg(feature = "cuda")]
+    gpu: Option<gpu::GpuInputs>,
     device: Device,
     /// For each spec input, its index among the plan's inputs.
     spec_inputs: Vec<usize>,
@@ -117,6 +146,13 @@ impl ModelInstance for CandleInstance {
         for (k, input) in batch.inputs.iter().enumerate() {
             let Some(input) = input else { continue };
             let slot = self.spec_inputs[k];
+            #[cfg(feature = "cuda")]
+            if let Some(gpu) = self.gpu.as_mut()
+                && let Some(t) = gpu.upload(input)?
+            {
+                args[slot] = Some(t);
+                continue;
+            }
             args[slot] = Some(convert::to_candle(input, &self.device)?);
         }
         let results = self.plan.run(args)?;
