@@ -142,6 +142,9 @@ struct ComputeArgs {
     /// After each batch size, the candle executor's time per operator type.
     #[arg(long)]
     profile: bool,
+    /// With --profile: one row per operator type and input shapes (the 25 slowest).
+    #[arg(long)]
+    profile_shapes: bool,
 }
 
 fn main() -> ExitCode {
@@ -393,7 +396,7 @@ fn compute(args: ComputeArgs) -> ExitCode {
             per_batch.push(secs * 1000.0 / n as f64);
         }
         if args.profile {
-            accel::backend::candle::profile::enable();
+            accel::backend::candle::profile::enable(args.profile_shapes);
             let (mut n, start) = (0u32, Instant::now());
             while start.elapsed().as_secs_f64() < args.seconds {
                 let _ = instance.execute(&batch);
@@ -405,7 +408,7 @@ fn compute(args: ComputeArgs) -> ExitCode {
                 "batch {b}: {:.3} ms per run in operators",
                 all * 1000.0 / f64::from(n.max(1))
             );
-            for (op, time, count) in rows.iter().take(12) {
+            for (op, time, count) in rows.iter().take(if args.profile_shapes { 25 } else { 12 }) {
                 eprintln!(
                     "  {op:<24} {:>8.3} ms/run {:>5.1}% {:>5} steps/run",
                     time.as_secs_f64() * 1000.0 / f64::from(n.max(1)),

@@ -91,6 +91,9 @@ pub fn conv2d(
     threads: usize,
 ) -> Result<Vec<f32>, ShapeError> {
     let [oh, ow] = shape.check(x, w, bias)?;
+    if crate::direct::applies(shape) {
+        return Ok(crate::direct::conv2d(shape, x, w, bias, threads));
+    }
     let n = oh * ow;
     let icg = shape.in_channels / shape.groups;
     let ocg = shape.out_channels / shape.groups;
@@ -297,12 +300,15 @@ mod tests {
             let bias = rng.values(shape.out_channels);
             let bias = if rng.below(2) == 0 { Some(&bias[..]) } else { None };
             let want = conv2d_reference(&shape, &x, &w, bias).unwrap();
-            for threads in [1, 2] {
-                let got = conv2d(&shape, &x, &w, bias, threads).unwrap();
-                assert_eq!(got.len(), want.len(), "{shape:?}");
-                let err = max_error(&got, &want);
-                assert!(err < 1e-4, "{shape:?} threads {threads}: {err}");
-            }
+            // Every instruction level: the im2col path below AVX-512, the direct one at it.
+            crate::simd::each_level(|level| {
+                for threads in [1, 2] {
+                    let got = conv2d(&shape, &x, &w, bias, threads).unwrap();
+                    assert_eq!(got.len(), want.len(), "{shape:?}");
+                    let err = max_error(&got, &want);
+                    assert!(err < 1e-4, "{shape:?} level {level} threads {threads}: {err}");
+                }
+            });
         }
     }
 

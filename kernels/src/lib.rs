@@ -87,7 +87,9 @@ pub mod activation;
 pub mod batch;
 pub mod conv;
 pub mod dense;
+pub mod direct;
 pub mod elementwise;
+pub mod pool;
 pub mod resize;
 pub mod transpose;
 

@@ -380,7 +380,13 @@ impl Plan {
                 }
             })?;
             if let Some(started) = started {
-                super::profile::record(&step.op_type, started.elapsed());
+                let elapsed = started.elapsed();
+                if super::profile::by_shape() {
+                    let shapes: Vec<_> = args.iter().map(|a| a.map(|t| t.dims().to_vec())).collect();
+                    super::profile::record(&format!("{} {shapes:?}", step.op_type), elapsed);
+                } else {
+                    super::profile::record(&step.op_type, elapsed);
+                }
             }
             for (slot, value) in step.outputs.iter().zip(values) {
                 if let Some(slot) = slot {

@@ -8,12 +8,19 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 static ON: AtomicBool = AtomicBool::new(false);
+static BY_SHAPE: AtomicBool = AtomicBool::new(false);
 static TOTALS: Mutex<Option<HashMap<String, (Duration, u64)>>> = Mutex::new(None);
 
-/// Starts recording (and clears what was recorded).
-pub fn enable() {
+/// Starts recording (and clears what was recorded). `by_shape`: one row per operator type and input
+/// shapes, to tell which of a model's convolutions take the time.
+pub fn enable(by_shape: bool) {
     *TOTALS.lock() = Some(HashMap::new());
+    BY_SHAPE.store(by_shape, Ordering::Relaxed);
     ON.store(true, Ordering::Relaxed);
+}
+
+pub(super) fn by_shape() -> bool {
+    BY_SHAPE.load(Ordering::Relaxed)
 }
 
 pub(super) fn enabled() -> bool {

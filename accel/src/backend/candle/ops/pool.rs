@@ -95,6 +95,11 @@ pub(super) fn pool(ctx: &NodeCtx<'_>, kind: Kind) -> Result<Kernel> {
             }
             Ok(t)
         };
+        if kind == Kind::Max
+            && let Some(y) = native_max(&x4, ks, ss, pads_spec.as_slice(), extra)?
+        {
+            return Ok(vec![if n == 1 { y.squeeze(3)? } else { y }]);
+        }
         let y = match kind {
             Kind::Max => padded(&x4, f64::NEG_INFINITY, true)?
                 .contiguous()?
@@ -125,6 +130,41 @@ pub(super) fn pool(ctx: &NodeCtx<'_>, kind: Kind) -> Result<Kernel> {
         };
         Ok(vec![if n == 1 { y.squeeze(3)? } else { y }])
     }))
+}
+
+/// Max pooling of a contiguous FP32 CPU tensor with accel-kernels (no padded copy); `None` for
+/// anything else, which candle's pool then runs.
+fn native_max(
+    x: &Tensor,
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    pads: &[(usize, usize)],
+    extra: [usize; 2],
+) -> Result<Option<Tensor>> {
+    use candle_core::{CpuStorage, DType, Storage};
+    if x.dtype() != DType::F32 || !x.device().is_cpu() || x.rank() != 4 || pads.len() != 2 {
+        return Ok(None);
+    }
+    let d = x.dims().to_vec();
+    let shape = accel_kernels::pool::MaxPool2d {
+        planes: d[0] * d[1],
+        height: d[2],
+        width: d[3],
+        kernel,
+        strides,
+        pads: [pads[0].0, pads[1].0, pads[0].1 + extra[0], pads[1].1 + extra[1]],
+    };
+    let Some([oh, ow]) = shape.output_size() else {
+        return Ok(None);
+    };
+    let (storage, layout) = x.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let Some(y) = accel_kernels::pool::max_pool2d(&shape, &data[start..end]) else {
+        return Ok(None);
+    };
+    Tensor::from_vec(y, (d[0], d[1], oh, ow), x.device()).map(Some)
 }
 
 pub(super) fn global(kind: Kind) -> Kernel {
