@@ -14,14 +14,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PinnedHostSlice,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PinnedHostSlice,
     PushKernelArg,
 };
 use cudarc::nvrtc::CompileOptions;
 
 use crate::batch::{self, Cast, Segment, SegmentError};
+use crate::conv::Depthwise;
 
-const SOURCE: &str = include_str!("batch.cu");
+/// The CUDA source: the batch kernels, then the depthwise convolution (which uses batch.cu's types).
+fn source() -> String {
+    [include_str!("batch.cu"), include_str!("conv.cu")].concat()
+}
+
+const DEPTHWISE: &str = "depthwise_conv2d_f32";
 const BLOCK: u32 = 256;
 /// Row offsets in the staging buffer are multiples of this (cache-line and widest-element aligned).
 const ROW_ALIGN: usize = 256;
@@ -39,6 +45,8 @@ pub enum CudaError {
     Compile(String),
     /// The segments do not fit the buffers.
     Segments(SegmentError),
+    /// A kernel's buffers do not match its shape.
+    Shape(String),
 }
 
 impl std::fmt::Display for CudaError {
@@ -55,6 +63,7 @@ impl std::fmt::Display for CudaError {
             CudaError::Driver(e) => write!(f, "CUDA driver: {e}"),
             CudaError::Compile(e) => write!(f, "NVRTC: {e}"),
             CudaError::Segments(e) => write!(f, "{e}"),
+            CudaError::Shape(e) => write!(f, "{e}"),
         }
     }
 }
@@ -109,13 +118,14 @@ pub fn compile_ptx(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, CudaErr
         name: Some("accel_batch.cu".into()),
         ..Default::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(SOURCE, options).map_err(|e| CudaError::Compile(e.to_string()))
+    cudarc::nvrtc::compile_ptx_with_opts(source(), options).map_err(|e| CudaError::Compile(e.to_string()))
 }
 
-/// The batch kernels, compiled for one device.
+/// The batch kernels and the depthwise convolution, compiled for one device.
 #[derive(Debug)]
 pub struct BatchKernels {
     functions: HashMap<Cast, CudaFunction>,
+    depthwise: CudaFunction,
 }
 
 impl BatchKernels {
@@ -145,7 +155,8 @@ impl BatchKernels {
             .iter()
             .map(|&c| Ok((c, module.load_function(c.kernel_name())?)))
             .collect::<Result<HashMap<_, _>, CudaError>>()?;
-        Ok(BatchKernels { functions })
+        let depthwise = module.load_function(DEPTHWISE)?;
+        Ok(BatchKernels { functions, depthwise })
     }
 
     /// Enqueues on `stream` the copy of every segment from `src` to `dst` (buffers read as `cast`'s
@@ -185,6 +196,81 @@ impl BatchKernels {
         launch.arg(src).arg(dst).arg(&table).arg(&n);
         // SAFETY: the kernel's parameters are (const S*, D*, const u64*, u32), matching the arguments;
         // every segment was checked to lie inside `src` and `dst`, and the table has 3n entries.
+        unsafe { launch.launch(config) }?;
+        Ok(())
+    }
+}
+
+impl BatchKernels {
+    /// Enqueues on `stream` the depthwise convolution of `x` by `w` (+ `bias`) into `y`:
+    /// [`crate::conv::depthwise_conv2d`] on the GPU, one thread per output element.
+    #[allow(clippy::too_many_arguments)]
+    pub fn depthwise_conv2d(
+        &self,
+        stream: &Arc<CudaStream>,
+        shape: &Depthwise,
+        x: &CudaView<'_, f32>,
+        w: &CudaView<'_, f32>,
+        bias: Option<&CudaView<'_, f32>>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<(), CudaError> {
+        let [oh, ow] = shape.output_size().map_err(|e| CudaError::Shape(e.to_string()))?;
+        let oc = shape.output_channels();
+        let lengths = [
+            (
+                "the input",
+                shape.batch * shape.channels * shape.height * shape.width,
+                x.len(),
+            ),
+            ("the weights", oc * shape.kernel[0] * shape.kernel[1], w.len()),
+            ("the bias", oc, bias.map_or(oc, |b| b.len())),
+            ("the output", shape.batch * oc * oh * ow, y.len()),
+        ];
+        for (what, want, got) in lengths {
+            if want != got {
+                return Err(CudaError::Shape(format!(
+                    "{what} has {got} elements where the shape needs {want}"
+                )));
+            }
+        }
+        let total = y.len();
+        if total == 0 {
+            return Ok(());
+        }
+        let u = |v: usize| u32::try_from(v).map_err(|_| CudaError::Shape(format!("{v} does not fit 32 bits")));
+        let args = [
+            u(shape.batch)?,
+            u(shape.channels)?,
+            u(shape.multiplier)?,
+            u(shape.height)?,
+            u(shape.width)?,
+            u(oh)?,
+            u(ow)?,
+            u(shape.kernel[0])?,
+            u(shape.kernel[1])?,
+            u(shape.strides[0])?,
+            u(shape.strides[1])?,
+            u(shape.dilations[0])?,
+            u(shape.dilations[1])?,
+            u(shape.pads[0])?,
+            u(shape.pads[1])?,
+            u32::from(bias.is_some()),
+        ];
+        let config = LaunchConfig {
+            grid_dim: (total.div_ceil(BLOCK as usize).min(65_535) as u32, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // Without a bias the kernel never reads its pointer: pass the weights in its place.
+        let bias = bias.unwrap_or(w);
+        let mut launch = stream.launch_builder(&self.depthwise);
+        launch.arg(x).arg(w).arg(bias).arg(y);
+        for a in &args {
+            launch.arg(a);
+        }
+        // SAFETY: the parameters are (const float* x3, float*, u32 x16) in this order; every buffer
+        // holds exactly the elements the shape addresses (checked above), and the kernel reads inside
+        // the input plane only (it skips taps that fall in the padding).
         unsafe { launch.launch(config) }?;
         Ok(())
     }
@@ -357,6 +443,57 @@ mod tests {
     }
 
     #[test]
+    fn depthwise_equals_the_cpu_reference_on_random_shapes() {
+        use crate::conv::depthwise_conv2d_reference;
+        let Some(ctx) = gpu() else { return };
+        let Some(k) = kernels(&ctx) else { return };
+        let stream = ctx.default_stream();
+        let mut rng = crate::conv::tests::Rng(404);
+        let mut tried = 0;
+        while tried < 200 {
+            let shape = Depthwise {
+                batch: 1 + rng.below(3),
+                channels: 1 + rng.below(7),
+                multiplier: 1 + rng.below(3),
+                height: 1 + rng.below(20),
+                width: 1 + rng.below(40),
+                kernel: [1 + rng.below(5), 1 + rng.below(5)],
+                pads: [rng.below(3), rng.below(3), rng.below(3), rng.below(3)],
+                strides: [1 + rng.below(3), 1 + rng.below(3)],
+                dilations: [1 + rng.below(3), 1 + rng.below(3)],
+            };
+            if shape.output_size().is_err() {
+                continue;
+            }
+            tried += 1;
+            let x = rng.values(shape.batch * shape.channels * shape.height * shape.width);
+            let w = rng.values(shape.output_channels() * shape.kernel[0] * shape.kernel[1]);
+            let b = rng.values(shape.output_channels());
+            let bias = if rng.below(2) == 0 { Some(&b[..]) } else { None };
+            let want = depthwise_conv2d_reference(&shape, &x, &w, bias).expect("reference");
+            let (dx, dw, db) = (
+                stream.clone_htod(&x).expect("htod"),
+                stream.clone_htod(&w).expect("htod"),
+                stream.clone_htod(&b).expect("htod"),
+            );
+            let mut dy = stream.alloc_zeros::<f32>(want.len()).expect("alloc");
+            let db_view = db.slice(..);
+            k.depthwise_conv2d(
+                &stream,
+                &shape,
+                &dx.slice(..),
+                &dw.slice(..),
+                bias.map(|_| &db_view),
+                &mut dy,
+            )
+            .expect("launch");
+            let got = stream.clone_dtoh(&dy).expect("dtoh");
+            let err = crate::conv::tests::max_error(&got, &want);
+            assert!(err < 1e-4, "{shape:?}: {err}");
+        }
+    }
+
+    #[test]
     fn a_bad_segment_list_is_an_error_before_any_launch() {
         let Some(ctx) = gpu() else { return };
         let Some(k) = kernels(&ctx) else { return };
@@ -390,6 +527,10 @@ mod absent {
                     cast.kernel_name()
                 );
             }
+            assert!(
+                ptx.contains(super::DEPTHWISE),
+                "the depthwise kernel is missing for sm_{major}{minor}"
+            );
         }
     }
 

@@ -89,3 +89,73 @@ impl GpuInputs {
         )))
     }
 }
+
+/// A depthwise convolution on the GPU through accel-kernels' NVRTC kernel (one thread per output),
+/// where candle would run one convolution per channel.
+struct DepthwiseOp(accel_kernels::conv::Depthwise);
+
+fn cuda_error(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Cuda(e.to_string().into())
+}
+
+impl candle_core::CustomOp2 for DepthwiseOp {
+    fn name(&self) -> &'static str {
+        "accel-depthwise-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("accel-depthwise-conv2d runs on the GPU only (the CPU has its own kernel)")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        x_layout: &candle_core::Layout,
+        w: &CudaStorage,
+        w_layout: &candle_core::Layout,
+    ) -> candle_core::Result<(CudaStorage, candle_core::Shape)> {
+        let shape = &self.0;
+        let contiguous = |l: &candle_core::Layout| {
+            l.contiguous_offsets()
+                .ok_or_else(|| cuda_error("accel-depthwise-conv2d needs contiguous tensors"))
+        };
+        let ((x0, x1), (w0, w1)) = (contiguous(x_layout)?, contiguous(w_layout)?);
+        let xs = x.as_cuda_slice::<f32>()?.slice(x0..x1);
+        let ws = w.as_cuda_slice::<f32>()?.slice(w0..w1);
+        let device = x.device.clone();
+        let stream = device.cuda_stream();
+        let kernels = BatchKernels::for_context(stream.context()).map_err(cuda_error)?;
+        let [oh, ow] = shape.output_size().map_err(cuda_error)?;
+        let oc = shape.output_channels();
+        // SAFETY: the kernel writes every output element.
+        let mut y = unsafe { stream.alloc::<f32>(shape.batch * oc * oh * ow) }.map_err(cuda_error)?;
+        kernels
+            .depthwise_conv2d(&stream, shape, &xs, &ws, None, &mut y)
+            .map_err(cuda_error)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, device),
+            candle_core::Shape::from((shape.batch, oc, oh, ow)),
+        ))
+    }
+}
+
+/// `x` (NCHW, FP32, on a GPU) convolved depthwise with `w` (`[channels * multiplier, 1, kh, kw]`),
+/// plus `bias` (`[1, C, 1, 1]`) when given.
+pub(super) fn depthwise(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    shape: accel_kernels::conv::Depthwise,
+) -> candle_core::Result<Tensor> {
+    let y = x.apply_op2_no_bwd(&w.contiguous()?, &DepthwiseOp(shape))?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}

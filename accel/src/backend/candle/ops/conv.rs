@@ -177,6 +177,35 @@ impl NativeConv {
         }))
     }
 
+    /// The shape of a 2-D depthwise convolution of an FP32 `x` on a GPU, which accel-kernels' CUDA
+    /// kernel runs; `None` for anything else.
+    #[cfg(feature = "cuda")]
+    fn depthwise_on_gpu(&self, x: &Tensor, sp: &Spatial) -> Option<Depthwise> {
+        let depthwise = self.groups == self.in_channels && self.groups > 1;
+        if !depthwise
+            || sp.kernel.len() != 2
+            || x.rank() != 4
+            || x.dims()[1] != self.in_channels
+            || x.dtype() != DType::F32
+            || !x.device().is_cuda()
+        {
+            return None;
+        }
+        let pads = sp.resolve_pads(&x.dims()[2..]);
+        let shape = Depthwise {
+            batch: x.dims()[0],
+            channels: self.in_channels,
+            multiplier: self.out_channels / self.groups,
+            height: x.dims()[2],
+            width: x.dims()[3],
+            kernel: self.kernel,
+            pads: [pads[0].0, pads[1].0, pads[0].1, pads[1].1],
+            strides: [sp.strides[0], sp.strides[1]],
+            dilations: [sp.dilations[0], sp.dilations[1]],
+        };
+        shape.output_size().is_ok().then_some(shape)
+    }
+
     /// The convolution of `x`, or `None` when `x` is not what the kernels handle (then candle runs it).
     fn run(&self, x: &Tensor, sp: &Spatial) -> Result<Option<Tensor>> {
         let one_d = sp.kernel.len() == 1;
@@ -317,12 +346,25 @@ pub(super) fn conv(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         .map(|b| b.reshape(bias_shape(sp.kernel.len() + 2, b.elem_count())))
         .transpose()?;
     let native = NativeConv::prepare(ctx, groups, &sp)?;
+    #[cfg(feature = "cuda")]
+    let gpu_weights = ctx.const_input(1).cloned();
     Ok(Kernel::new(move |i| {
         let x = arg(i, 0)?.contiguous()?;
         if let Some(native) = &native
             && let Some(y) = native.run(&x, &sp)?
         {
             return Ok(vec![y]);
+        }
+        #[cfg(feature = "cuda")]
+        if let (Some(native), Some(w)) = (&native, &gpu_weights)
+            && let Some(shape) = native.depthwise_on_gpu(&x, &sp)
+        {
+            return Ok(vec![crate::backend::candle::gpu::depthwise(
+                &x,
+                w,
+                b_const.as_ref(),
+                shape,
+            )?]);
         }
         let w = match &w_const {
             Some(w) => w.clone(),
