@@ -2,7 +2,7 @@
 //! (`scripts/gpu-check.sh` builds the binary here and runs this there). Each check is a row of one
 //! table: the NVRTC batch kernels against their CPU references, pinned against pageable
 //! host-to-device bandwidth, NVML's reading of one model load, candle on the GPU against candle on the
-//! CPU for every model given (largest relative error), and the MLP's throughput at batch 1/8/64/256
+//! CPU for every model given (largest relative error, and time per call on each), and the MLP's throughput at batch 1/8/64/256
 //! against PyTorch eager on the same GPU (its figures measured by `benches/gpu/torch_mlp.py` and
 //! passed in as JSON).
 
@@ -383,8 +383,22 @@ fn compare(device: &Device, file: &Path) -> Row {
                 _ => {}
             }
         }
+        // Time per call at batch 2, inputs from and outputs to the host on both devices.
+        let time = |i: &mut Box<dyn ModelInstance>| -> Result<f64, String> {
+            let t = Instant::now();
+            let mut n = 0u32;
+            while n < 3 || t.elapsed().as_secs_f64() < 0.5 {
+                i.execute(&batch).map_err(|e| e.to_string())?;
+                n += 1;
+            }
+            Ok(t.elapsed().as_secs_f64() * 1000.0 / f64::from(n))
+        };
+        let (gpu_ms, cpu_ms) = (time(&mut g)?, time(&mut c)?);
         if worst < 1e-3 {
-            Ok(format!("max relative error {worst:.2e} over {} outputs", co.len()))
+            Ok(format!(
+                "max relative error {worst:.2e} over {} outputs; batch 2: GPU {gpu_ms:.3} ms, CPU {cpu_ms:.3} ms per call",
+                co.len()
+            ))
         } else {
             Err(format!("max relative error {worst:.2e} (limit 1e-3)"))
         }
