@@ -2,9 +2,9 @@
 //! (`scripts/gpu-check.sh` builds the binary here and runs this there). Each check is a row of one
 //! table: the NVRTC batch kernels against their CPU references, pinned against pageable
 //! host-to-device bandwidth, NVML's reading of one model load, candle on the GPU against candle on the
-//! CPU for every model given (largest relative error, and time per call on each), and the MLP's throughput at batch 1/8/64/256
-//! against PyTorch eager on the same GPU (its figures measured by `benches/gpu/torch_mlp.py` and
-//! passed in as JSON).
+//! CPU for every model given (largest relative error, and time per call on each), and the MLP's
+//! throughput at batch 1/8/64/256 against PyTorch eager on the same GPU (its figures measured by
+//! `benches/gpu/torch_mlp.py` and passed in as JSON).
 
 #![allow(unsafe_code)]
 
