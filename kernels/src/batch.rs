@@ -198,21 +198,7 @@ fn convert<const S: usize, const D: usize>(from: &[u8], to: &mut [u8], f: impl F
 pub(crate) mod tests {
     use super::*;
 
-    /// A small deterministic generator (xorshift), so that failures reproduce.
-    pub(crate) struct Rng(pub u64);
-
-    impl Rng {
-        pub(crate) fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        pub(crate) fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    pub(crate) use crate::conv::tests::Rng;
 
     /// Random source bytes for `cast`: for float sources, mostly ordinary values with the specials
     /// (zeros, infinities, NaN, subnormals, values that round to infinity) mixed in.

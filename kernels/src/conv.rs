@@ -309,17 +309,21 @@ pub(crate) mod tests {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
-    #[test]
-    fn matches_the_reference_on_random_shapes() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let mut tried = 0;
-        while tried < 400 {
+    /// A random depthwise case of at most `height` x `width` (odd sizes, every pad/stride/dilation,
+    /// multipliers) that has an output: the shape, input, weights and bias values, and whether the
+    /// bias is used.
+    pub(crate) fn random_depthwise(
+        rng: &mut Rng,
+        height: usize,
+        width: usize,
+    ) -> (Depthwise, Vec<f32>, Vec<f32>, Vec<f32>, bool) {
+        loop {
             let shape = Depthwise {
                 batch: 1 + rng.below(3),
                 channels: 1 + rng.below(7),
                 multiplier: 1 + rng.below(3),
-                height: 1 + rng.below(13),
-                width: 1 + rng.below(70),
+                height: 1 + rng.below(height),
+                width: 1 + rng.below(width),
                 kernel: [1 + rng.below(5), 1 + rng.below(5)],
                 pads: [rng.below(3), rng.below(3), rng.below(3), rng.below(3)],
                 strides: [1 + rng.below(3), 1 + rng.below(3)],
@@ -328,11 +332,20 @@ pub(crate) mod tests {
             if shape.output_size().is_err() {
                 continue;
             }
-            tried += 1;
             let x = rng.values(shape.batch * shape.channels * shape.height * shape.width);
             let w = rng.values(shape.output_channels() * shape.kernel[0] * shape.kernel[1]);
             let bias = rng.values(shape.output_channels());
-            let bias = if rng.below(2) == 0 { Some(&bias[..]) } else { None };
+            let with_bias = rng.below(2) == 0;
+            return (shape, x, w, bias, with_bias);
+        }
+    }
+
+    #[test]
+    fn matches_the_reference_on_random_shapes() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..400 {
+            let (shape, x, w, bias, with_bias) = random_depthwise(&mut rng, 13, 70);
+            let bias = with_bias.then_some(&bias[..]);
             let want = depthwise_conv2d_reference(&shape, &x, &w, bias).unwrap();
             crate::simd::each_level(|level| {
                 for threads in [1, 3] {

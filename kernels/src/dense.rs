@@ -258,28 +258,36 @@ pub fn conv2d_reference(shape: &Conv2d, x: &[f32], w: &[f32], bias: Option<&[f32
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::conv::tests::{Rng, max_error};
+
+    /// A random convolution: up to `batch` images, up to `channels` `[in, out]` channels per group
+    /// (1-3 groups), up to `size` `[height, width]`, every kernel/pad/stride/dilation case. It may
+    /// have no output: callers skip those.
+    pub(crate) fn random_conv2d(rng: &mut Rng, batch: usize, channels: [usize; 2], size: [usize; 2]) -> Conv2d {
+        let groups = 1 + rng.below(3);
+        Conv2d {
+            batch: 1 + rng.below(batch),
+            in_channels: groups * (1 + rng.below(channels[0])),
+            out_channels: groups * (1 + rng.below(channels[1])),
+            groups,
+            height: 1 + rng.below(size[0]),
+            width: 1 + rng.below(size[1]),
+            kernel: [1 + rng.below(4), 1 + rng.below(4)],
+            pads: [rng.below(3), rng.below(3), rng.below(3), rng.below(3)],
+            strides: [1 + rng.below(3), 1 + rng.below(3)],
+            dilations: [1 + rng.below(2), 1 + rng.below(3)],
+        }
+    }
 
     #[test]
     fn matches_the_reference_on_random_shapes() {
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         let mut tried = 0;
         while tried < 300 {
-            let groups = 1 + rng.below(3);
-            let shape = Conv2d {
-                batch: 1 + rng.below(3),
-                in_channels: groups * (1 + rng.below(4)),
-                out_channels: groups * (1 + rng.below(5)),
-                groups,
-                height: 1 + rng.below(11),
-                width: 1 + rng.below(14),
-                kernel: [1 + rng.below(4), 1 + rng.below(4)],
-                pads: [rng.below(3), rng.below(3), rng.below(3), rng.below(3)],
-                strides: [1 + rng.below(3), 1 + rng.below(3)],
-                dilations: [1 + rng.below(2), 1 + rng.below(3)],
-            };
+            let shape = random_conv2d(&mut rng, 3, [4, 5], [11, 14]);
+            let groups = shape.groups;
             // Every fourth case pointwise, the no-copy path.
             let shape = if tried % 4 == 0 {
                 Conv2d {

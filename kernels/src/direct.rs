@@ -351,19 +351,8 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut tried = 0;
         while tried < 300 {
-            let groups = 1 + rng.below(3);
-            let shape = Conv2d {
-                batch: 1 + rng.below(2),
-                in_channels: groups * (1 + rng.below(5)),
-                out_channels: groups * (1 + rng.below(19)),
-                groups,
-                height: 1 + rng.below(40),
-                width: 1 + rng.below(45),
-                kernel: [1 + rng.below(4), 1 + rng.below(4)],
-                pads: [rng.below(3), rng.below(3), rng.below(3), rng.below(3)],
-                strides: [1 + rng.below(3), 1 + rng.below(3)],
-                dilations: [1 + rng.below(2), 1 + rng.below(3)],
-            };
+            let shape = crate::dense::tests::random_conv2d(&mut rng, 2, [5, 19], [40, 45]);
+            let groups = shape.groups;
             if shape.output_size().is_err() || !applies(&shape) {
                 continue;
             }

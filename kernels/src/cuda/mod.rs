@@ -449,27 +449,9 @@ mod tests {
         let Some(k) = kernels(&ctx) else { return };
         let stream = ctx.default_stream();
         let mut rng = crate::conv::tests::Rng(404);
-        let mut tried = 0;
-        while tried < 200 {
-            let shape = Depthwise {
-                batch: 1 + rng.below(3),
-                channels: 1 + rng.below(7),
-                multiplier: 1 + rng.below(3),
-                height: 1 + rng.below(20),
-                width: 1 + rng.below(40),
-                kernel: [1 + rng.below(5), 1 + rng.below(5)],
-                pads: [rng.below(3), rng.below(3), rng.below(3), rng.below(3)],
-                strides: [1 + rng.below(3), 1 + rng.below(3)],
-                dilations: [1 + rng.below(3), 1 + rng.below(3)],
-            };
-            if shape.output_size().is_err() {
-                continue;
-            }
-            tried += 1;
-            let x = rng.values(shape.batch * shape.channels * shape.height * shape.width);
-            let w = rng.values(shape.output_channels() * shape.kernel[0] * shape.kernel[1]);
-            let b = rng.values(shape.output_channels());
-            let bias = if rng.below(2) == 0 { Some(&b[..]) } else { None };
+        for _ in 0..200 {
+            let (shape, x, w, b, with_bias) = crate::conv::tests::random_depthwise(&mut rng, 20, 40);
+            let bias = with_bias.then_some(&b[..]);
             let want = depthwise_conv2d_reference(&shape, &x, &w, bias).expect("reference");
             let (dx, dw, db) = (
                 stream.clone_htod(&x).expect("htod"),
