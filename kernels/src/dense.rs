@@ -281,13 +281,20 @@ pub(crate) mod tests {
         }
     }
 
+    /// Random input, weights and bias for `shape`, and whether to use the bias.
+    pub(crate) fn random_data(rng: &mut Rng, shape: &Conv2d) -> (Vec<f32>, Vec<f32>, Vec<f32>, bool) {
+        let x = rng.values(shape.batch * shape.in_channels * shape.height * shape.width);
+        let w = rng.values(shape.out_channels * shape.in_channels / shape.groups * shape.kernel[0] * shape.kernel[1]);
+        let bias = rng.values(shape.out_channels);
+        (x, w, bias, rng.below(2) == 0)
+    }
+
     #[test]
     fn matches_the_reference_on_random_shapes() {
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         let mut tried = 0;
         while tried < 300 {
             let shape = random_conv2d(&mut rng, 3, [4, 5], [11, 14]);
-            let groups = shape.groups;
             // Every fourth case pointwise, the no-copy path.
             let shape = if tried % 4 == 0 {
                 Conv2d {
@@ -303,10 +310,8 @@ pub(crate) mod tests {
                 continue;
             }
             tried += 1;
-            let x = rng.values(shape.batch * shape.in_channels * shape.height * shape.width);
-            let w = rng.values(shape.out_channels * shape.in_channels / groups * shape.kernel[0] * shape.kernel[1]);
-            let bias = rng.values(shape.out_channels);
-            let bias = if rng.below(2) == 0 { Some(&bias[..]) } else { None };
+            let (x, w, bias, with_bias) = random_data(&mut rng, &shape);
+            let bias = with_bias.then_some(&bias[..]);
             let want = conv2d_reference(&shape, &x, &w, bias).unwrap();
             // Every instruction level: the im2col path below AVX-512, the direct one at it.
             crate::simd::each_level(|level| {

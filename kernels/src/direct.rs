@@ -352,15 +352,12 @@ mod tests {
         let mut tried = 0;
         while tried < 300 {
             let shape = crate::dense::tests::random_conv2d(&mut rng, 2, [5, 19], [40, 45]);
-            let groups = shape.groups;
             if shape.output_size().is_err() || !applies(&shape) {
                 continue;
             }
             tried += 1;
-            let x = rng.values(shape.batch * shape.in_channels * shape.height * shape.width);
-            let w = rng.values(shape.out_channels * shape.in_channels / groups * shape.kernel[0] * shape.kernel[1]);
-            let bias = rng.values(shape.out_channels);
-            let bias = if rng.below(2) == 0 { Some(&bias[..]) } else { None };
+            let (x, w, bias, with_bias) = crate::dense::tests::random_data(&mut rng, &shape);
+            let bias = with_bias.then_some(&bias[..]);
             let want = conv2d_reference(&shape, &x, &w, bias).unwrap();
             for threads in [1, 3] {
                 let got = conv2d(&shape, &x, &w, bias, threads);
