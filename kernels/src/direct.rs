@@ -195,7 +195,8 @@ pub(crate) fn fill_phases(shape: &Conv2d, plan: &Plan, input: &[f32], icg: usize
     let (h, w) = (shape.height, shape.width);
     let (top, left) = (shape.pads[0], shape.pads[1]);
     let wq = plan.wq;
-    let mut padded = vec![0f32; wq * sw];
+    // The padded row dealt to the phases (unit column strides copy straight into the phase row).
+    let mut padded = if sw > 1 { vec![0f32; wq * sw] } else { Vec::new() };
     let copy = w.min(wq * sw - left.min(wq * sw));
     for c in 0..icg {
         let src = &input[c * h * w..][..h * w];

@@ -28,7 +28,9 @@ pub struct OrtBackend {
     env: Environment,
     library: PathBuf,
     intra_threads: usize,
-    /// The GPU sessions run on through ONNX Runtime's CUDA execution provider (builds with `cuda`).
+    /// The GPU sessions run on through ONNX Runtime's CUDA execution provider (builds with `cuda`;
+    /// always `None` without it).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     gpu: Option<i32>,
 }
 
@@ -69,11 +71,6 @@ impl OrtBackend {
             intra_threads: intra_threads.max(1),
             gpu: gpu.and_then(cuda_provider),
         })
-    }
-
-    /// The GPU this engine's sessions run on, if any.
-    pub fn gpu(&self) -> Option<i32> {
-        self.gpu
     }
 
     fn session(&self, file: &Path) -> Result<Session, BackendError> {

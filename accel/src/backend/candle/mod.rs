@@ -44,15 +44,11 @@ impl CandleBackend {
     /// run concurrently; candle ties a tensor to its device and stream, so the model's instances
     /// share it.
     fn load_device(&self) -> Result<Device, BackendError> {
-        match &self.device {
-            Device::Cuda(_) => {
-                let ordinal = match self.device.location() {
-                    candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
-                    _ => 0,
-                };
-                Device::new_cuda_with_stream(ordinal).map_err(|e| BackendError::Execution(format!("CUDA stream: {e}")))
+        match self.device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => {
+                Device::new_cuda_with_stream(gpu_id).map_err(|e| BackendError::Execution(format!("CUDA stream: {e}")))
             }
-            other => Ok(other.clone()),
+            _ => Ok(self.device.clone()),
         }
     }
 }
