@@ -21,12 +21,13 @@ def main(root: str) -> None:
     # An MLP 256 -> 1024 -> ReLU -> 256, batched dynamically (the benchmark model).
     modelgen.mlp(os.path.join(root, "mlp", "1", "model.onnx"), seed=1)
     modelgen.write_config(os.path.join(root, "mlp"), modelgen.mlp_config("mlp"))
-    # The same MLP without dynamic batching, for comparison (the same file, linked).
-    link = os.path.join(root, "mlp_nobatch", "1", "model.onnx")
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if os.path.lexists(link):
-        os.remove(link)
-    os.symlink(os.path.join("..", "..", "mlp", "1", "model.onnx"), link)
+    # The same MLP without dynamic batching, for comparison: the same bytes in a file of its own (a
+    # link to another model's directory would be refused: model files stay inside their model's
+    # directory; git stores the identical file once).
+    copy = os.path.join(root, "mlp_nobatch", "1", "model.onnx")
+    if os.path.lexists(copy):
+        os.remove(copy)
+    modelgen.mlp(copy, seed=1)
     modelgen.write_config(os.path.join(root, "mlp_nobatch"), modelgen.mlp_config("mlp_nobatch", batching=False))
     # Triton's "simple": INT32 add and subtract, no config (completed from the graph).
     modelgen.add_sub(os.path.join(root, "simple", "1", "model.onnx"), np.int32, batch=True)

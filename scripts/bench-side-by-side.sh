@@ -7,10 +7,12 @@
 #   - NVIDIA Triton 2.51 (PyPI nvidia-pytriton), the same ONNX file through onnxruntime, dynamic batching
 #     with the same max batch (64) and delay (0)
 #   - in-process compute of the same file: Accel's candle executor and onnxruntime, batch 1/8/64
+#   - with ACCEL_BEFORE=PATH, another accel binary (an earlier build) beside this one, to show what a
+#     change costs: its figures and the ratio of this build's to them
 # Servers are interleaved round by round so that drift on a shared machine hits all of them alike;
 # every figure is min / median / max over the rounds. Prints Markdown for BENCHMARKS.md.
 #
-#   scripts/bench-side-by-side.sh [ROUNDS]
+#   [ACCEL_BEFORE=path/to/old/accel] scripts/bench-side-by-side.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -55,6 +57,8 @@ start() {  # start KIND
         accel-ort) target/release/accel serve --model-repository examples/model_repository --grpc-port "$PORT" \
                    --http-port 0 --metrics-port 0 --metrics-address 127.0.0.1 --onnxruntime-library "$ORT_LIB" \
                    --default-backend onnxruntime >"$log" 2>&1 & ;;
+        accel-before) "$ACCEL_BEFORE" serve --model-repository examples/model_repository --grpc-port "$PORT" \
+                   --http-port 0 --metrics-port 0 --metrics-address 127.0.0.1 --default-backend candle >"$log" 2>&1 & ;;
         triton) LD_LIBRARY_PATH="$TRITON_LIBDIR" "$TRITON_VENV/bin/python" benches/triton/serve_onnx.py --onnx "$MODEL" \
                     --name mlp --grpc-port "$PORT" --http-port $((PORT + 1)) --metrics-port $((PORT + 2)) \
                     --max-batch-size 64 --max-queue-delay-us 0 >"$log" 2>&1 & ;;
@@ -79,15 +83,18 @@ for r in $(seq "$ROUNDS"); do
     echo "round $r/$ROUNDS" >&2
     start echo; bench "echo-$r" mlp 1,16,64; stop
     start accel; bench "accel-$r" mlp 1,16,64; bench "accel-nobatch-$r" mlp_nobatch 64; stop
+    if [ -n "${ACCEL_BEFORE:-}" ]; then
+        start accel-before; bench "accel-before-$r" mlp 1,16,64; bench "accel-before-nobatch-$r" mlp_nobatch 64; stop
+    fi
     start accel-ort; bench "accel-ort-$r" mlp 1,16,64; stop
     start triton; bench "triton-$r" mlp 1,16,64; stop
 done
 RAYON_NUM_THREADS=1 target/release/accel-bench compute --onnx "$MODEL" --batch 1,8,64 --repeats "$ROUNDS" >"$OUT/candle.md"
 "$VENV/bin/python" benches/triton/ort_compute.py --onnx "$MODEL" --batch 1,8,64 --repeats "$ROUNDS" >"$OUT/ort.md"
 
-"$VENV/bin/python" - "$OUT" "$ROUNDS" <<'PY'
+"$VENV/bin/python" - "$OUT" "$ROUNDS" "${ACCEL_BEFORE:-}" <<'PY'
 import json, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, before = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def levels(name):
     runs = [json.load(open(f"{out}/{name}-{r}.json")) for r in range(1, rounds + 1)]
     by = {}
@@ -122,6 +129,20 @@ for c in sorted(servers["Accel"]):
     print(f"| {c} | {med[('Accel', c)] / med[(T, c)]:.1f}x | {med[(O, c)] / med[(T, c)]:.1f}x | {med[('Accel', c)] / med[('echo ceiling', c)]:.2f} | {med[(O, c)] / med[('echo ceiling', c)]:.2f} | {p99('Accel') / p99(T):.2f} |")
 print()
 print(f"Batching on / off at concurrency 64: {med[('Accel', 64)] / med[('nobatch', 64)]:.1f}x")
+if before:
+    b, bn = levels("accel-before"), levels("accel-before-nobatch")
+    print()
+    print(f"This build against the one before ({before}), same rounds:")
+    print()
+    print("| model | concurrency | before infer/s (min / median / max) | this build / before | p99 this / before |")
+    print("|---|---|---|---|---|")
+    for label, now, then in (("mlp", servers["Accel"], b), ("mlp_nobatch", nobatch, bn)):
+        for c in sorted(then):
+            t = statistics.median(l["infer_per_sec"] for l in then[c])
+            n = statistics.median(l["infer_per_sec"] for l in now[c])
+            p = statistics.median(l["p99_ms"] for l in now[c]) / statistics.median(l["p99_ms"] for l in then[c])
+            print(f"| {label} | {c} | {fmt([l['infer_per_sec'] for l in then[c]])} | {n / t:.2f} | {p:.2f} |")
+    errors += sum(l["error_count"] for s in (b, bn) for ls in s.values() for l in ls)
 print(f"Failed requests across all runs: {errors}")
 print()
 print("In-process compute, one thread — Accel's candle executor:")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: Rust unit tests, then the end-to-end tests that start the real `accel` binary and
-# talk to it with Triton's Python client (tritonclient), comparing results with numpy and onnxruntime,
-# and the Helm chart checked with a real helm.
+# talk to it with Triton's Python client (tritonclient) and the KServe SDK, comparing results with numpy
+# and onnxruntime, the hostile-input suite, the Helm chart checked with a real helm, and a short run of
+# every fuzz target where a nightly toolchain is installed (ACCEL_FUZZ_SECONDS each, default 10; 0
+# skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -13,3 +15,6 @@ cargo test --locked -j "$JOBS" --workspace
 "$VENV/bin/python" tests/fetch_models.py >/dev/null
 "$VENV/bin/python" tests/fetch_helm.py >/dev/null
 "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
+if [ "${ACCEL_FUZZ_SECONDS:-10}" != 0 ]; then
+    scripts/fuzz.sh "${ACCEL_FUZZ_SECONDS:-10}"
+fi

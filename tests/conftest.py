@@ -158,7 +158,8 @@ dynamic_batching {
     modelgen.write_config(os.path.join(root, "mlp_two_instances"),
                           modelgen.mlp_config("mlp_two_instances", max_batch_size=16, d_in=d_in, d_out=d_out).replace("count: 1", "count: 2"))
     # Priority levels on a slow model.
-    modelgen.slow_model(os.path.join(root, "slow_priority", "1", "model.onnx"), repeats=64)
+    # Slow enough (tens of ms per execution) that requests queue behind it on any machine.
+    modelgen.slow_model(os.path.join(root, "slow_priority", "1", "model.onnx"), repeats=512)
     modelgen.write_config(os.path.join(root, "slow_priority"), """max_batch_size: 1
 input [ { name: "x" data_type: TYPE_FP32 dims: [ 1024 ] } ]
 output [ { name: "y" data_type: TYPE_FP32 dims: [ 1024 ] } ]

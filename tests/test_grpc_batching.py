@@ -137,7 +137,8 @@ def test_higher_priority_requests_are_served_first(server):
     low = [threading.Thread(target=call, args=(f"low{k}", 2)) for k in range(6)]
     for t in low:
         t.start()
-    time.sleep(0.01)
+    # The low-priority requests are queued behind the blocker before the high-priority ones come.
+    time.sleep(0.05)
     high = [threading.Thread(target=call, args=(f"high{k}", 1)) for k in range(3)]
     for t in high:
         t.start()

@@ -199,6 +199,39 @@ pub struct Config {
     /// 0: one per core.
     #[arg(long, env = "ACCEL_SERVER_THREADS", default_value_t = 0)]
     pub server_threads: usize,
+
+    /// Memory one execution may hold at once (its inputs, the intermediate tensors alive, and what
+    /// the next operator would create), in bytes or as a share of the device's memory. An execution
+    /// that would need more fails with RESOURCE_EXHAUSTED naming the operator, before allocating.
+    #[arg(long, env = "ACCEL_MAX_EXECUTION_MEMORY", default_value = "25%")]
+    pub max_execution_memory: MemorySize,
+
+    /// Iterations one ONNX Loop may run in one execution (a trip count from a request above it is
+    /// refused with INVALID_ARGUMENT before anything runs).
+    #[arg(long, env = "ACCEL_MAX_LOOP_ITERATIONS", default_value_t = 1 << 20)]
+    pub max_loop_iterations: u64,
+
+    /// How long an HTTP client may take to send a request's headers, counted from when the
+    /// connection is ready for its next request: also how long an idle kept-alive connection stays
+    /// open. REST and metrics listeners.
+    #[arg(long, env = "ACCEL_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_header_timeout_secs: u64,
+
+    /// How long an HTTP client may take to send a request's whole body once its headers are in.
+    #[arg(long, env = "ACCEL_HTTP_BODY_TIMEOUT_SECS", default_value_t = 300)]
+    pub http_body_timeout_secs: u64,
+
+    /// Connections the REST listener holds open at once; further ones are closed at once.
+    #[arg(long, env = "ACCEL_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+
+    /// Connections the gRPC listener holds open at once; further ones are closed at once.
+    #[arg(long, env = "ACCEL_GRPC_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub grpc_max_connections: usize,
+
+    /// Connections the metrics listener holds open at once; further ones are closed at once.
+    #[arg(long, env = "ACCEL_METRICS_MAX_CONNECTIONS", default_value_t = 64)]
+    pub metrics_max_connections: usize,
 }
 
 impl Config {
@@ -269,6 +302,26 @@ impl Config {
         }
         if self.model_load_timeout_secs == 0 {
             return Err("--model-load-timeout-secs must be at least 1".into());
+        }
+        if self.max_loop_iterations == 0 {
+            return Err("--max-loop-iterations must be at least 1".into());
+        }
+        for (flag, secs) in [
+            ("--http-header-timeout-secs", self.http_header_timeout_secs),
+            ("--http-body-timeout-secs", self.http_body_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        for (flag, n) in [
+            ("--http-max-connections", self.http_max_connections),
+            ("--grpc-max-connections", self.grpc_max_connections),
+            ("--metrics-max-connections", self.metrics_max_connections),
+        ] {
+            if n == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
         }
         Ok(())
     }

@@ -246,7 +246,10 @@ fn bandwidth(ctx: &Arc<CudaContext>) -> Row {
 }
 
 fn load(device: &Device, file: &Path) -> Result<Box<dyn LoadedModel>, String> {
-    CandleBackend::on(device.clone()).load(file).map_err(|e| e.to_string())
+    let file = crate::core::ModelFile::standalone(file).map_err(|e| e.to_string())?;
+    CandleBackend::on(device.clone())
+        .load(&file, &crate::backend::LoadLimits::default())
+        .map_err(|e| e.to_string())
 }
 
 /// NVML (or the driver) before and after a load of `file` on the GPU.
@@ -319,6 +322,7 @@ fn inputs(spec: &ModelSpec, b: usize, seed: u64) -> Result<Batch, String> {
     Ok(Batch {
         inputs,
         outputs: (0..spec.outputs.len()).collect(),
+        cancel: Default::default(),
     })
 }
 

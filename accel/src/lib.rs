@@ -10,6 +10,8 @@ pub mod batching;
 pub mod config;
 pub mod core;
 pub mod device;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "cuda")]
 pub mod gpu_check;
 pub mod logging;

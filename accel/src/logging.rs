@@ -1,5 +1,6 @@
 //! Logging: tracing to stdout, human-readable by default or JSON (`--log-format json`), with the
-//! verbosity changeable at run time through Triton's LogSettings (gRPC) and `/v2/logging` (REST).
+//! verbosity and the format changeable at run time through Triton's LogSettings (gRPC) and
+//! `/v2/logging` (REST): both the filter and the formatting layer are reloadable.
 
 use std::sync::OnceLock;
 
@@ -47,12 +48,28 @@ impl LogSettings {
 }
 
 type Handle = reload::Handle<EnvFilter, Registry>;
+type Filtered = tracing_subscriber::layer::Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+type FmtLayer = Box<dyn Layer<Filtered> + Send + Sync>;
+type FmtHandle = reload::Handle<FmtLayer, Filtered>;
 
 /// Run-time control of the installed logger.
-#[derive(Debug)]
 pub struct LogControl {
     handle: Handle,
+    format: FmtHandle,
     settings: Mutex<LogSettings>,
+}
+
+impl std::fmt::Debug for LogControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogControl").field("settings", &self.settings).finish()
+    }
+}
+
+fn fmt_layer(format: LogFormat) -> FmtLayer {
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_target(false).boxed(),
+    }
 }
 
 static CONTROL: OnceLock<LogControl> = OnceLock::new();
@@ -68,13 +85,11 @@ pub fn init(verbose: u8, format: LogFormat) {
     };
     let filter = EnvFilter::try_from_env("ACCEL_LOG").unwrap_or_else(|_| EnvFilter::new(settings.filter()));
     let (filter, handle) = reload::Layer::new(filter);
-    let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_target(false).boxed(),
-    };
+    let (fmt, format) = reload::Layer::new(fmt_layer(format));
     if tracing_subscriber::registry().with(filter).with(fmt).try_init().is_ok() {
         let _ = CONTROL.set(LogControl {
             handle,
+            format,
             settings: Mutex::new(settings),
         });
     }
@@ -94,7 +109,13 @@ impl LogControl {
     pub fn update(&self, settings: LogSettings) -> Result<(), String> {
         let filter = EnvFilter::try_new(settings.filter()).map_err(|e| e.to_string())?;
         self.handle.reload(filter).map_err(|e| e.to_string())?;
-        *self.settings.lock() = settings;
+        let mut current = self.settings.lock();
+        if current.format != settings.format {
+            self.format
+                .reload(fmt_layer(settings.format))
+                .map_err(|e| e.to_string())?;
+        }
+        *current = settings;
         Ok(())
     }
 }

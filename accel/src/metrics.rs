@@ -20,6 +20,8 @@ pub const LABEL_VERSION: &str = "version";
 pub const LABEL_REASON: &str = "reason";
 /// Where a load read the model from: `file` (the repository) or `host` (the host tier).
 pub const LABEL_SOURCE: &str = "source";
+/// Which listener: `REST`, `gRPC` or `metrics`.
+pub const LABEL_LISTENER: &str = "listener";
 
 // ---- Triton's metrics ---------------------------------------------------------------------------------
 
@@ -59,6 +61,7 @@ pub const ACCEL_QUEUE_DEPTH: &str = "accel_queue_depth";
 pub const ACCEL_EXECUTOR_BUSY_DURATION_US: &str = "accel_executor_busy_duration_us";
 pub const ACCEL_EXECUTOR_DUTY_CYCLE: &str = "accel_executor_duty_cycle";
 pub const ACCEL_SERVER_DRAINING: &str = "accel_server_draining";
+pub const ACCEL_CONNECTIONS_REFUSED_TOTAL: &str = "accel_connections_refused_total";
 
 // ---- buckets -------------------------------------------------------------------------------------
 
@@ -134,6 +137,10 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 
 /// Help texts for every metric.
 fn describe() {
+    describe_counter!(
+        ACCEL_CONNECTIONS_REFUSED_TOTAL,
+        "Connections closed at once because their listener was at its connection limit"
+    );
     describe_counter!(NV_INFERENCE_REQUEST_SUCCESS, "Number of successful inference requests");
     describe_counter!(
         NV_INFERENCE_REQUEST_FAILURE,

@@ -26,6 +26,7 @@ fn spec(dynamic: bool) -> ModelSpec {
         dims: vec![WIDTH as i64],
         reshape: None,
         optional: false,
+        verify_shape: false,
     };
     ModelSpec {
         name: "mlp".into(),
@@ -86,7 +87,7 @@ fn assemble_and_split(c: &mut Criterion) {
         let refs: Vec<&ValidatedRequest> = requests.iter().collect();
         group.bench_with_input(BenchmarkId::new("assemble", n), &n, |b, _| {
             b.iter(|| {
-                let batch = assemble::batch(&spec, black_box(&refs));
+                let batch = assemble::batch(&spec, black_box(&refs), Default::default());
                 // The one copy the backend makes of each input.
                 black_box(batch.inputs[0].as_ref().map(|i| i.contiguous()))
             })

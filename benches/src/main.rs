@@ -324,9 +324,20 @@ fn compute(args: ComputeArgs) -> ExitCode {
             eprintln!("accel-bench: --engine onnxruntime needs --onnxruntime-library PATH");
             return ExitCode::FAILURE;
         }
-        _ => Box::new(CandleBackend::cpu()),
+        // Timing compute alone: no limit on what one execution may hold.
+        _ => Box::new(CandleBackend::cpu().with_limits(accel::backend::ExecLimits {
+            max_bytes: u64::MAX,
+            ..Default::default()
+        })),
     };
-    let loaded = match backend.load(std::path::Path::new(&args.onnx)) {
+    let file = match accel::core::ModelFile::standalone(std::path::Path::new(&args.onnx)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("accel-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let loaded = match backend.load(&file, &accel::backend::LoadLimits::default()) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("accel-bench: {e}");
@@ -378,6 +389,7 @@ fn compute(args: ComputeArgs) -> ExitCode {
         let batch = Batch {
             inputs,
             outputs: (0..spec.outputs.len()).collect(),
+            cancel: Default::default(),
         };
         let mut rates = Vec::new();
         let mut per_batch = Vec::new();

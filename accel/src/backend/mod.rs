@@ -7,18 +7,20 @@ pub mod candle;
 pub mod onnxruntime;
 
 use std::fmt::Debug;
-use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::core::{Code, DataType, ModelSpec, Signature, Tensor};
+use crate::core::{Code, DataType, ModelFile, ModelSpec, Signature, Tensor};
 
 /// Why a model could not be loaded or a batch could not be executed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum BackendError {
-    #[error("cannot read model file '{path}': {reason}")]
-    Read { path: String, reason: String },
+    /// A model file could not be read (the message names it relative to the model's directory).
+    #[error("cannot read the model file: {0}")]
+    Read(String),
     #[error("invalid model: {0}")]
     InvalidModel(String),
     #[error("unsupported operator {0}")]
@@ -30,15 +32,27 @@ pub enum BackendError {
     /// The request's tensors cannot run through the model (found only when executing).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The execution would hold more memory than one execution may (`ExecLimits::max_bytes`).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// Every request of the batch was given up by its client (disconnected, or past its deadline).
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+    /// A load did not finish before its deadline.
+    #[error("{0}")]
+    TimedOut(String),
 }
 
 impl BackendError {
     pub fn code(&self) -> Code {
         match self {
-            BackendError::Read { .. } | BackendError::InvalidModel(_) | BackendError::UnsupportedOperator(_) => {
-                Code::Unavailable
-            }
+            BackendError::Read(_)
+            | BackendError::InvalidModel(_)
+            | BackendError::UnsupportedOperator(_)
+            | BackendError::TimedOut(_) => Code::Unavailable,
             BackendError::UnsupportedDataType(_) | BackendError::InvalidInput(_) => Code::InvalidArgument,
+            BackendError::ResourceExhausted(_) => Code::ResourceExhausted,
+            BackendError::Cancelled(_) => Code::Cancelled,
             BackendError::Execution(_) => Code::Internal,
         }
     }
@@ -82,6 +96,23 @@ impl BatchInput {
     }
 }
 
+/// Tells an engine whether anyone still waits for a batch: each request's handler holds an `Arc`
+/// whose `Weak` is here, and drops it when its client goes away (a closed connection, or a deadline
+/// that passed). When every one is gone the execution may stop. An empty `Cancel` is never cancelled.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<[Weak<()>]>);
+
+impl Cancel {
+    pub fn new(waiting: Vec<Weak<()>>) -> Self {
+        Cancel(waiting.into())
+    }
+
+    /// Whether every request of the batch has been given up.
+    pub fn is_cancelled(&self) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|w| w.strong_count() == 0)
+    }
+}
+
 /// The inputs of one execution, and which outputs to produce.
 #[derive(Debug)]
 pub struct Batch {
@@ -89,6 +120,60 @@ pub struct Batch {
     pub inputs: Vec<Option<BatchInput>>,
     /// Indices into the model's outputs that some request of the batch wants, ascending.
     pub outputs: Vec<usize>,
+    /// Whether the batch's requests are still wanted.
+    pub cancel: Cancel,
+}
+
+/// What bounds one execution, whatever the request holds. Defaults never bother a real model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecLimits {
+    /// Bytes one execution may hold at once: its inputs, the intermediate tensors alive, and what
+    /// the next operator is about to create (`--max-execution-memory`).
+    pub max_bytes: u64,
+    /// Iterations one Loop may run (`--max-loop-iterations`).
+    pub max_loop_iterations: u64,
+}
+
+impl Default for ExecLimits {
+    fn default() -> Self {
+        ExecLimits {
+            max_bytes: 4 << 30,
+            max_loop_iterations: 1 << 20,
+        }
+    }
+}
+
+/// What bounds one load: its deadline, and what constant folding may create.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadLimits {
+    /// Past it the load stops with an error (and its memory is freed).
+    pub deadline: Option<Instant>,
+    /// Bytes constant folding may add to a model's weights; nodes beyond it run at request time.
+    pub fold_bytes: u64,
+    /// Iterations a Loop folded at load may run (beyond it the Loop runs at request time).
+    pub max_loop_iterations: u64,
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        LoadLimits {
+            deadline: None,
+            fold_bytes: 1 << 30,
+            max_loop_iterations: 1 << 20,
+        }
+    }
+}
+
+impl LoadLimits {
+    /// An error once the deadline has passed.
+    pub fn check_deadline(&self) -> Result<(), BackendError> {
+        match self.deadline {
+            Some(d) if Instant::now() >= d => Err(BackendError::TimedOut(
+                "the load did not finish before its deadline (--model-load-timeout-secs)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Loads model files of one format.
@@ -96,8 +181,9 @@ pub trait Backend: Send + Sync + Debug {
     /// The name configs use to select this backend (`backend: "candle"`).
     fn name(&self) -> &'static str;
 
-    /// Reads and prepares a model file. Weights become device tensors here, once.
-    fn load(&self, file: &Path) -> Result<Box<dyn LoadedModel>, BackendError>;
+    /// Reads and prepares a model file (and the files it names, inside its model's directory).
+    /// Weights become device tensors here, once.
+    fn load(&self, file: &ModelFile, limits: &LoadLimits) -> Result<Box<dyn LoadedModel>, BackendError>;
 }
 
 /// A model whose weights are resident and ready to execute.
@@ -119,20 +205,8 @@ pub trait ModelInstance: Send {
     fn execute(&mut self, batch: &Batch) -> Result<Vec<Tensor>, BackendError>;
 }
 
-/// Bytes of the files in a model file's directory (ONNX external data included): what a load is
-/// expected to hold before it is measured.
-pub fn files_size(model_file: &Path) -> u64 {
-    let Some(dir) = model_file.parent() else {
-        return 0;
-    };
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
+/// Bytes of the files in a model file's directory (ONNX external data included) that resolve
+/// inside its model's directory: what a load is expected to hold before it is measured.
+pub fn files_size(model_file: &ModelFile) -> u64 {
+    model_file.directory_size()
 }

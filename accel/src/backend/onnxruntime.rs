@@ -14,13 +14,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ort::environment::Environment;
-use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, ValueType};
 use parking_lot::Mutex;
 
-use super::{Backend, BackendError, Batch, BatchInput, LoadedModel, ModelInstance};
-use crate::core::{DataType, GraphIo, ModelSpec, Signature, Tensor};
+use super::{Backend, BackendError, Batch, BatchInput, LoadLimits, LoadedModel, ModelInstance};
+use crate::core::{DataType, GraphIo, ModelFile, ModelSpec, Signature, Tensor};
 
 /// ONNX Runtime, loaded from a library file.
 #[derive(Clone)]
@@ -126,15 +126,19 @@ impl Backend for OrtBackend {
         "onnxruntime"
     }
 
-    fn load(&self, file: &Path) -> Result<Box<dyn LoadedModel>, BackendError> {
-        let size = super::files_size(file);
-        if !file.is_file() {
-            return Err(BackendError::Read {
-                path: file.display().to_string(),
-                reason: "no such file".into(),
-            });
-        }
-        let session = self.session(file)?;
+    fn load(&self, file: &ModelFile, limits: &LoadLimits) -> Result<Box<dyn LoadedModel>, BackendError> {
+        let size = file.directory_size();
+        // ONNX Runtime opens the external data files itself: check first that every one it will
+        // open is a regular file inside the model's directory, and its ranges inside the file.
+        let bytes = file.read(u64::MAX).map_err(|e| BackendError::Read(e.to_string()))?;
+        refs::check(&bytes, file)?;
+        drop(bytes);
+        limits.check_deadline()?;
+        let session = self.session(file.path()).map_err(|e| match e {
+            // ONNX Runtime's messages name files by their host paths: not for clients.
+            BackendError::InvalidModel(m) => BackendError::InvalidModel(file.scrub(&m)),
+            other => other,
+        })?;
         let signature = Signature {
             inputs: session
                 .inputs()
@@ -149,11 +153,151 @@ impl Backend for OrtBackend {
         };
         Ok(Box::new(OrtModel {
             backend: self.clone(),
-            file: file.to_path_buf(),
+            file: file.path().to_path_buf(),
             signature,
             bytes: size,
             sessions: Arc::new(Mutex::new(vec![session])),
         }))
+    }
+}
+
+/// The parts of an ONNX file that name other files: the external data of every tensor, in the main
+/// graph, its sub-graphs and functions. Decoded without the weights: prost skips the fields these
+/// messages do not declare (raw data among them) without copying them.
+mod refs {
+    use crate::backend::BackendError;
+    use crate::core::ModelFile;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Model {
+        #[prost(message, optional, tag = "7")]
+        graph: Option<Graph>,
+        #[prost(message, repeated, tag = "20")]
+        training_info: Vec<TrainingInfo>,
+        #[prost(message, repeated, tag = "25")]
+        functions: Vec<Function>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct TrainingInfo {
+        #[prost(message, optional, tag = "1")]
+        initialization: Option<Graph>,
+        #[prost(message, optional, tag = "2")]
+        algorithm: Option<Graph>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Function {
+        #[prost(message, repeated, tag = "7")]
+        node: Vec<Node>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Graph {
+        #[prost(message, repeated, tag = "1")]
+        node: Vec<Node>,
+        #[prost(message, repeated, tag = "5")]
+        initializer: Vec<TensorRef>,
+        #[prost(message, repeated, tag = "15")]
+        sparse_initializer: Vec<Sparse>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Node {
+        #[prost(message, repeated, tag = "5")]
+        attribute: Vec<Attribute>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Attribute {
+        #[prost(message, optional, tag = "5")]
+        t: Option<TensorRef>,
+        #[prost(message, optional, tag = "6")]
+        g: Option<Graph>,
+        #[prost(message, repeated, tag = "10")]
+        tensors: Vec<TensorRef>,
+        #[prost(message, repeated, tag = "11")]
+        graphs: Vec<Graph>,
+        #[prost(message, optional, tag = "22")]
+        sparse_tensor: Option<Sparse>,
+        #[prost(message, repeated, tag = "23")]
+        sparse_tensors: Vec<Sparse>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Sparse {
+        #[prost(message, optional, tag = "1")]
+        values: Option<TensorRef>,
+        #[prost(message, optional, tag = "2")]
+        indices: Option<TensorRef>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct TensorRef {
+        #[prost(string, tag = "8")]
+        name: String,
+        #[prost(message, repeated, tag = "13")]
+        external_data: Vec<Entry>,
+        #[prost(int32, tag = "14")]
+        data_location: i32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Entry {
+        #[prost(string, tag = "1")]
+        key: String,
+        #[prost(string, tag = "2")]
+        value: String,
+    }
+
+    /// Checks every external-data reference of the model in `bytes` against the files next to
+    /// `file`.
+    pub(super) fn check(bytes: &[u8], file: &ModelFile) -> Result<(), BackendError> {
+        let model = <Model as prost::Message>::decode(bytes)
+            .map_err(|e| BackendError::Read(format!("'{}' is not an ONNX model: {e}", file.shown())))?;
+        let mut tensors = Vec::new();
+        let mut graphs: Vec<&Graph> = model.graph.iter().collect();
+        for t in &model.training_info {
+            graphs.extend(t.initialization.iter().chain(&t.algorithm));
+        }
+        let mut nodes: Vec<&Node> = model.functions.iter().flat_map(|f| &f.node).collect();
+        while let Some(g) = graphs.pop() {
+            tensors.extend(&g.initializer);
+            for s in &g.sparse_initializer {
+                tensors.extend(s.values.iter().chain(&s.indices));
+            }
+            nodes.extend(&g.node);
+            while let Some(n) = nodes.pop() {
+                for a in &n.attribute {
+                    tensors.extend(a.t.iter().chain(&a.tensors));
+                    for s in a.sparse_tensor.iter().chain(&a.sparse_tensors) {
+                        tensors.extend(s.values.iter().chain(&s.indices));
+                    }
+                    graphs.extend(a.g.iter().chain(&a.graphs));
+                }
+            }
+        }
+        for t in tensors.into_iter().filter(|t| t.data_location == 1) {
+            let get = |key: &str| t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
+            let bad = |what: String| BackendError::InvalidModel(format!("tensor '{}': external data {what}", t.name));
+            let location = get("location").ok_or_else(|| bad("without a location".into()))?;
+            let number = |key: &str| -> Result<Option<u64>, BackendError> {
+                get(key)
+                    .map(|v| v.parse::<u64>().map_err(|_| bad(format!("has a bad {key} '{v}'"))))
+                    .transpose()
+            };
+            let (offset, length) = (number("offset")?.unwrap_or(0), number("length")?);
+            let data = file.sibling(location).map_err(|e| bad(e.to_string()))?;
+            let size = std::fs::metadata(data.path()).map(|m| m.len()).unwrap_or(0);
+            let end = match length {
+                Some(l) => offset.checked_add(l),
+                None => Some(size),
+            };
+            if !end.is_some_and(|end| offset <= end && end <= size) {
+                return Err(bad(format!("range is outside '{}' ({size} bytes)", data.shown())));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -271,11 +415,21 @@ impl ModelInstance for OrtInstance {
                 values.push((self.inputs[k].as_str(), to_ort(input)?));
             }
         }
-        let run = |e: ort::Error| match e.code() {
-            ort::ErrorCode::InvalidArgument => BackendError::InvalidInput(format!("ONNX Runtime: {e}")),
-            _ => BackendError::Execution(format!("ONNX Runtime: {e}")),
+        let run = |e: ort::Error| {
+            let text = format!("ONNX Runtime: {e}");
+            match e.code() {
+                ort::ErrorCode::InvalidArgument => BackendError::InvalidInput(text),
+                _ if text.contains("terminate flag") => BackendError::Cancelled(text),
+                _ if text.contains("Failed to allocate memory") || text.contains("bad allocation") => {
+                    BackendError::ResourceExhausted(text)
+                }
+                _ => BackendError::Execution(text),
+            }
         };
-        let outputs = session.run(values).map_err(run)?;
+        // A run whose clients all left is terminated by the watchdog.
+        let options = Arc::new(RunOptions::new().map_err(|e| BackendError::Execution(format!("ONNX Runtime: {e}")))?);
+        let _watched = watchdog::watch(options.clone(), batch.cancel.clone());
+        let outputs = session.run_with_options(values, &*options).map_err(run)?;
         batch
             .outputs
             .iter()
@@ -287,6 +441,73 @@ impl ModelInstance for OrtInstance {
                 from_ort(value, name, *datatype)
             })
             .collect()
+    }
+}
+
+/// Stops ONNX Runtime runs that nobody waits for any more: one thread, started at the first run,
+/// looks at the runs in progress a few times a second and sets the terminate flag of each whose
+/// batch has been given up by every client (ONNX Runtime checks it between operators and Loop
+/// iterations).
+mod watchdog {
+    use std::sync::{Arc, OnceLock};
+    use std::time::Duration;
+
+    use ort::session::RunOptions;
+    use parking_lot::Mutex;
+
+    use crate::backend::Cancel;
+
+    const PERIOD: Duration = Duration::from_millis(50);
+
+    type Runs = Mutex<Vec<(u64, Arc<RunOptions>, Cancel)>>;
+
+    struct Watchdog {
+        runs: Runs,
+        next: Mutex<u64>,
+    }
+
+    fn watchdog() -> &'static Watchdog {
+        static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
+        WATCHDOG.get_or_init(|| {
+            let spawned = std::thread::Builder::new().name("accel-ort-watch".into()).spawn(|| {
+                loop {
+                    std::thread::sleep(PERIOD);
+                    let Some(w) = WATCHDOG.get() else { continue };
+                    for (_, options, cancel) in w.runs.lock().iter() {
+                        if cancel.is_cancelled() {
+                            let _ = options.terminate();
+                        }
+                    }
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the ONNX Runtime watchdog: abandoned runs finish");
+            }
+            Watchdog {
+                runs: Mutex::new(Vec::new()),
+                next: Mutex::new(0),
+            }
+        })
+    }
+
+    /// A run being watched; dropping it ends the watch.
+    pub(super) struct Watched(u64);
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            watchdog().runs.lock().retain(|(id, _, _)| *id != self.0);
+        }
+    }
+
+    pub(super) fn watch(options: Arc<RunOptions>, cancel: Cancel) -> Watched {
+        let w = watchdog();
+        let id = {
+            let mut next = w.next.lock();
+            *next += 1;
+            *next
+        };
+        w.runs.lock().push((id, options, cancel));
+        Watched(id)
     }
 }
 

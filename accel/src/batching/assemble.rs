@@ -3,7 +3,7 @@
 //! once, into its tensors); outputs are split by row ranges with `Bytes::slice`, without copying.
 //! Public for the hot-path micro-benchmarks.
 
-use crate::backend::{Batch, BatchInput};
+use crate::backend::{Batch, BatchInput, Cancel};
 use crate::core::{IoSpec, ModelSpec, Tensor, ValidatedRequest, element_count};
 
 /// Resolves a config `reshape` (which may hold one -1) for `elements` elements.
@@ -44,8 +44,8 @@ fn batched_shape(spec: &ModelSpec, io: &IoSpec, first: &Tensor, rows: usize) -> 
 }
 
 /// Builds the backend's batch from compatible requests (same non-batch shapes, see
-/// `ValidatedRequest::batches_with`).
-pub fn batch(spec: &ModelSpec, entries: &[&ValidatedRequest]) -> Batch {
+/// `ValidatedRequest::batches_with`); `cancel` tells whether they are still wanted.
+pub fn batch(spec: &ModelSpec, entries: &[&ValidatedRequest], cancel: Cancel) -> Batch {
     let rows: usize = entries.iter().map(|p| p.batch_size).sum();
     let inputs = spec
         .inputs
@@ -72,7 +72,11 @@ pub fn batch(spec: &ModelSpec, entries: &[&ValidatedRequest]) -> Batch {
     }
     outputs.sort_unstable();
     outputs.dedup();
-    Batch { inputs, outputs }
+    Batch {
+        inputs,
+        outputs,
+        cancel,
+    }
 }
 
 /// Gives each request its rows of each output it asked for, in the order it asked.
@@ -148,6 +152,20 @@ pub fn split(
                         } else {
                             dims
                         };
+                    }
+                    if io.verify_shape {
+                        let features = piece.shape.get(usize::from(spec.batches())..).unwrap_or(&[]);
+                        let fits = features.len() == io.dims.len()
+                            && features
+                                .iter()
+                                .zip(&io.dims)
+                                .all(|(&got, &want)| want < 0 || got as i64 == want);
+                        if !fits {
+                            return Err(format!(
+                                "output '{}' has shape {:?}, not the dims {:?} its config states",
+                                io.name, piece.shape, io.dims
+                            ));
+                        }
                     }
                     Ok(piece)
                 })

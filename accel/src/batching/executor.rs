@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::queue::Pending;
 use super::shared::Shared;
 use super::{SubmitError, assemble};
-use crate::backend::{BackendError, ModelInstance};
+use crate::backend::{BackendError, Cancel, ModelInstance};
 use crate::core::{ModelSpec, ValidatedRequest};
 use crate::metrics::FailureReason;
 use crate::stats::{BatchTimes, ModelStats};
@@ -26,14 +26,11 @@ pub(super) fn run(spec: &ModelSpec, mut instance: Box<dyn ModelInstance>, stats:
 fn execute(spec: &ModelSpec, instance: &mut dyn ModelInstance, stats: &ModelStats, entries: Vec<Pending>) {
     let started = Instant::now();
     let requests: Vec<&ValidatedRequest> = entries.iter().map(|p| &p.request).collect();
-    let batch = assemble::batch(spec, &requests);
+    let cancel = Cancel::new(entries.iter().map(|p| p.alive.clone()).collect());
+    let batch = assemble::batch(spec, &requests, cancel);
     let assembled = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| instance.execute(&batch))).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
+        let what = crate::core::panic_message(&*panic);
         tracing::error!(model = %spec.name, %what, "backend panicked; the batch fails and the executor continues");
         Err(BackendError::Execution(format!("the backend panicked: {what}")))
     });
@@ -52,7 +49,12 @@ fn execute(spec: &ModelSpec, instance: &mut dyn ModelInstance, stats: &ModelStat
             .collect(),
         Err(source) => {
             let _span = entries.first().map(|p| p.span.enter());
-            tracing::warn!(model = %spec.name, error = %source, requests = entries.len(), "batch failed");
+            match &source {
+                BackendError::Cancelled(_) => {
+                    tracing::info!(model = %spec.name, requests = entries.len(), "batch stopped: its clients left");
+                }
+                _ => tracing::warn!(model = %spec.name, error = %source, requests = entries.len(), "batch failed"),
+            }
             entries
                 .iter()
                 .map(|_| {
@@ -71,6 +73,10 @@ fn execute(spec: &ModelSpec, instance: &mut dyn ModelInstance, stats: &ModelStat
         let elapsed = p.received.elapsed();
         match &reply {
             Ok(_) => stats.record_success(elapsed),
+            Err(SubmitError::Backend {
+                source: BackendError::Cancelled(_),
+                ..
+            }) => stats.record_failure(elapsed, FailureReason::Canceled),
             Err(SubmitError::Backend { .. }) => stats.record_failure(elapsed, FailureReason::Backend),
             Err(_) => stats.record_failure(elapsed, FailureReason::Other),
         }

@@ -27,6 +27,9 @@ use crate::stats::ModelStats;
 pub(crate) use decide::Policy;
 use shared::Shared;
 
+/// Stack of an executor thread.
+const EXECUTOR_STACK: usize = 8 << 20;
+
 /// Why a request did not get a result from the scheduler.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SubmitError {
@@ -113,6 +116,8 @@ impl Scheduler {
             let (spec, stats, queue) = (spec.clone(), stats.clone(), shared.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("accel-exec-{}-{}-{k}", spec.name, spec.version))
+                // Nested If/Loop plans run recursively.
+                .stack_size(EXECUTOR_STACK)
                 .spawn(move || executor::run(&spec, instance, &stats, &queue));
             match thread {
                 Ok(t) => threads.push(t),
@@ -136,7 +141,12 @@ impl Scheduler {
     /// batched, or its result is discarded if it is already executing. Nothing else is affected.
     pub async fn infer(&self, request: ValidatedRequest, received: Instant) -> Result<Vec<Tensor>, SubmitError> {
         let (tx, mut rx) = oneshot::channel();
-        let accepted = self.shared.submit(request, received, tx, tracing::Span::current())?;
+        // Held until this future ends: dropped with it when the client goes away, which lets an
+        // execution of nothing but abandoned requests stop early.
+        let alive = Arc::new(());
+        let accepted = self
+            .shared
+            .submit(request, received, tx, Arc::downgrade(&alive), tracing::Span::current())?;
         let closed = || SubmitError::ShuttingDown {
             model: self.shared.model.clone(),
         };

@@ -4,6 +4,7 @@
 //! data: `shared` guards it with a lock, and the decision function only reads it.
 
 use std::collections::VecDeque;
+use std::sync::Weak;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -28,6 +29,9 @@ pub(crate) struct Pending {
     /// 0-based priority level.
     pub level: usize,
     pub reply: oneshot::Sender<Reply>,
+    /// Dies when the request's handler is dropped (its client left, or its deadline passed): an
+    /// execution whose requests are all gone may stop.
+    pub alive: Weak<()>,
     pub span: tracing::Span,
 }
 

@@ -91,6 +91,7 @@ impl Shared {
         request: ValidatedRequest,
         received: Instant,
         reply: oneshot::Sender<Reply>,
+        alive: std::sync::Weak<()>,
         span: tracing::Span,
     ) -> Result<Accepted, SubmitError> {
         let mut st = self.state.lock();
@@ -133,6 +134,7 @@ impl Shared {
             deadline,
             level,
             reply,
+            alive,
             span,
         });
         self.publish(&st);

@@ -53,6 +53,7 @@ fn fixture(policy: QueuePolicy, max_queued: usize) -> Fixture {
         dims: vec![1],
         reshape: None,
         optional: false,
+        verify_shape: false,
     };
     let spec = Arc::new(ModelSpec {
         name: "m".into(),

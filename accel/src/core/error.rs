@@ -36,6 +36,8 @@ pub enum ValidationError {
     },
     #[error("input '{input}' appears more than once")]
     DuplicateInput { input: String },
+    #[error("output '{output}' is requested more than once")]
+    DuplicateOutput { output: String },
     #[error("model '{model}' expects input '{input}', which the request does not carry")]
     MissingInput { model: String, input: String },
     #[error("unexpected inference output '{output}' for model '{model}'; the model's outputs are: {expected}")]
@@ -118,4 +120,13 @@ impl Error {
             Error::Other { code, .. } => *code,
         }
     }
+}
+
+/// What a caught panic says (its `&str` or `String` payload).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }

@@ -4,13 +4,15 @@
 
 mod datatype;
 mod error;
+mod files;
 mod model;
 mod request;
 mod tensor;
 mod validate;
 
 pub use datatype::DataType;
-pub use error::{Code, Error, ValidationError};
+pub use error::{Code, Error, ValidationError, panic_message};
+pub use files::{FileError, ModelDir, ModelFile, is_file_name, shown_path};
 pub use model::{
     BatchingPolicy, GraphIo, InstanceKind, IoSpec, ModelSpec, QueuePolicy, Scheduling, Signature, TimeoutAction,
 };

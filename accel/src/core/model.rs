@@ -17,6 +17,9 @@ pub struct IoSpec {
     pub reshape: Option<Vec<i64>>,
     /// An optional input may be left out of a request.
     pub optional: bool,
+    /// An output whose shape the config states against the model file's: what the engine produces
+    /// is checked against `dims` at run time.
+    pub verify_shape: bool,
 }
 
 impl IoSpec {
@@ -143,6 +146,7 @@ impl ModelSpec {
                 .collect(),
             reshape: None,
             optional: false,
+            verify_shape: false,
         };
         ModelSpec {
             name: "direct".into(),

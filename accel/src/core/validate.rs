@@ -96,6 +96,11 @@ pub fn validate(spec: &ModelSpec, request: InferRequest) -> Result<ValidatedRequ
                     expected: names(&spec.outputs),
                 });
             };
+            if indices.contains(&index) {
+                return Err(ValidationError::DuplicateOutput {
+                    output: requested.name.clone(),
+                });
+            }
             if requested.parameters.iter().any(|(k, _)| k == "classification") {
                 return Err(ValidationError::Request(format!(
                     "output '{}': the classification extension is not supported",
@@ -278,6 +283,7 @@ mod tests {
                     dims: vec![4],
                     reshape: None,
                     optional: false,
+                    verify_shape: false,
                 },
                 IoSpec {
                     name: "b".into(),
@@ -285,6 +291,7 @@ mod tests {
                     dims: vec![-1],
                     reshape: None,
                     optional: true,
+                    verify_shape: false,
                 },
             ],
             outputs: vec![IoSpec {
@@ -293,6 +300,7 @@ mod tests {
                 dims: vec![4],
                 reshape: None,
                 optional: false,
+                verify_shape: false,
             }],
             scheduling: Scheduling::Direct,
             instance_count: 1,
@@ -389,6 +397,19 @@ mod tests {
             parameters: vec![],
         }];
         assert!(validate(&spec(8), r).unwrap_err().to_string().contains("output 'z'"));
+
+        // The same output twice (Triton refuses it too): a few bytes of request must not make the
+        // response many times the output's size.
+        let mut r = request(vec![tensor("a", DataType::F32, &[1, 4], 16)]);
+        r.outputs = vec![
+            RequestedOutput {
+                name: "y".into(),
+                parameters: vec![],
+            };
+            3
+        ];
+        let e = validate(&spec(8), r).unwrap_err();
+        assert_eq!(e, ValidationError::DuplicateOutput { output: "y".into() });
 
         let mut r = request(vec![tensor("a", DataType::F32, &[1, 4], 16)]);
         r.parameters = vec![

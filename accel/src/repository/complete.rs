@@ -1,16 +1,23 @@
 //! Completing a model config from the model file, as Triton's auto-complete does: a model with no
 //! config.pbtxt, or one that lists no inputs and outputs, gets them from the graph; a config that does
 //! list them is checked against the graph, so that a mismatch makes the model UNAVAILABLE with a
-//! reason instead of failing requests later.
+//! reason instead of failing requests later. As in Triton, `dims: [1]` also stands for a rank-0
+//! (scalar) tensor, and for a batching model's tensor that has only the batch dimension.
+//!
+//! Inputs are strict. Outputs are not: exporters often declare output shapes that are wrong (a
+//! sequence model declaring `[1, seqlen]` and producing `[32, 1, 8210]`), so where the config and
+//! the graph disagree on an output's shape the config is trusted, with a warning, and the output is
+//! checked against it at run time.
 
 use accel_proto::inference::{
-    ModelConfig, ModelDynamicBatching, ModelInput, ModelInstanceGroup, ModelOutput, model_config::SchedulingChoice,
-    model_instance_group::Kind as GroupKind,
+    ModelConfig, ModelDynamicBatching, ModelInput, ModelInstanceGroup, ModelOutput, ModelTensorReshape,
+    model_config::SchedulingChoice, model_instance_group::Kind as GroupKind,
 };
 
 use crate::core::{DataType, GraphIo, Signature};
 
-/// Fills in what `config` leaves out and checks the rest against `signature`.
+/// Fills in what `config` leaves out and checks the rest against `signature`. Returns the outputs
+/// whose shape the config states against the graph's (to be checked at run time).
 ///
 /// `name` is the model's directory name; `default_max_batch_size` applies when the config sets no
 /// inputs, no outputs and no max_batch_size, and every tensor of the graph has a variable first
@@ -20,7 +27,7 @@ pub fn complete_config(
     name: &str,
     signature: &Signature,
     default_max_batch_size: usize,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     if config.name.is_empty() {
         config.name = name.to_string();
     }
@@ -33,7 +40,10 @@ pub fn complete_config(
     }
     let batching = config.max_batch_size > 0;
     complete_list(&mut config.input, &signature.inputs, batching, "input")?;
-    complete_list(&mut config.output, &signature.outputs, batching, "output")?;
+    let trusted = complete_list(&mut config.output, &signature.outputs, batching, "output")?;
+    for name in &trusted {
+        tracing::warn!(model = %config.name, output = %name, "config.pbtxt and the model file disagree on the shape of this output: the config is trusted, and the output is checked against it at run time");
+    }
     if config.instance_group.is_empty() {
         config.instance_group.push(ModelInstanceGroup {
             name: config.name.clone(),
@@ -42,7 +52,7 @@ pub fn complete_config(
             ..Default::default()
         });
     }
-    Ok(())
+    Ok(trusted)
 }
 
 /// What completion needs of `ModelInput` and `ModelOutput` alike.
@@ -52,6 +62,7 @@ trait ConfigTensor {
     fn data_type(&self) -> i32;
     fn dims(&self) -> &[i64];
     fn reshape(&self) -> Option<&[i64]>;
+    fn set_reshape(&mut self, shape: Vec<i64>);
 }
 
 macro_rules! config_tensor {
@@ -77,6 +88,9 @@ macro_rules! config_tensor {
             fn reshape(&self) -> Option<&[i64]> {
                 self.reshape.as_ref().map(|r| &r.shape[..])
             }
+            fn set_reshape(&mut self, shape: Vec<i64>) {
+                self.reshape = Some(ModelTensorReshape { shape });
+            }
         }
     };
 }
@@ -84,23 +98,36 @@ config_tensor!(ModelInput);
 config_tensor!(ModelOutput);
 
 /// Fills an empty input or output list from the graph, or checks a given one against it (every
-/// graph input must then be declared too).
+/// graph input must then be declared too). Returns the outputs whose config shape is trusted over
+/// the graph's.
 fn complete_list<T: ConfigTensor>(
     list: &mut Vec<T>,
     graph: &[GraphIo],
     batching: bool,
     what: &str,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     if list.is_empty() {
         *list = graph
             .iter()
             .map(|io| T::from_graph(io, config_dims(io, batching)))
             .collect();
-        return Ok(());
+        return Ok(Vec::new());
     }
-    for t in list.iter() {
+    let mut trusted = Vec::new();
+    for t in list.iter_mut() {
         let io = find(graph, t.name(), what)?;
-        check(t.name(), t.data_type(), t.dims(), t.reshape(), io, batching)?;
+        check_type(t.name(), t.data_type(), io)?;
+        match check_shape(t.name(), t.dims(), t.reshape(), io, batching) {
+            Ok(Shape::Same) => {}
+            // `dims: [1]` for a rank-0 tensor: the engine sees the scalar, the client `[1]` (what
+            // Triton's `reshape: { shape: [] }` says, written for the user).
+            Ok(Shape::Scalar) => t.set_reshape(Vec::new()),
+            Err(e) if what == "output" => {
+                tracing::debug!(output = %t.name(), reason = %e, "output shape taken from the config");
+                trusted.push(t.name().to_string());
+            }
+            Err(e) => return Err(e),
+        }
     }
     if what == "input"
         && let Some(io) = graph.iter().find(|io| !list.iter().any(|t| t.name() == io.name))
@@ -111,7 +138,7 @@ fn complete_list<T: ConfigTensor>(
             super::CONFIG_FILE
         ));
     }
-    Ok(())
+    Ok(trusted)
 }
 
 /// Every tensor has a known rank of at least one and a variable first dimension.
@@ -139,14 +166,7 @@ fn find<'a>(list: &'a [GraphIo], name: &str, what: &str) -> Result<&'a GraphIo, 
     })
 }
 
-fn check(
-    name: &str,
-    data_type: i32,
-    dims: &[i64],
-    reshape: Option<&[i64]>,
-    graph: &GraphIo,
-    batching: bool,
-) -> Result<(), String> {
+fn check_type(name: &str, data_type: i32, graph: &GraphIo) -> Result<(), String> {
     let declared = DataType::from_config_value(data_type);
     if declared != Some(graph.datatype) {
         return Err(format!(
@@ -156,9 +176,30 @@ fn check(
             graph.datatype
         ));
     }
+    Ok(())
+}
+
+/// How a config's shape matches the graph's.
+#[derive(Debug, PartialEq, Eq)]
+enum Shape {
+    Same,
+    /// `dims: [1]` (no reshape) for a rank-0 tensor of a model that does not batch.
+    Scalar,
+}
+
+fn check_shape(
+    name: &str,
+    dims: &[i64],
+    reshape: Option<&[i64]>,
+    graph: &GraphIo,
+    batching: bool,
+) -> Result<Shape, String> {
     let Some(graph_dims) = &graph.dims else {
-        return Ok(());
+        return Ok(Shape::Same);
     };
+    if !batching && reshape.is_none() && dims == [1] && graph_dims.is_empty() {
+        return Ok(Shape::Scalar);
+    }
     let graph_dims: &[Option<usize>] = if batching {
         match graph_dims.split_first() {
             Some((first, rest)) => {
@@ -181,6 +222,10 @@ fn check(
         graph_dims
     };
     let expected = reshape.unwrap_or(dims);
+    // A batching model's tensor with nothing but the batch dimension is `dims: [1]` (Triton's rule).
+    if batching && graph_dims.is_empty() && expected == [1] {
+        return Ok(Shape::Same);
+    }
     let compatible = expected.len() == graph_dims.len()
         && expected
             .iter()
@@ -194,7 +239,7 @@ fn check(
             if batching { " (without the batch dimension)" } else { "" }
         ));
     }
-    Ok(())
+    Ok(Shape::Same)
 }
 
 #[cfg(test)]
@@ -268,5 +313,38 @@ mod tests {
         config.input[0].data_type = DataType::F32.config_value();
         config.input[0].name = "z".into();
         assert!(complete_config(&mut config, "m", &sig, 32).unwrap_err().contains("'z'"));
+    }
+
+    #[test]
+    fn outputs_trust_the_config_and_scalars_are_dims_one() {
+        let sig = Signature {
+            inputs: vec![io("x", &[])],
+            outputs: vec![io("y", &[Some(1), Some(4)])],
+        };
+        let tensor = |name: &str, dims: Vec<i64>| ModelInput {
+            name: name.into(),
+            data_type: DataType::F32.config_value(),
+            dims,
+            ..Default::default()
+        };
+        let out = |dims: Vec<i64>| ModelOutput {
+            name: "y".into(),
+            data_type: DataType::F32.config_value(),
+            dims,
+            ..Default::default()
+        };
+        let mut config = ModelConfig {
+            input: vec![tensor("x", vec![1])],
+            output: vec![out(vec![3, 1, 5])],
+            ..Default::default()
+        };
+        let trusted = complete_config(&mut config, "m", &sig, 32).unwrap();
+        assert_eq!(trusted, vec!["y".to_string()]);
+        // The scalar input is given to the engine as rank 0.
+        assert_eq!(config.input[0].reshape.as_ref().map(|r| r.shape.clone()), Some(vec![]));
+        // Inputs stay strict.
+        config.input[0].reshape = None;
+        config.input[0].dims = vec![2];
+        assert!(complete_config(&mut config, "m", &sig, 32).is_err());
     }
 }

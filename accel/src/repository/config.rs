@@ -12,6 +12,10 @@ use accel_proto::inference::{
 use super::{RepositoryError, pbtxt};
 use crate::core::{BatchingPolicy, DataType, InstanceKind, IoSpec, ModelSpec, QueuePolicy, Scheduling, TimeoutAction};
 
+/// The most instances (executor threads, each with its own engine state) one model version may
+/// have: far above what a device can use, low enough that a config cannot exhaust threads.
+pub(super) const MAX_INSTANCE_COUNT: usize = 64;
+
 /// Parses config.pbtxt text. Returns the config and the paths of fields Accel ignores.
 pub fn parse_config(text: &str) -> Result<(ModelConfig, Vec<String>), String> {
     let pool = accel_proto::descriptor_pool().map_err(|e| format!("protocol descriptors: {e}"))?;
@@ -120,7 +124,13 @@ pub fn to_spec(config: &ModelConfig, version: u64, backend: &str) -> Result<Mode
     for group in &config.instance_group {
         let count =
             usize::try_from(group.count).map_err(|_| format!("instance_group count {} is negative", group.count))?;
-        instance_count += count.max(1);
+        instance_count = instance_count.saturating_add(count.max(1));
+        if instance_count > MAX_INSTANCE_COUNT {
+            return Err(format!(
+                "instance_group asks for more than {MAX_INSTANCE_COUNT} instances (count {}), the most a model may have",
+                group.count
+            ));
+        }
         if group.kind() == GroupKind::Gpu {
             instance_kind = InstanceKind::Gpu;
         }
@@ -166,6 +176,7 @@ fn io_spec(
         dims: dims.to_vec(),
         reshape: reshape.cloned(),
         optional,
+        verify_shape: false,
     })
 }
 
@@ -303,6 +314,10 @@ mod tests {
             (
                 "max_batch_size: -1 input [{name:\"a\" data_type: TYPE_FP32 dims: [1]}] output [{name:\"b\" data_type: TYPE_FP32 dims: [1]}]",
                 "negative",
+            ),
+            (
+                "input [{name:\"a\" data_type: TYPE_FP32 dims: [1]}] output [{name:\"b\" data_type: TYPE_FP32 dims: [1]}] instance_group [{count: 2147483647}]",
+                "more than 64 instances",
             ),
         ];
         for (text, needle) in bad {

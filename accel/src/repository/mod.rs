@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use accel_proto::inference::ModelConfig;
 use thiserror::Error;
 
+use crate::core::{ModelDir, ModelFile, is_file_name, shown_path};
+
 pub use complete::complete_config;
 pub use config::{parse_config, to_spec};
 
@@ -19,6 +21,8 @@ pub use config::{parse_config, to_spec};
 pub const CONFIG_FILE: &str = "config.pbtxt";
 /// The model file looked for in a version directory when the config names none.
 pub const DEFAULT_ONNX_FILE: &str = "model.onnx";
+/// The largest config.pbtxt read.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 /// Why a model of the repository cannot be served.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -42,8 +46,8 @@ pub struct ModelSource {
     pub has_config_file: bool,
     /// Fields of config.pbtxt that Accel does not use.
     pub ignored_fields: Vec<String>,
-    /// The versions the version policy selects, ascending, with the path of their model file.
-    pub versions: Vec<(u64, PathBuf)>,
+    /// The versions the version policy selects, ascending, with their model file.
+    pub versions: Vec<(u64, ModelFile)>,
 }
 
 /// A repository root.
@@ -99,21 +103,24 @@ impl Repository {
     }
 
     /// Reads one model directory, with `config` (the repository API's override) in place of its
-    /// config.pbtxt when given.
+    /// config.pbtxt when given. Every file is looked up inside the model's directory (`ModelDir`):
+    /// nothing the config names can lead out of it.
     pub fn read_model_with(&self, name: &str, config: Option<ModelConfig>) -> Result<ModelSource, RepositoryError> {
-        if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.') {
+        if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.') || name.contains('\0')
+        {
             return Err(RepositoryError::Invalid(format!("'{name}' is not a model name")));
         }
-        let dir = self.root.join(name);
-        let config_path = dir.join(CONFIG_FILE);
+        let dir = ModelDir::open(&self.root.join(name)).map_err(|e| RepositoryError::Invalid(e.to_string()))?;
         let read = match config {
             Some(c) => Ok((c, Vec::new(), true)),
-            None => match std::fs::read_to_string(&config_path) {
-                Ok(text) => parse_config(&text)
-                    .map(|(config, ignored)| (config, ignored, true))
-                    .map_err(RepositoryError::Config),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((ModelConfig::default(), Vec::new(), false)),
-                Err(e) => Err(RepositoryError::Config(format!("{}: {e}", config_path.display()))),
+            None => match dir.lookup(CONFIG_FILE) {
+                Ok(Some(file)) => file
+                    .read_to_string(MAX_CONFIG_BYTES)
+                    .map_err(|e| RepositoryError::Config(e.to_string()))
+                    .and_then(|text| parse_config(&text).map_err(RepositoryError::Config))
+                    .map(|(config, ignored)| (config, ignored, true)),
+                Ok(None) => Ok((ModelConfig::default(), Vec::new(), false)),
+                Err(e) => Err(RepositoryError::Config(e.to_string())),
             },
         };
         let (config, ignored_fields, has_config_file) = read?;
@@ -125,22 +132,34 @@ impl Repository {
         }
         let file = if config.default_model_filename.is_empty() {
             DEFAULT_ONNX_FILE.to_string()
-        } else {
+        } else if is_file_name(&config.default_model_filename) {
             config.default_model_filename.clone()
+        } else {
+            return Err(RepositoryError::Invalid(format!(
+                "default_model_filename {} must be a file name (it is looked up in each version directory)",
+                shown_path(&config.default_model_filename)
+            )));
         };
         let mut available = Vec::new();
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| RepositoryError::Invalid(format!("{}: {e}", dir.display())))?;
+        let entries = std::fs::read_dir(dir.root())
+            .map_err(|e| RepositoryError::Invalid(format!("the model's directory cannot be listed: {}", e.kind())))?;
         for entry in entries.flatten() {
-            let Some(version) = entry.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) else {
+            let Ok(dir_name) = entry.file_name().into_string() else {
                 continue;
             };
-            let path = entry.path().join(&file);
-            if version > 0 && path.is_file() {
-                available.push((version, path));
+            let Ok(version) = dir_name.parse::<u64>() else {
+                continue;
+            };
+            if version == 0 {
+                continue;
+            }
+            match dir.lookup(&format!("{dir_name}/{file}")) {
+                Ok(Some(model_file)) => available.push((version, model_file)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(model = %name, version, error = %e, "version skipped"),
             }
         }
-        available.sort();
+        available.sort_by_key(|(v, _)| *v);
         let versions = config::select_versions(&config, available)?;
         if versions.is_empty() {
             return Err(RepositoryError::NoVersions { file });

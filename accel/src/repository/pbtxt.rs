@@ -9,6 +9,10 @@
 
 use prost_reflect::{DynamicMessage, Kind, MessageDescriptor};
 
+/// How deeply messages and lists may nest. Triton's configs nest a handful of levels; the limit keeps
+/// a hostile file from exhausting the loading thread's stack (here and in prost-reflect's parser).
+pub(super) const MAX_DEPTH: usize = 64;
+
 /// The result of a lenient parse: the message, and the paths of the fields that were ignored.
 #[derive(Debug)]
 pub(super) struct Parsed {
@@ -26,6 +30,7 @@ pub(super) fn parse_lenient(desc: &MessageDescriptor, text: &str) -> Result<Pars
         removed: Vec::new(),
         colons: Vec::new(),
         ignored: Vec::new(),
+        depth: 0,
     };
     walker.message(Some(desc), "", None)?;
     let mut blanked: Vec<u8> = text.as_bytes().to_vec();
@@ -171,9 +176,20 @@ struct Walker<'a> {
     /// Offsets where a ':' must be inserted (before a message list given without one).
     colons: Vec<usize>,
     ignored: Vec<String>,
+    /// Messages and lists open at the current token.
+    depth: usize,
 }
 
 impl Walker<'_> {
+    /// Enters a message or list, refusing more than [`MAX_DEPTH`] levels.
+    fn enter(&mut self) -> Result<(), String> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error(&format!("messages and lists nest more than {MAX_DEPTH} levels deep")));
+        }
+        Ok(())
+    }
+
     fn peek(&self) -> Option<Spanned> {
         self.tokens.get(self.pos).copied()
     }
@@ -268,20 +284,21 @@ impl Walker<'_> {
             return Err(self.error("expected a value"));
         };
         match t.token {
-            Token::Punct(b'{') => {
+            Token::Punct(open @ (b'{' | b'<')) => {
+                self.enter()?;
                 self.pos += 1;
-                self.message(child, path, Some(b'}'))
-            }
-            Token::Punct(b'<') => {
-                self.pos += 1;
-                self.message(child, path, Some(b'>'))
+                self.message(child, path, Some(if open == b'{' { b'}' } else { b'>' }))?;
+                self.depth -= 1;
+                Ok(())
             }
             Token::Punct(b'[') => {
+                self.enter()?;
                 self.pos += 1;
                 loop {
                     match self.peek().map(|t| t.token) {
                         Some(Token::Punct(b']')) => {
                             self.pos += 1;
+                            self.depth -= 1;
                             return Ok(());
                         }
                         Some(Token::Punct(b',')) => self.pos += 1,
@@ -335,6 +352,22 @@ mod tests {
         assert_eq!(config.name, "m");
         assert_eq!(config.max_batch_size, 8);
         assert_eq!(config.input[0].dims, vec![-1, 4]);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for (open, close) in [("a { ", "} "), ("a [ ", "] "), ("a < ", "> ")] {
+            let text = format!("{}{}", open.repeat(100_000), close.repeat(100_000));
+            let err = parse_lenient(&model_config(), &text).unwrap_err();
+            assert!(err.contains("nest more than"), "{err}");
+        }
+        // A list of lists inside a known field, too.
+        let text = format!("input {}", "[ ".repeat(100_000));
+        assert!(
+            parse_lenient(&model_config(), &text)
+                .unwrap_err()
+                .contains("nest more than")
+        );
     }
 
     #[test]

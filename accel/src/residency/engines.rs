@@ -36,6 +36,7 @@ impl Engines {
         intra_threads: usize,
         device: &candle_core::Device,
         gpu: Option<usize>,
+        limits: crate::backend::ExecLimits,
     ) -> Self {
         let onnxruntime = match library {
             Some(path) => OrtBackend::open_on(path, intra_threads, gpu),
@@ -51,7 +52,7 @@ impl Engines {
             _ => {}
         }
         Engines {
-            candle: CandleBackend::on(device.clone()),
+            candle: CandleBackend::on(device.clone()).with_limits(limits),
             onnxruntime,
             default,
         }
@@ -90,7 +91,14 @@ mod tests {
 
     #[test]
     fn triton_fields_select_the_engine() {
-        let e = Engines::new(None, DefaultBackend::Auto, 1, &candle_core::Device::Cpu, None);
+        let e = Engines::new(
+            None,
+            DefaultBackend::Auto,
+            1,
+            &candle_core::Device::Cpu,
+            None,
+            Default::default(),
+        );
         assert_eq!(e.select("candle", "").map(|b| b.name()), Ok("candle"));
         assert_eq!(e.select("", "onnxruntime_onnx").map(|b| b.name()), Ok("candle"));
         assert!(
@@ -100,7 +108,14 @@ mod tests {
         );
         assert!(e.select("", "tensorflow_savedmodel").unwrap_err().contains("platform"));
         assert!(e.select("python", "").unwrap_err().contains("'python'"));
-        let strict = Engines::new(None, DefaultBackend::Onnxruntime, 1, &candle_core::Device::Cpu, None);
+        let strict = Engines::new(
+            None,
+            DefaultBackend::Onnxruntime,
+            1,
+            &candle_core::Device::Cpu,
+            None,
+            Default::default(),
+        );
         assert!(strict.select("", "").is_err());
         let missing = Engines::new(
             Some(Path::new("/nonexistent/libonnxruntime.so.1")),
@@ -108,6 +123,7 @@ mod tests {
             1,
             &candle_core::Device::Cpu,
             None,
+            Default::default(),
         );
         let reason = missing.select("onnxruntime", "").unwrap_err();
         assert!(reason.contains("/nonexistent/libonnxruntime.so.1"), "{reason}");

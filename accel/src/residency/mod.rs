@@ -16,7 +16,7 @@ mod state;
 
 pub use budget::{Bytes, MemorySize};
 pub use engines::DefaultBackend;
-pub use registry::{ControlMode, IndexEntry, LoadOptions, PIN_PARAMETER, Registry};
+pub use registry::{ControlMode, IndexEntry, LOADER_STACK, LoadOptions, PIN_PARAMETER, Registry};
 pub use served::{Lease, ServedModel};
 pub use state::ModelState;
 

@@ -21,9 +21,9 @@ use super::budget::{Budget, Bytes, MemorySize};
 use super::engines::{DefaultBackend, Engines};
 use super::host_tier::HostTier;
 use super::policy::{Candidate, Usage, choose_victims};
-use super::served::{Freed, Lease, PreparedVersion, ServedModel, prepare};
+use super::served::{Freed, Lease, Preparation, PreparedVersion, ServedModel, prepare};
 use super::{AcquireError, ModelState};
-use crate::backend::files_size;
+use crate::backend::{ExecLimits, LoadLimits, files_size};
 use crate::batching::QueueLimits;
 use crate::device::memory::DeviceMemory;
 use crate::repository::Repository;
@@ -47,6 +47,9 @@ pub const PIN_PARAMETER: &str = "accel.pinned";
 /// A model loaded less than this long ago is not evicted: the requests that waited for it must get
 /// to use it.
 const FRESH: Duration = Duration::from_millis(100);
+
+/// Stack of a loader thread: compiling walks nested graphs (If and Loop bodies) recursively.
+pub const LOADER_STACK: usize = 16 << 20;
 
 /// How much longer than a load may take a caller waits for it.
 const WAIT_GRACE: Duration = Duration::from_secs(2);
@@ -85,6 +88,13 @@ pub struct LoadOptions {
     pub device: candle_core::Device,
     /// The GPU models run on, when there is one: a load's footprint is then its device memory delta.
     pub gpu: Option<usize>,
+    /// What bounds each execution (`max_bytes` is resolved against the device when the registry
+    /// is made: see `max_execution_memory`).
+    pub exec_limits: ExecLimits,
+    /// What one execution may hold: bytes or a share of the device's memory.
+    pub max_execution_memory: MemorySize,
+    /// What bounds each load (its deadline is the load timeout from its start).
+    pub load_limits: LoadLimits,
 }
 
 /// One version of a resident model.
@@ -290,18 +300,24 @@ impl Registry {
             host_limit
         };
         let limit = budget - reserve;
+        let exec_limits = ExecLimits {
+            max_bytes: options.max_execution_memory.resolve(reading.total),
+            ..options.exec_limits
+        };
         let engines = Engines::new(
             options.onnxruntime_library.as_deref(),
             options.default_backend,
             options.intra_op_threads,
             &options.device,
             options.gpu,
+            exec_limits,
         );
         tracing::info!(
             device = %memory.describe(),
             total = %Bytes(reading.total),
             budget = %Bytes(limit),
             host_tier = %Bytes(host_limit),
+            execution_limit = %Bytes(exec_limits.max_bytes),
             mode = ?options.control_mode,
             "memory budget for resident models"
         );
@@ -471,17 +487,11 @@ impl Registry {
         }
     }
 
-    /// Whether a request for this model would be served: READY, or (on-demand) loadable.
-    pub fn model_ready(&self, name: &str, version: &str) -> bool {
-        if self.options.control_mode != ControlMode::OnDemand {
-            return self.acquire_now(name, version).is_ok();
-        }
-        let st = self.state.read();
-        match st.models.get(name).map(|e| &e.phase) {
-            Some(Phase::Ready(res)) => lease(name, version, res).is_ok(),
-            Some(Phase::Unloaded { .. } | Phase::Loading(_) | Phase::Unloading) => true,
-            Some(Phase::Failed(_)) | None => false,
-        }
+    /// Whether a request for this model version is served. On-demand, a model that is not resident
+    /// is loaded first (or its load joined), within the load timeout, so the answer is the truth:
+    /// a model whose files are broken is not ready.
+    pub async fn model_ready(self: &Arc<Self>, name: &str, version: &str) -> bool {
+        self.acquire(name, version).await.is_ok()
     }
 
     // ---- loading --------------------------------------------------------------------------------
@@ -491,6 +501,7 @@ impl Registry {
         let name = name.to_string();
         let spawned = std::thread::Builder::new()
             .name(format!("accel-load-{name}"))
+            .stack_size(LOADER_STACK)
             .spawn(move || registry.load_and_finish(&name, &flight, config));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start a loader thread");
@@ -588,15 +599,28 @@ impl Registry {
         for (version, path) in &source.versions {
             let t = Instant::now();
             let device_memory = self.options.gpu.map(|_| self.memory.as_ref());
-            match prepare(
+            let preparation = Preparation {
                 backend,
                 name,
-                *version,
-                path,
-                &source.config,
-                self.options.default_max_batch_size,
+                config: &source.config,
+                default_max_batch_size: self.options.default_max_batch_size,
                 device_memory,
-            ) {
+                limits: LoadLimits {
+                    deadline: Some(deadline),
+                    ..self.options.load_limits
+                },
+            };
+            // An engine that panics on a hostile file fails this version, not the loader (whose
+            // reservations and phase must be put right).
+            let prepared =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare(&preparation, *version, path)))
+                    .unwrap_or_else(|panic| {
+                        Err(format!(
+                            "the engine failed while loading: {}",
+                            crate::core::panic_message(&*panic)
+                        ))
+                    });
+            match prepared {
                 Ok(p) => {
                     crate::metrics::record_load(name, "file", t.elapsed().as_secs_f64(), true);
                     versions.push(Arc::new(p));

@@ -3,15 +3,14 @@
 //! Building either is blocking work done on loader threads, never on the async runtime.
 
 use std::ops::Deref;
-use std::path::Path;
 use std::sync::{Arc, Weak};
 
 use accel_proto::inference::ModelConfig;
 use parking_lot::Mutex;
 
-use crate::backend::{Backend, LoadedModel};
+use crate::backend::{Backend, LoadLimits, LoadedModel};
 use crate::batching::{QueueLimits, Scheduler, SchedulerThreads};
-use crate::core::ModelSpec;
+use crate::core::{ModelFile, ModelSpec};
 use crate::device::memory::DeviceMemory;
 use crate::repository::{complete_config, to_spec};
 use crate::stats::ModelStats;
@@ -28,18 +27,29 @@ pub struct PreparedVersion {
     pub bytes: u64,
 }
 
+/// What every version of one load is prepared with.
+pub(super) struct Preparation<'a> {
+    pub backend: &'a dyn Backend,
+    pub name: &'a str,
+    pub config: &'a ModelConfig,
+    pub default_max_batch_size: usize,
+    /// The GPU's memory, when models run there (a load's footprint is then its delta).
+    pub device_memory: Option<&'a dyn DeviceMemory>,
+    pub limits: LoadLimits,
+}
+
 /// Reads and compiles one version, measuring what it holds.
-pub(super) fn prepare(
-    backend: &dyn Backend,
-    name: &str,
-    version: u64,
-    file: &Path,
-    config: &ModelConfig,
-    default_max_batch_size: usize,
-    device_memory: Option<&dyn DeviceMemory>,
-) -> Result<PreparedVersion, String> {
+pub(super) fn prepare(p: &Preparation<'_>, version: u64, file: &ModelFile) -> Result<PreparedVersion, String> {
+    let Preparation {
+        backend,
+        name,
+        config,
+        default_max_batch_size,
+        device_memory,
+        ref limits,
+    } = *p;
     let before = device_memory.and_then(|m| m.read().ok());
-    let (loaded, measured) = crate::alloc::measure(|| backend.load(file));
+    let (loaded, measured) = crate::alloc::measure(|| backend.load(file, limits));
     let loaded = loaded.map_err(|e| e.to_string())?;
     // On a GPU the weights are device memory: the footprint is what the load took there (NVML's used
     // memory before and after), which the host allocator's count cannot see.
@@ -55,12 +65,16 @@ pub(super) fn prepare(
         _ => measured,
     };
     let mut config = config.clone();
-    complete_config(&mut config, name, loaded.signature(), default_max_batch_size)?;
+    let trusted = complete_config(&mut config, name, loaded.signature(), default_max_batch_size)?;
     if config.platform.is_empty() {
         config.platform = "onnxruntime_onnx".into();
     }
     config.backend = backend.name().to_string();
-    let spec = Arc::new(to_spec(&config, version, backend.name())?);
+    let mut spec = to_spec(&config, version, backend.name())?;
+    for output in &mut spec.outputs {
+        output.verify_shape = trusted.contains(&output.name);
+    }
+    let spec = Arc::new(spec);
     // The weights at least: the allocator's count can miss memory other threads allocated.
     let bytes = measured.unwrap_or(0).max(loaded.weight_bytes());
     Ok(PreparedVersion {

@@ -233,7 +233,12 @@ pub(super) fn log_settings(updates: Vec<(String, LogValue)>) -> Result<LogSettin
             ("log_warning", LogValue::Bool(b)) => s.warning = b,
             ("log_error", LogValue::Bool(b)) => s.error = b,
             ("log_verbose_level", LogValue::Uint(v)) => s.verbose = v,
-            ("log_format", LogValue::String(f)) if f == "default" || f == "ISO8601" => {}
+            // Triton's formats are text lines ("default", or "ISO8601" timestamps, which these
+            // lines have); "json" is Accel's one JSON object per line.
+            ("log_format", LogValue::String(f)) if matches!(f.as_str(), "default" | "ISO8601" | "text") => {
+                s.format = LogFormat::Text;
+            }
+            ("log_format", LogValue::String(f)) if f == "json" => s.format = LogFormat::Json,
             ("log_file", LogValue::String(f)) if f.is_empty() => {}
             ("log_file", LogValue::String(_)) => {
                 return Err(Error::unimplemented("log_file: Accel logs to standard output only"));

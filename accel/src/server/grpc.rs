@@ -72,7 +72,8 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        let ready = !self.inference.lifecycle.draining() && self.inference.registry.model_ready(&r.name, &r.version);
+        let ready =
+            !self.inference.lifecycle.draining() && self.inference.registry.model_ready(&r.name, &r.version).await;
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 

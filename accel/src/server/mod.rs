@@ -10,6 +10,7 @@ mod health;
 mod http;
 mod infer;
 mod lifecycle;
+mod listen;
 mod metrics_endpoint;
 mod status;
 
@@ -22,7 +23,6 @@ use accel_proto::health::health_server::HealthServer;
 use accel_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 
 use crate::batching::QueueLimits;
 use crate::config::Config;
@@ -34,8 +34,14 @@ pub use answers::EXTENSIONS;
 pub use convert::infer_request as decode_infer_request;
 pub use grpc::InferenceService;
 pub use health::HealthService;
-pub use infer::Inference;
+pub use infer::{Inference, Ticket};
 pub use lifecycle::Lifecycle;
+
+/// The REST decoder and encoder on one body (for the fuzz targets, `crate::fuzzing`).
+#[doc(hidden)]
+pub fn fuzz_rest_body(header_length: Option<&str>, body: bytes::Bytes, spec: &crate::core::ModelSpec) {
+    http::fuzz_body(header_length, body, spec);
+}
 
 /// The registry a configuration describes (nothing loaded yet), scheduling the memory of the device
 /// models run on: the GPU `--gpu` names when it is usable, else the host's.
@@ -61,6 +67,15 @@ pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
         intra_op_threads: config.intra_op_threads,
         device: placement.device,
         gpu: placement.gpu,
+        exec_limits: crate::backend::ExecLimits {
+            max_bytes: u64::MAX,
+            max_loop_iterations: config.max_loop_iterations,
+        },
+        max_execution_memory: config.max_execution_memory,
+        load_limits: crate::backend::LoadLimits {
+            max_loop_iterations: config.max_loop_iterations,
+            ..Default::default()
+        },
     };
     Ok(Arc::new(Registry::new(repository, options, placement.memory)?))
 }
@@ -131,6 +146,7 @@ pub async fn run(
     let loader = registry.clone();
     std::thread::Builder::new()
         .name("accel-load".into())
+        .stack_size(crate::residency::LOADER_STACK)
         .spawn(move || loader.start())
         .map_err(|e| format!("cannot start the loading thread: {e}"))?;
 
@@ -148,8 +164,22 @@ pub async fn run(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let health = HealthServer::new(HealthService::new(inference.clone()));
-    // Small tensors must not wait for delayed ACKs (Nagle): 40 ms per request otherwise.
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    listen::raise_open_files(
+        config.grpc_max_connections
+            + if config.allow_http {
+                config.http_max_connections
+            } else {
+                0
+            }
+            + if config.allow_metrics {
+                config.metrics_max_connections
+            } else {
+                0
+            },
+    );
+    // Within the connection limit; TCP_NODELAY, since small tensors must not wait for delayed ACKs
+    // (Nagle: 40 ms per request otherwise); TCP keep-alive finds dead peers.
+    let incoming = listen::grpc_incoming(listeners.grpc, config.grpc_max_connections);
     let shutdown = stopped();
     servers.spawn(async move {
         tonic::transport::Server::builder()
@@ -161,16 +191,31 @@ pub async fn run(
             .await
             .map_err(|e| format!("gRPC server: {e}"))
     });
+    let http_limits = |max_connections| listen::ConnLimits {
+        max_connections,
+        header_timeout: Duration::from_secs(config.http_header_timeout_secs),
+    };
     if let Some(listener) = listeners.http {
-        let router = http::router(inference.clone(), config.http_max_body_bytes);
-        servers.spawn(serve_http(listener, router, stopped(), "REST"));
+        let body = http::BodyLimits {
+            max_bytes: config.http_max_body_bytes,
+            timeout: Duration::from_secs(config.http_body_timeout_secs),
+        };
+        let router = http::router(inference.clone(), body);
+        servers.spawn(listen::serve_http(
+            listener,
+            router,
+            http_limits(config.http_max_connections),
+            stopped(),
+            "REST",
+        ));
     }
     if let Some(listener) = listeners.metrics
         && let Some(handle) = crate::metrics::install()
     {
-        servers.spawn(serve_http(
+        servers.spawn(listen::serve_http(
             listener,
             metrics_endpoint::router(handle),
+            http_limits(config.metrics_max_connections),
             stopped(),
             "metrics",
         ));
@@ -221,20 +266,4 @@ pub async fn run(
     })
     .await;
     Ok(exit)
-}
-
-async fn serve_http(
-    listener: TcpListener,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    what: &'static str,
-) -> Result<(), String> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| format!("{what} server: {e}"))
 }

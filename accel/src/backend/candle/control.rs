@@ -11,15 +11,12 @@ use candle_onnx::onnx::{GraphProto, NodeProto, ValueInfoProto};
 
 use super::error::input_error;
 use super::graph::{Plan, Scope};
+use super::guard::to_candle;
 use super::onnx::internal_dtype;
 use super::ops::{Kernel, Result, arg, opt};
 
 type LoadResult<T> = std::result::Result<T, BackendError>;
 use crate::backend::BackendError;
-
-/// Iterations a Loop without a trip count may run before it is stopped: a condition that never turns
-/// false must not hang an executor.
-pub(super) const MAX_LOOP_ITERATIONS: i64 = 1 << 20;
 
 pub(super) fn is_control_flow(node: &NodeProto) -> bool {
     (node.domain.is_empty() || node.domain == "ai.onnx") && matches!(node.op_type.as_str(), "If" | "Loop")
@@ -57,10 +54,10 @@ pub(super) fn compile(node: &NodeProto, scope: &Scope<'_>, outer: &[(String, Opt
                     )));
                 }
             }
-            Ok(Kernel::new(move |args| {
+            Ok(Kernel::guarded(move |args, guard| {
                 let plan = if truthy(arg(args, 0)?)? { &then_plan } else { &else_plan };
                 let inputs = runtime.iter().map(|&k| opt(args, declared + k).cloned()).collect();
-                plan.run(inputs).map_err(to_candle)
+                plan.run(inputs, guard).map_err(to_candle)
             }))
         }
         "Loop" => {
@@ -85,41 +82,66 @@ pub(super) fn compile(node: &NodeProto, scope: &Scope<'_>, outer: &[(String, Opt
                     (shape, internal_dtype(elem).unwrap_or(DType::F32))
                 })
                 .collect();
-            Ok(Kernel::new(move |args| {
+            Ok(Kernel::guarded(move |args, guard| {
                 let trip = opt(args, 0).map(scalar_i64).transpose()?;
+                // A trip count (which may come from the request) beyond the limit is refused before
+                // anything runs; a condition that never turns false is stopped at the limit.
+                let max = guard.max_iterations();
+                if let Some(m) = trip
+                    && u64::try_from(m).is_ok_and(|m| m > max)
+                {
+                    input_error!(
+                        "Loop trip count {m} is more than the {max} iterations a Loop may run (--max-loop-iterations)"
+                    )
+                }
                 let mut keep = opt(args, 1).map(truthy).transpose()?.unwrap_or(true);
                 let mut values: Vec<Tensor> = (0..carried).map(|k| arg(args, 2 + k).cloned()).collect::<Result<_>>()?;
                 let captured: Vec<Option<Tensor>> = runtime.iter().map(|&k| opt(args, declared + k).cloned()).collect();
                 let mut scanned: Vec<Vec<Tensor>> = vec![Vec::new(); scans];
-                let mut i = 0i64;
-                while keep && trip.is_none_or(|m| i < m) {
-                    if trip.is_none() && i >= MAX_LOOP_ITERATIONS {
-                        input_error!("Loop ran {MAX_LOOP_ITERATIONS} iterations without its condition turning false")
+                // Scan outputs pile up across iterations: they count against the execution's limit.
+                let mut held = 0u64;
+                let result = (|| {
+                    let mut i = 0i64;
+                    while keep && trip.is_none_or(|m| i < m) {
+                        if u64::try_from(i).is_ok_and(|i| i >= max) {
+                            input_error!(
+                                "Loop ran {max} iterations without its condition turning false (--max-loop-iterations)"
+                            )
+                        }
+                        guard.check()?;
+                        let mut inputs = Vec::with_capacity(2 + carried + captured.len());
+                        inputs.push(Some(Tensor::new(i, &device)?));
+                        inputs.push(Some(Tensor::new(1u8, &device)?));
+                        inputs.extend(values.drain(..).map(Some));
+                        inputs.extend(captured.iter().cloned());
+                        let mut outputs = body.run(inputs, guard).map_err(to_candle)?.into_iter();
+                        keep = match outputs.next() {
+                            Some(c) => truthy(&c)?,
+                            None => bail!("Loop body gave no condition"),
+                        };
+                        values.extend(outputs.by_ref().take(carried));
+                        for (list, t) in scanned.iter_mut().zip(outputs) {
+                            let bytes = (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+                            guard.admit(bytes, || "Loop's scan outputs".into())?;
+                            guard.charge(bytes);
+                            held += bytes;
+                            list.push(t.unsqueeze(0)?);
+                        }
+                        i += 1;
                     }
-                    let mut inputs = Vec::with_capacity(2 + carried + captured.len());
-                    inputs.push(Some(Tensor::new(i, &device)?));
-                    inputs.push(Some(Tensor::new(1u8, &device)?));
-                    inputs.extend(values.drain(..).map(Some));
-                    inputs.extend(captured.iter().cloned());
-                    let mut outputs = body.run(inputs).map_err(to_candle)?.into_iter();
-                    keep = match outputs.next() {
-                        Some(c) => truthy(&c)?,
-                        None => bail!("Loop body gave no condition"),
-                    };
-                    values.extend(outputs.by_ref().take(carried));
-                    for (list, t) in scanned.iter_mut().zip(outputs) {
-                        list.push(t.unsqueeze(0)?);
+                    // Stacking copies the scans once more.
+                    guard.admit(held, || "Loop's scan outputs".into())?;
+                    for (list, (shape, dtype)) in scanned.drain(..).zip(&empty) {
+                        values.push(if list.is_empty() {
+                            Tensor::zeros(shape.as_slice(), *dtype, &device)?
+                        } else {
+                            Tensor::cat(&list, 0)?
+                        });
                     }
-                    i += 1;
-                }
-                for (list, (shape, dtype)) in scanned.into_iter().zip(&empty) {
-                    values.push(if list.is_empty() {
-                        Tensor::zeros(shape.as_slice(), *dtype, &device)?
-                    } else {
-                        Tensor::cat(&list, 0)?
-                    });
-                }
-                Ok(values)
+                    Ok(std::mem::take(&mut values))
+                })();
+                guard.release(held);
+                result
             }))
         }
         other => Err(BackendError::InvalidModel(format!(
@@ -160,14 +182,4 @@ fn scalar_i64(t: &Tensor) -> Result<i64> {
         bail!("a trip count must hold one element, not {:?}", t.dims())
     }
     Ok(t.flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()?[0])
-}
-
-/// A sub-plan's error as a kernel error, keeping input errors recognisable.
-fn to_candle(e: BackendError) -> candle_core::Error {
-    match e {
-        BackendError::InvalidInput(m) => {
-            candle_core::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, m))
-        }
-        other => candle_core::Error::Msg(other.to_string()),
-    }
 }

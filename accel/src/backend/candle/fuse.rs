@@ -113,7 +113,7 @@ pub(super) fn chain_op(
 
 /// The fused kernel of `ops` (with each node's own kernel for other tensors).
 pub(super) fn kernel(ops: Vec<Op>, fallback: Vec<Fallback>) -> Kernel {
-    Kernel::new(move |inputs| {
+    Kernel::guarded(move |inputs, guard| {
         let x = arg(inputs, 0)?;
         if let Some(y) = fused(&ops, x)? {
             return Ok(vec![y]);
@@ -130,7 +130,7 @@ pub(super) fn kernel(ops: Vec<Op>, fallback: Vec<Fallback>) -> Kernel {
                     None => None,
                 })
                 .collect();
-            let mut out = step.kernel.run(&args)?;
+            let mut out = step.kernel.run(&args, guard)?;
             if out.is_empty() {
                 candle_core::bail!("a fused node produced nothing")
             }

@@ -3,8 +3,8 @@
 //! evaluated at load (constant folding), and each intermediate is dropped right after its last use.
 //! Running the plan is a walk over the steps with no parsing and no weight conversion.
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_onnx::onnx::{
@@ -12,13 +12,15 @@ use candle_onnx::onnx::{
     type_proto::Value as TypeValue,
 };
 
+use super::bound::{self, Bound};
 use super::control;
-use super::error::{is_input_error, message};
+use super::error::message;
 use super::fuse;
+use super::guard::{self, Guard};
 use super::onnx::{internal_dtype, tensor_from_proto, wire_datatype};
 use super::ops::{self, Kernel, NodeCtx};
-use crate::backend::BackendError;
-use crate::core::{GraphIo, Signature};
+use crate::backend::{BackendError, LoadLimits};
+use crate::core::{GraphIo, ModelFile, Signature};
 
 /// A graph input or output.
 #[derive(Debug, Clone)]
@@ -34,6 +36,8 @@ struct Step {
     name: String,
     op_type: String,
     kernel: Kernel,
+    /// What the step may create, admitted by the guard before it runs.
+    bound: Bound,
     inputs: Vec<Option<usize>>,
     outputs: Vec<Option<usize>>,
     /// Slots whose last reader is this step.
@@ -52,11 +56,15 @@ pub(super) struct Plan {
     pub weight_bytes: u64,
 }
 
-/// What every graph of a model shares: the opset, the model's directory (external data), the device.
+/// What every graph of a model shares: the opset, the model file (its external data is resolved
+/// next to it, inside its model's directory), the device, the load's limits and what constant
+/// folding has created so far.
 pub(super) struct Scope<'a> {
     pub opset: i64,
-    pub dir: &'a Path,
+    pub file: &'a ModelFile,
     pub device: &'a Device,
+    pub limits: &'a LoadLimits,
+    pub folded: &'a Cell<u64>,
 }
 
 struct Slots(HashMap<String, usize>);
@@ -99,7 +107,12 @@ fn tensor_bytes(t: &Tensor) -> u64 {
 }
 
 impl Plan {
-    pub(super) fn compile(model: &ModelProto, dir: &Path, device: &Device) -> Result<Plan, BackendError> {
+    pub(super) fn compile(
+        model: &ModelProto,
+        file: &ModelFile,
+        device: &Device,
+        limits: &LoadLimits,
+    ) -> Result<Plan, BackendError> {
         let graph = model
             .graph
             .as_ref()
@@ -109,7 +122,15 @@ impl Plan {
             .iter()
             .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
             .map_or(1, |o| o.version);
-        Self::compile_graph(graph, &Scope { opset, dir, device }, &[], true)
+        let folded = Cell::new(0);
+        let scope = Scope {
+            opset,
+            file,
+            device,
+            limits,
+            folded: &folded,
+        };
+        Self::compile_graph(graph, &scope, &[], true)
     }
 
     /// A sub-graph (a branch of If, the body of Loop): its inputs are its formal inputs, then the
@@ -130,13 +151,14 @@ impl Plan {
         top: bool,
     ) -> Result<Plan, BackendError> {
         let invalid = |m: String| BackendError::InvalidModel(m);
-        let (opset, dir, device) = (scope.opset, scope.dir, scope.device);
+        let (opset, device) = (scope.opset, scope.device);
 
         let mut slots = Slots(HashMap::new());
         let mut constants: HashMap<usize, Tensor> = HashMap::new();
         let mut weight_bytes = 0u64;
         for init in &graph.initializer {
-            let t = tensor_from_proto(init, dir, device).map_err(invalid)?;
+            scope.limits.check_deadline()?;
+            let t = tensor_from_proto(init, scope.file, device).map_err(invalid)?;
             weight_bytes += tensor_bytes(&t);
             constants.insert(slots.get_or_add(&init.name), t);
         }
@@ -183,6 +205,7 @@ impl Plan {
         }
 
         let order = topological_order(
+            scope.limits,
             &graph.node,
             &graph
                 .initializer
@@ -205,6 +228,7 @@ impl Plan {
         let graph_outputs: Vec<String> = graph.output.iter().map(|v| v.name.clone()).collect();
         let readers = fuse::readers(&graph.node, &graph_outputs);
         for &n in &order {
+            scope.limits.check_deadline()?;
             if folded_away.contains(&n) {
                 continue;
             }
@@ -264,7 +288,7 @@ impl Plan {
                 node,
                 opset,
                 consts,
-                dir,
+                file: scope.file,
                 device,
             };
             let compiled = if control {
@@ -284,26 +308,45 @@ impl Plan {
                 unsupported.push(node.op_type.clone());
                 continue;
             };
-            // Constant folding: every given input known now.
+            let bound = bound::for_node(node, opset);
+            // Constant folding: every given input known now, and what it creates within the load's
+            // limits (beyond them, or past the iterations a Loop may run, the node runs at request
+            // time, under each request's limits).
             let all_const = in_slots.iter().all(|s| s.is_none_or(|s| constants.contains_key(&s)));
             if all_const && unsupported.is_empty() {
                 let args: Vec<Option<&Tensor>> = in_slots.iter().map(|s| s.and_then(|s| constants.get(&s))).collect();
-                match kernel.run(&args) {
-                    Ok(values) => {
-                        for (slot, value) in out_slots.iter().zip(values) {
-                            if let Some(slot) = slot {
-                                constants.insert(*slot, value);
+                let room = scope.limits.fold_bytes.saturating_sub(scope.folded.get());
+                if bound.of(&args) <= room {
+                    let guard = Guard::fold(scope.limits, room);
+                    match kernel.run(&args, &guard) {
+                        Ok(values) => {
+                            let made: u64 = values.iter().map(tensor_bytes).sum();
+                            if made <= room {
+                                scope.folded.set(scope.folded.get() + made);
+                                for (slot, value) in out_slots.iter().zip(values) {
+                                    if let Some(slot) = slot {
+                                        constants.insert(*slot, value);
+                                    }
+                                }
+                                continue;
                             }
                         }
-                        continue;
+                        Err(e) => match guard::to_backend(&e, format!("node {node_label}: {}", message(&e))) {
+                            // Too large or too long to fold: computed per request instead.
+                            BackendError::ResourceExhausted(_) | BackendError::InvalidInput(_) => {
+                                tracing::debug!(node = %node_label, reason = %message(&e), "not folded at load");
+                            }
+                            BackendError::TimedOut(m) => return Err(BackendError::TimedOut(m)),
+                            other => return Err(invalid(other.to_string())),
+                        },
                     }
-                    Err(e) => return Err(invalid(format!("node {node_label}: {}", message(&e)))),
                 }
             }
             steps.push(Step {
                 name: node.name.clone(),
                 op_type: node.op_type.clone(),
                 kernel,
+                bound,
                 inputs: in_slots,
                 outputs: out_slots,
                 release: Vec::new(),
@@ -355,30 +398,47 @@ impl Plan {
     }
 
     /// Runs the graph on `inputs` (one per [`Plan::inputs`] entry; `None` leaves an input out) and
-    /// returns every graph output in order.
-    pub(super) fn run(&self, inputs: Vec<Option<Tensor>>) -> Result<Vec<Tensor>, BackendError> {
+    /// returns every graph output in order. Each step is admitted by `guard` first (what the run
+    /// holds plus what the step may create must fit its limit, and the run must still be wanted);
+    /// the values it creates are counted until their last reader has run.
+    pub(super) fn run(&self, inputs: Vec<Option<Tensor>>, guard: &Guard<'_>) -> Result<Vec<Tensor>, BackendError> {
         let mut env = self.constants.clone();
         for (endpoint, value) in self.inputs.iter().zip(inputs) {
             if value.is_some() {
                 env[endpoint.slot] = value;
             }
         }
+        // Bytes of the values this run created, per slot (inputs and constants are counted by
+        // whoever owns them).
+        let mut held = vec![0u64; env.len()];
+        let result = self.steps(&mut env, &mut held, guard);
+        guard.release(held.iter().sum());
+        result?;
+        self.outputs
+            .iter()
+            .map(|o| {
+                env[o.slot]
+                    .clone()
+                    .ok_or_else(|| BackendError::Execution(format!("output '{}' was not computed", o.name)))
+            })
+            .collect()
+    }
+
+    fn steps(&self, env: &mut [Option<Tensor>], held: &mut [u64], guard: &Guard<'_>) -> Result<(), BackendError> {
         for step in &self.steps {
             let args: Vec<Option<&Tensor>> = step.inputs.iter().map(|s| s.and_then(|s| env[s].as_ref())).collect();
-            let started = super::profile::enabled().then(std::time::Instant::now);
-            let values = step.kernel.run(&args).map_err(|e| {
-                let label = if step.name.is_empty() {
+            let label = || {
+                if step.name.is_empty() {
                     step.op_type.clone()
                 } else {
                     format!("{} ({})", step.name, step.op_type)
-                };
-                let text = format!("node {label}: {}", message(&e));
-                if is_input_error(&e) {
-                    BackendError::InvalidInput(text)
-                } else {
-                    BackendError::Execution(text)
                 }
-            })?;
+            };
+            let started = super::profile::enabled().then(std::time::Instant::now);
+            let values = guard
+                .admit(step.bound.of(&args), || format!("node {}", label()))
+                .and_then(|()| step.kernel.run(&args, guard))
+                .map_err(|e| guard::to_backend(&e, format!("node {}: {}", label(), message(&e))))?;
             if let Some(started) = started {
                 let elapsed = started.elapsed();
                 if super::profile::by_shape() {
@@ -390,21 +450,18 @@ impl Plan {
             }
             for (slot, value) in step.outputs.iter().zip(values) {
                 if let Some(slot) = slot {
+                    let bytes = tensor_bytes(&value);
+                    guard.charge(bytes);
+                    held[*slot] = held[*slot].saturating_add(bytes);
                     env[*slot] = Some(value);
                 }
             }
             for &slot in &step.release {
                 env[slot] = None;
+                guard.release(std::mem::take(&mut held[slot]));
             }
         }
-        self.outputs
-            .iter()
-            .map(|o| {
-                env[o.slot]
-                    .clone()
-                    .ok_or_else(|| BackendError::Execution(format!("output '{}' was not computed", o.name)))
-            })
-            .collect()
+        Ok(())
     }
 }
 
@@ -429,13 +486,10 @@ fn element_wise_chain(
     slots: &mut Slots,
     constants: &HashMap<usize, Tensor>,
 ) -> Option<Chain> {
-    let known: HashMap<&str, &Tensor> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter())
-        .filter_map(|name| Some((name.as_str(), constants.get(slots.0.get(name)?)?)))
-        .collect();
-    let constant = |name: &str| known.get(name).map(|t| (*t).clone());
+    // Looked up by name (a map of every constant input of the graph, built per node, made compiling
+    // quadratic in the node count).
+    let names = &slots.0;
+    let constant = |name: &str| names.get(name).and_then(|s| constants.get(s)).cloned();
     let node = &graph.node[first];
     let mut variable: Vec<&String> = node
         .input
@@ -461,7 +515,7 @@ fn element_wise_chain(
             node,
             opset: scope.opset,
             consts: consts.iter().map(Option::as_ref).collect(),
-            dir: scope.dir,
+            file: scope.file,
             device: scope.device,
         };
         let Ok(Some(kernel)) = ops::compile(&ctx) else {
@@ -499,6 +553,7 @@ fn element_wise_chain(
             name: graph.node[first].name.clone(),
             op_type: format!("Fused({})", names.join("+")),
             kernel: fuse::kernel(ops, fallback),
+            bound: Bound::inputs(),
             inputs: vec![Some(slots.get_or_add(&root))],
             outputs: vec![Some(slots.get_or_add(&current))],
             release: Vec::new(),
@@ -522,6 +577,17 @@ fn batch_norms_to_fold(graph: &GraphProto) -> HashMap<usize, (usize, bool)> {
     for v in &graph.output {
         *readers.entry(v.name.clone()).or_default() += 1;
     }
+    // The Conv producing each value (first one, as a search from the start would find).
+    let mut conv_of: HashMap<&str, usize> = HashMap::new();
+    for (c, node) in graph.node.iter().enumerate() {
+        if node.op_type == "Conv"
+            && default_domain(node)
+            && node.input.len() >= 2
+            && let Some(out) = node.output.first()
+        {
+            conv_of.entry(out.as_str()).or_insert(c);
+        }
+    }
     let mut folds = HashMap::new();
     for (k, bn) in graph.node.iter().enumerate() {
         let constant_params = bn.input.len() == 5 && bn.input[1..].iter().all(|i| !i.is_empty());
@@ -532,10 +598,7 @@ fn batch_norms_to_fold(graph: &GraphProto) -> HashMap<usize, (usize, bool)> {
         if bn.output.iter().skip(1).any(|o| !o.is_empty()) || readers.get(&bn.input[0]) != Some(&1) {
             continue;
         }
-        let conv = graph.node.iter().position(|c| {
-            c.op_type == "Conv" && default_domain(c) && c.output.first() == Some(&bn.input[0]) && c.input.len() >= 2
-        });
-        if let Some(c) = conv {
+        if let Some(&c) = conv_of.get(bn.input[0].as_str()) {
             folds.insert(c, (k, readers.get(&graph.node[c].input[1]) == Some(&1)));
         }
     }
@@ -624,33 +687,68 @@ fn free_names(graph: &GraphProto) -> Vec<String> {
 }
 
 /// Node indices in an order where every input is produced first. ONNX requires files to be sorted
-/// already; exporters sometimes are not, so sort when needed.
-fn topological_order(nodes: &[NodeProto], given: &[&str]) -> Result<Vec<usize>, BackendError> {
+/// already; exporters sometimes are not, so sort when needed (Kahn's algorithm: linear in nodes and
+/// edges, ties kept in file order). Stops at the load's deadline.
+fn topological_order(limits: &LoadLimits, nodes: &[NodeProto], given: &[&str]) -> Result<Vec<usize>, BackendError> {
     let mut known: std::collections::HashSet<&str> = given.iter().copied().collect();
     known.insert("");
-    let mut order = Vec::with_capacity(nodes.len());
-    let mut pending: Vec<usize> = (0..nodes.len()).collect();
-    while !pending.is_empty() {
-        let before = pending.len();
-        pending.retain(|&n| {
-            let ready = nodes[n].input.iter().all(|i| known.contains(i.as_str()))
-                && captured_names(&nodes[n]).iter().all(|i| known.contains(i.as_str()));
-            if ready {
-                order.push(n);
-                for o in &nodes[n].output {
-                    known.insert(o.as_str());
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for o in &node.output {
+            if !known.contains(o.as_str()) {
+                producer.entry(o.as_str()).or_insert(n);
+            }
+        }
+    }
+    let reads: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| n.input.iter().cloned().chain(captured_names(n)).collect())
+        .collect();
+    let mut waiting = vec![0usize; nodes.len()];
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    let mut missing: Vec<Option<String>> = vec![None; nodes.len()];
+    for (n, names) in reads.iter().enumerate() {
+        for name in names {
+            if known.contains(name.as_str()) {
+                continue;
+            }
+            match producer.get(name.as_str()) {
+                Some(&p) if p != n => {
+                    waiting[n] += 1;
+                    readers[p].push(n);
+                }
+                _ => {
+                    missing[n].get_or_insert_with(|| name.clone());
+                    waiting[n] += 1;
                 }
             }
-            !ready
-        });
-        if pending.len() == before {
-            let n = &nodes[pending[0]];
-            let missing: Vec<&String> = n.input.iter().filter(|i| !known.contains(i.as_str())).collect();
-            return Err(BackendError::InvalidModel(format!(
-                "node '{}' ({}) reads {missing:?}, which nothing produces (or the graph has a cycle)",
-                n.name, n.op_type
-            )));
         }
+    }
+    let mut ready: std::collections::BTreeSet<usize> = (0..nodes.len()).filter(|&n| waiting[n] == 0).collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some(n) = ready.pop_first() {
+        if order.len() % 1024 == 0 {
+            limits.check_deadline()?;
+        }
+        order.push(n);
+        for &r in &readers[n] {
+            waiting[r] -= 1;
+            if waiting[r] == 0 {
+                ready.insert(r);
+            }
+        }
+    }
+    if order.len() < nodes.len() {
+        let stuck = (0..nodes.len()).find(|n| waiting[*n] > 0).unwrap_or(0);
+        let n = &nodes[stuck];
+        let what = match &missing[stuck] {
+            Some(name) => format!("reads '{name}', which nothing produces"),
+            None => "is part of a cycle".to_string(),
+        };
+        return Err(BackendError::InvalidModel(format!(
+            "node '{}' ({}) {what}",
+            n.name, n.op_type
+        )));
     }
     Ok(order)
 }

@@ -3,6 +3,7 @@
 //! weights stay resident as device tensors; an instance converts a batch's bytes into tensors (one copy,
 //! straight from the requests' buffers), runs the plan, and turns the outputs back into bytes.
 
+mod bound;
 mod control;
 mod convert;
 mod error;
@@ -10,34 +11,45 @@ mod fuse;
 #[cfg(feature = "cuda")]
 mod gpu;
 mod graph;
+mod guard;
 mod onnx;
 mod ops;
 pub mod profile;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Device;
 
 use self::graph::Plan;
-use super::{Backend, BackendError, Batch, LoadedModel, ModelInstance};
-use crate::core::{ModelSpec, Signature, Tensor};
+use self::guard::Guard;
+use super::{Backend, BackendError, Batch, ExecLimits, LoadLimits, LoadedModel, ModelInstance};
+use crate::core::{ModelFile, ModelSpec, Signature, Tensor};
 
 /// Executes ONNX models with candle on one device.
 #[derive(Debug, Clone)]
 pub struct CandleBackend {
     device: Device,
+    limits: ExecLimits,
 }
 
 impl CandleBackend {
     /// A backend on the CPU.
     pub fn cpu() -> Self {
-        CandleBackend { device: Device::Cpu }
+        Self::on(Device::Cpu)
     }
 
     /// A backend on `device`. On a GPU each loaded model gets a stream of its own.
     pub fn on(device: Device) -> Self {
-        CandleBackend { device }
+        CandleBackend {
+            device,
+            limits: ExecLimits::default(),
+        }
+    }
+
+    /// With `limits` on every execution.
+    pub fn with_limits(mut self, limits: ExecLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The device a load places its weights on: on a GPU, a new stream for this model, so that models
@@ -58,32 +70,57 @@ impl Backend for CandleBackend {
         "candle"
     }
 
-    fn load(&self, file: &Path) -> Result<Box<dyn LoadedModel>, BackendError> {
-        let read_error = |reason: String| BackendError::Read {
-            path: file.display().to_string(),
-            reason,
-        };
-        let bytes = std::fs::read(file).map_err(|e| read_error(e.to_string()))?;
-        let model = <candle_onnx::onnx::ModelProto as prost::Message>::decode(bytes.as_slice())
-            .map_err(|e| read_error(format!("not an ONNX model: {e}")))?;
+    fn load(&self, file: &ModelFile, limits: &LoadLimits) -> Result<Box<dyn LoadedModel>, BackendError> {
+        let bytes = file.read(u64::MAX).map_err(|e| BackendError::Read(e.to_string()))?;
+        let model = decode(&bytes, file)?;
+        // The file's bytes are not needed while compiling: the decoded model holds the weights.
         drop(bytes);
-        let dir = file.parent().unwrap_or_else(|| Path::new("."));
+        self.compile(&model, file, limits)
+    }
+}
+
+impl CandleBackend {
+    /// Loads a model from the bytes of `file` (read by the caller; external data is looked up next
+    /// to `file`).
+    pub fn load_bytes(
+        &self,
+        bytes: &[u8],
+        file: &ModelFile,
+        limits: &LoadLimits,
+    ) -> Result<Box<dyn LoadedModel>, BackendError> {
+        self.compile(&decode(bytes, file)?, file, limits)
+    }
+
+    fn compile(
+        &self,
+        model: &candle_onnx::onnx::ModelProto,
+        file: &ModelFile,
+        limits: &LoadLimits,
+    ) -> Result<Box<dyn LoadedModel>, BackendError> {
         let device = self.load_device()?;
-        let plan = Plan::compile(&model, dir, &device)?;
+        let plan = Plan::compile(model, file, &device, limits)?;
         for input in &plan.inputs {
             graph::check_elem_type(input)?;
         }
         Ok(Box::new(CandleModel {
             plan: Arc::new(plan),
             device,
+            limits: self.limits,
         }))
     }
+}
+
+/// An ONNX file's bytes as its protobuf (prost refuses messages nested more than 100 deep).
+fn decode(bytes: &[u8], file: &ModelFile) -> Result<candle_onnx::onnx::ModelProto, BackendError> {
+    <candle_onnx::onnx::ModelProto as prost::Message>::decode(bytes)
+        .map_err(|e| BackendError::Read(format!("'{}' is not an ONNX model: {e}", file.shown())))
 }
 
 #[derive(Debug)]
 struct CandleModel {
     plan: Arc<Plan>,
     device: Device,
+    limits: ExecLimits,
 }
 
 impl LoadedModel for CandleModel {
@@ -116,6 +153,7 @@ impl LoadedModel for CandleModel {
             #[cfg(feature = "cuda")]
             gpu: gpu::GpuInputs::new(&self.device)?,
             device: self.device.clone(),
+            limits: self.limits,
             spec_inputs: inputs,
             spec_outputs: outputs,
             names: spec.outputs.iter().map(|o| (o.name.clone(), o.datatype)).collect(),
@@ -129,6 +167,7 @@ struct CandleInstance {
     #[cfg(feature = "cuda")]
     gpu: Option<gpu::GpuInputs>,
     device: Device,
+    limits: ExecLimits,
     /// For each spec input, its index among the plan's inputs.
     spec_inputs: Vec<usize>,
     /// For each spec output, its index among the plan's outputs.
@@ -138,6 +177,13 @@ struct CandleInstance {
 
 impl ModelInstance for CandleInstance {
     fn execute(&mut self, batch: &Batch) -> Result<Vec<Tensor>, BackendError> {
+        let guard = Guard::execution(&self.limits, &batch.cancel);
+        // The batch's inputs count towards what the execution holds.
+        let inputs: u64 = batch.inputs.iter().flatten().map(|i| i.byte_len() as u64).sum();
+        guard
+            .admit(inputs, || "the batch's inputs".into())
+            .map_err(|e| guard::to_backend(&e, e.to_string()))?;
+        guard.charge(inputs);
         let mut args = vec![None; self.plan.inputs.len()];
         for (k, input) in batch.inputs.iter().enumerate() {
             let Some(input) = input else { continue };
@@ -151,7 +197,7 @@ impl ModelInstance for CandleInstance {
             }
             args[slot] = Some(convert::to_candle(input, &self.device)?);
         }
-        let results = self.plan.run(args)?;
+        let results = self.plan.run(args, &guard)?;
         batch
             .outputs
             .iter()

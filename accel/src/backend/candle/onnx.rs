@@ -5,13 +5,15 @@
 //! combines tensors of equal type, so arithmetic stays exact, and the declared type is restored at the
 //! graph's boundary.
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Tensor};
 use candle_onnx::onnx::{AttributeProto, NodeProto, TensorProto, tensor_proto::DataType as OnnxType};
 use half::{bf16, f16};
 
-use crate::core::DataType;
+use crate::core::{DataType, ModelFile};
+
+/// The most elements one initializer or constant may declare (its data must be there too: this
+/// bounds what a shape of wrapping dimensions could otherwise claim).
+pub(super) const MAX_TENSOR_ELEMENTS: usize = 1 << 34;
 
 /// The candle dtype that holds values of an ONNX element type inside the executor.
 pub(super) fn internal_dtype(elem_type: i32) -> Result<DType, String> {
@@ -85,15 +87,25 @@ fn dims(t: &TensorProto) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-/// Turns an initializer or constant into a tensor on `device`. `dir` resolves external data.
-pub(super) fn tensor_from_proto(t: &TensorProto, dir: &Path, device: &Device) -> Result<Tensor, String> {
+/// Turns an initializer or constant into a tensor on `device`. External data is read from files
+/// next to `file`, inside its model's directory.
+pub(super) fn tensor_from_proto(t: &TensorProto, file: &ModelFile, device: &Device) -> Result<Tensor, String> {
     let shape = dims(t)?;
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+        .ok_or_else(|| {
+            format!(
+                "tensor '{}' has shape {shape:?}, more elements than a tensor may have",
+                t.name
+            )
+        })?;
     let ty = OnnxType::try_from(t.data_type)
         .map_err(|_| format!("tensor '{}': unknown element type {}", t.name, t.data_type))?;
     let external;
     let raw: &[u8] = if t.data_location == 1 {
-        external = read_external(t, dir)?;
+        external = read_external(t, file)?;
         &external
     } else {
         &t.raw_data
@@ -111,7 +123,7 @@ pub(super) fn tensor_from_proto(t: &TensorProto, dir: &Path, device: &Device) ->
         ($t:ty, $typed:expr, $conv:expr) => {{
             let values: Vec<$t> = if !raw.is_empty() {
                 let size = std::mem::size_of::<$t>();
-                if raw.len() != count * size {
+                if Some(raw.len()) != count.checked_mul(size) {
                     return Err(wrong(&format!("{} bytes of raw data for shape {shape:?}", raw.len())));
                 }
                 raw.chunks_exact(size)
@@ -182,20 +194,9 @@ fn int_tensor<T: ToI64>(
     make(Tensor::from_vec(v, shape, device))
 }
 
-fn read_external(t: &TensorProto, dir: &Path) -> Result<Vec<u8>, String> {
+fn read_external(t: &TensorProto, file: &ModelFile) -> Result<Vec<u8>, String> {
     let get = |key: &str| t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
     let location = get("location").ok_or_else(|| format!("tensor '{}': external data without a location", t.name))?;
-    let relative = Path::new(location);
-    if relative.is_absolute()
-        || relative
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(format!(
-            "tensor '{}': external data location '{location}' leaves the model directory",
-            t.name
-        ));
-    }
     let parse = |key: &str| {
         get(key)
             .map(|v| {
@@ -206,19 +207,11 @@ fn read_external(t: &TensorProto, dir: &Path) -> Result<Vec<u8>, String> {
     };
     let offset = parse("offset")?.unwrap_or(0);
     let length = parse("length")?;
-    let data = std::fs::read(dir.join(relative)).map_err(|e| format!("tensor '{}': {location}: {e}", t.name))?;
-    let start = usize::try_from(offset).map_err(|_| "offset too large".to_string())?;
-    let end = match length {
-        Some(l) => start.checked_add(usize::try_from(l).map_err(|_| "length too large".to_string())?),
-        None => Some(data.len()),
-    };
-    match end {
-        Some(end) if start <= end && end <= data.len() => Ok(data[start..end].to_vec()),
-        _ => Err(format!(
-            "tensor '{}': external data range is outside '{location}'",
-            t.name
-        )),
-    }
+    let data = file
+        .sibling(location)
+        .and_then(|f| f.read_range(offset, length))
+        .map_err(|e| format!("tensor '{}': external data {e}", t.name))?;
+    Ok(data)
 }
 
 /// Attribute access on a node.

@@ -52,6 +52,7 @@ impl Harness {
             deadline: timeout_us.map(|t| enqueued + Duration::from_micros(t)),
             level,
             reply: tx,
+            alive: std::sync::Weak::new(),
             span: tracing::Span::none(),
         };
         if !self.queue.has_room(level) {

@@ -1,11 +1,23 @@
 //! The REST inference body: JSON tensors (nested or flat `data`) and Triton's binary tensor data
 //! extension (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data_output`), in both
 //! directions. Binary tensors are slices of the received body: no copy.
+//!
+//! Decoding is bounded by the body: the JSON envelope is read without building a tree (tensor data
+//! and parameters stay borrowed slices of the body until the model is known), and each input's
+//! `data` is streamed straight into its little-endian bytes, refusing more elements than its shape
+//! declares. A JSON element takes at least two bytes and becomes at most eight, so a decode holds at
+//! most the body and four times its size. Answers are written the same way, element by element,
+//! without a tree either.
+
+use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use half::{bf16, f16};
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::core::{
     DataType, Error, InferRequest, InferResponse, ModelSpec, ParamValue, Parameters, RequestedOutput, Tensor,
@@ -15,44 +27,36 @@ use crate::core::{
 /// The header that says how many leading bytes of the body are JSON.
 pub(super) const HEADER_LENGTH: &str = "inference-header-content-length";
 
+type RawParameters<'a> = BTreeMap<String, &'a RawValue>;
+
 #[derive(Debug, Deserialize)]
-struct JsonRequest {
+struct JsonRequest<'a> {
     #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-    #[serde(default)]
-    inputs: Vec<JsonInput>,
-    #[serde(default)]
-    outputs: Option<Vec<JsonOutput>>,
+    #[serde(default, borrow)]
+    parameters: Option<RawParameters<'a>>,
+    #[serde(default, borrow)]
+    inputs: Vec<JsonInput<'a>>,
+    #[serde(default, borrow)]
+    outputs: Option<Vec<JsonOutput<'a>>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct JsonInput {
+struct JsonInput<'a> {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-    #[serde(default)]
-    data: Option<Value>,
+    #[serde(default, borrow)]
+    parameters: Option<RawParameters<'a>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
-struct JsonOutput {
+struct JsonOutput<'a> {
     name: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-}
-
-/// A decoded body waiting for its model (the raw binary form needs the model's input to be read).
-#[derive(Debug)]
-pub(super) enum Body {
-    Json {
-        request: Box<InferRequest>,
-    },
-    /// `Inference-Header-Content-Length: 0`: the body is the one input's raw bytes.
-    RawBinary(Bytes),
+    #[serde(default, borrow)]
+    parameters: Option<RawParameters<'a>>,
 }
 
 /// How the answer is encoded: per requested output name, whether it goes binary; the default for the rest.
@@ -75,9 +79,16 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::invalid_argument(msg)
 }
 
-fn parameters(map: Option<Map<String, Value>>) -> Result<Parameters, Error> {
+/// Parameters as the core's values: each must be a bool, a number or a string (read from its own
+/// slice of the body; an object or array is refused without being parsed).
+fn parameters(map: Option<RawParameters<'_>>) -> Result<Parameters, Error> {
     let mut out = Vec::new();
-    for (k, v) in map.unwrap_or_default() {
+    for (k, raw) in map.unwrap_or_default() {
+        let text = raw.get().trim_start();
+        if text.starts_with('{') || text.starts_with('[') {
+            return Err(invalid(format!("parameter '{k}' is not a bool, number or string")));
+        }
+        let v: Value = serde_json::from_str(text).map_err(|e| invalid(format!("parameter '{k}': {e}")))?;
         let value = match v {
             Value::Bool(b) => ParamValue::Bool(b),
             Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
@@ -95,7 +106,6 @@ fn parameters(map: Option<Map<String, Value>>) -> Result<Parameters, Error> {
         };
         out.push((k, value));
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
@@ -103,8 +113,13 @@ fn param<'a>(p: &'a Parameters, key: &str) -> Option<&'a ParamValue> {
     p.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
-/// Splits a body into its JSON header and binary section and decodes it.
-pub(super) fn decode(header_length: Option<&str>, body: Bytes) -> Result<(Body, OutputForm), Error> {
+/// Decodes a body for `spec`'s model: splits it into its JSON header and binary section (or takes
+/// it as the one input's raw bytes when `Inference-Header-Content-Length` is 0).
+pub(super) fn decode(
+    header_length: Option<&str>,
+    body: Bytes,
+    spec: &ModelSpec,
+) -> Result<(InferRequest, OutputForm), Error> {
     let json_len = match header_length {
         None => body.len(),
         Some(v) => v
@@ -113,13 +128,11 @@ pub(super) fn decode(header_length: Option<&str>, body: Bytes) -> Result<(Body, 
             .map_err(|_| invalid(format!("{HEADER_LENGTH} '{v}' is not a byte count")))?,
     };
     if json_len == 0 && header_length.is_some() {
-        return Ok((
-            Body::RawBinary(body),
-            OutputForm {
-                default_binary: true,
-                binary: Vec::new(),
-            },
-        ));
+        let form = OutputForm {
+            default_binary: true,
+            binary: Vec::new(),
+        };
+        return Ok((raw_request(body, spec)?, form));
     }
     if json_len > body.len() {
         return Err(invalid(format!(
@@ -127,7 +140,7 @@ pub(super) fn decode(header_length: Option<&str>, body: Bytes) -> Result<(Body, 
             body.len()
         )));
     }
-    let json: JsonRequest = serde_json::from_slice(&body[..json_len])
+    let json: JsonRequest<'_> = serde_json::from_slice(&body[..json_len])
         .map_err(|e| invalid(format!("the request is not valid inference JSON: {e}")))?;
     let mut binary = body.slice(json_len..);
     let params = parameters(json.parameters)?;
@@ -156,6 +169,12 @@ pub(super) fn decode(header_length: Option<&str>, body: Bytes) -> Result<(Body, 
                 ))
             })?;
         let tparams = parameters(input.parameters)?;
+        if tparams.iter().any(|(k, _)| k == "shared_memory_region") {
+            return Err(Error::unimplemented(format!(
+                "input '{}': shared-memory tensors are not supported yet",
+                input.name
+            )));
+        }
         let data = match (param(&tparams, "binary_data_size"), input.data) {
             (Some(_), Some(_)) => {
                 return Err(invalid(format!(
@@ -179,7 +198,7 @@ pub(super) fn decode(header_length: Option<&str>, body: Bytes) -> Result<(Body, 
                 }
                 binary.split_to(size)
             }
-            (None, Some(data)) => json_data(&input.name, datatype, &shape, &data)?,
+            (None, Some(data)) => json_data(&input.name, datatype, &shape, data)?,
             (None, None) => {
                 return Err(invalid(format!(
                     "input '{}' has neither data nor binary_data_size",
@@ -187,12 +206,6 @@ pub(super) fn decode(header_length: Option<&str>, body: Bytes) -> Result<(Body, 
                 )));
             }
         };
-        if tparams.iter().any(|(k, _)| k == "shared_memory_region") {
-            return Err(Error::unimplemented(format!(
-                "input '{}': shared-memory tensors are not supported yet",
-                input.name
-            )));
-        }
         inputs.push(Tensor {
             name: input.name,
             datatype,
@@ -235,47 +248,35 @@ pub(super) fn decode(header_length: Option<&str>, body: Bytes) -> Result<(Body, 
         outputs,
         ..Default::default()
     };
-    Ok((
-        Body::Json {
-            request: Box::new(request),
-        },
-        form,
-    ))
+    Ok((request, form))
 }
 
-impl Body {
-    /// The request, once the model is known.
-    pub(super) fn into_request(self, spec: &ModelSpec) -> Result<InferRequest, Error> {
-        match self {
-            Body::Json { request } => Ok(*request),
-            Body::RawBinary(data) => {
-                let [input] = spec.inputs.as_slice() else {
-                    return Err(invalid(format!(
-                        "a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; '{}' has {}",
-                        spec.name,
-                        spec.inputs.len()
-                    )));
-                };
-                let shape = raw_shape(input.datatype, &input.dims, spec.batches(), data.len()).ok_or_else(|| {
-                    invalid(format!(
-                        "{} raw bytes do not fit input '{}' with dims {:?}",
-                        data.len(),
-                        input.name,
-                        input.dims
-                    ))
-                })?;
-                Ok(InferRequest {
-                    inputs: vec![Tensor {
-                        name: input.name.clone(),
-                        datatype: input.datatype,
-                        shape,
-                        data,
-                    }],
-                    ..Default::default()
-                })
-            }
-        }
-    }
+/// `Inference-Header-Content-Length: 0`: the body is the raw bytes of the model's one input.
+fn raw_request(data: Bytes, spec: &ModelSpec) -> Result<InferRequest, Error> {
+    let [input] = spec.inputs.as_slice() else {
+        return Err(invalid(format!(
+            "a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; '{}' has {}",
+            spec.name,
+            spec.inputs.len()
+        )));
+    };
+    let shape = raw_shape(input.datatype, &input.dims, spec.batches(), data.len()).ok_or_else(|| {
+        invalid(format!(
+            "{} raw bytes do not fit input '{}' with dims {:?}",
+            data.len(),
+            input.name,
+            input.dims
+        ))
+    })?;
+    Ok(InferRequest {
+        inputs: vec![Tensor {
+            name: input.name.clone(),
+            datatype: input.datatype,
+            shape,
+            data,
+        }],
+        ..Default::default()
+    })
 }
 
 /// The shape of a raw binary body: batch 1, the one variable dimension (if any) from the length.
@@ -286,107 +287,191 @@ fn raw_shape(datatype: DataType, dims: &[i64], batching: bool, len: usize) -> Op
         shape.extend(dims.iter().map(|&d| if d < 0 { 1 } else { d as usize }));
         return Some(shape);
     };
-    let known: usize = dims.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product::<usize>() * size;
+    let known = dims
+        .iter()
+        .filter(|&&d| d >= 0)
+        .try_fold(size, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))?;
     let variable = dims.iter().filter(|&&d| d < 0).count();
     for &d in dims {
         shape.push(if d < 0 {
             len.checked_div(known).unwrap_or(0)
         } else {
-            d as usize
+            usize::try_from(d).ok()?
         });
     }
     let total = element_count(&shape)?.checked_mul(size)?;
     (variable <= 1 && total == len).then_some(shape)
 }
 
-/// Flattens nested JSON `data` and serialises it as the datatype's little-endian bytes.
-fn json_data(name: &str, datatype: DataType, shape: &[usize], data: &Value) -> Result<Bytes, Error> {
+/// An input's `data`, nested or flat, as the datatype's little-endian bytes.
+fn json_data(name: &str, datatype: DataType, shape: &[usize], data: &RawValue) -> Result<Bytes, Error> {
     let expected =
         element_count(shape).ok_or_else(|| invalid(format!("input '{name}': shape {shape:?} is too large")))?;
-    let mut leaves = Vec::new();
-    flatten(data, &mut leaves, expected).map_err(|_| {
-        invalid(format!(
-            "input '{name}': data has more than the {expected} elements of shape {shape:?}"
-        ))
-    })?;
-    if leaves.len() != expected {
+    let text = data.get();
+    // Never more than the elements the text can hold (two bytes each at least) or the shape has.
+    let capacity = expected
+        .min(text.len() / 2 + 1)
+        .saturating_mul(datatype.size().unwrap_or(8));
+    let mut sink = Sink {
+        name,
+        datatype,
+        shape,
+        out: BytesMut::with_capacity(capacity),
+        count: 0,
+        limit: expected,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    Level(&mut sink)
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| invalid(format!("input '{name}': {e}")))?;
+    if sink.count != expected {
         return Err(invalid(format!(
             "input '{name}': {} values in data, but shape {shape:?} needs {expected}",
-            leaves.len()
+            sink.count
         )));
     }
-    let mut buf = BytesMut::with_capacity(expected.saturating_mul(datatype.size().unwrap_or(8)).min(1 << 30));
-    let bad = |v: &Value| invalid(format!("input '{name}': {v} is not a {datatype} value"));
-    macro_rules! ints {
-        ($t:ty, $put:ident) => {
-            for v in &leaves {
-                let x = match v {
-                    Value::Number(n) => n
-                        .as_i64()
-                        .and_then(|i| <$t>::try_from(i).ok())
-                        .or_else(|| n.as_u64().and_then(|u| <$t>::try_from(u).ok())),
-                    _ => None,
-                }
-                .ok_or_else(|| bad(v))?;
-                buf.$put(x);
-            }
-        };
-    }
-    macro_rules! floats {
-        ($conv:expr) => {
-            for v in &leaves {
-                let x = v.as_f64().ok_or_else(|| bad(v))?;
-                $conv(&mut buf, x);
-            }
-        };
-    }
-    match datatype {
-        DataType::Bool => {
-            for v in &leaves {
-                buf.put_u8(u8::from(v.as_bool().ok_or_else(|| bad(v))?));
-            }
-        }
-        DataType::U8 => ints!(u8, put_u8),
-        DataType::U16 => ints!(u16, put_u16_le),
-        DataType::U32 => ints!(u32, put_u32_le),
-        DataType::U64 => ints!(u64, put_u64_le),
-        DataType::I8 => ints!(i8, put_i8),
-        DataType::I16 => ints!(i16, put_i16_le),
-        DataType::I32 => ints!(i32, put_i32_le),
-        DataType::I64 => ints!(i64, put_i64_le),
-        DataType::F16 => floats!(|b: &mut BytesMut, x: f64| b.put_u16_le(f16::from_f64(x).to_bits())),
-        DataType::Bf16 => floats!(|b: &mut BytesMut, x: f64| b.put_u16_le(bf16::from_f64(x).to_bits())),
-        DataType::F32 => floats!(|b: &mut BytesMut, x: f64| b.put_f32_le(x as f32)),
-        DataType::F64 => floats!(|b: &mut BytesMut, x: f64| b.put_f64_le(x)),
-        DataType::Bytes => {
-            for v in &leaves {
-                let s = v.as_str().ok_or_else(|| bad(v))?;
-                let len =
-                    u32::try_from(s.len()).map_err(|_| invalid(format!("input '{name}': an element is over 4 GiB")))?;
-                buf.put_u32_le(len);
-                buf.put_slice(s.as_bytes());
-            }
-        }
-    }
-    Ok(buf.freeze())
+    Ok(sink.out.freeze())
 }
 
-/// Collects the leaves of nested arrays, refusing more than `limit` of them.
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, limit: usize) -> Result<(), ()> {
-    match v {
-        Value::Array(items) => {
-            for item in items {
-                flatten(item, out, limit)?;
-            }
-            Ok(())
+/// Where the elements of one input's `data` go.
+struct Sink<'a> {
+    name: &'a str,
+    datatype: DataType,
+    shape: &'a [usize],
+    out: BytesMut,
+    count: usize,
+    limit: usize,
+}
+
+/// One element of JSON `data`.
+enum Leaf<'v> {
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+    Str(&'v str),
+}
+
+impl Sink<'_> {
+    fn push(&mut self, leaf: Leaf<'_>) -> Result<(), String> {
+        if self.count >= self.limit {
+            return Err(format!(
+                "data has more than the {} elements of shape {:?}",
+                self.limit, self.shape
+            ));
         }
-        leaf => {
-            if out.len() >= limit {
-                return Err(());
-            }
-            out.push(leaf);
-            Ok(())
+        self.count += 1;
+        let datatype = self.datatype;
+        let bad = |leaf: &Leaf<'_>| {
+            let shown = match leaf {
+                Leaf::Bool(b) => b.to_string(),
+                Leaf::Int(i) => i.to_string(),
+                Leaf::Uint(u) => u.to_string(),
+                Leaf::Float(f) => f.to_string(),
+                Leaf::Str(s) => format!("{s:?}"),
+            };
+            format!("input '{}': {shown} is not a {datatype} value", self.name)
+        };
+        macro_rules! int {
+            ($t:ty, $put:ident) => {{
+                let x = match leaf {
+                    Leaf::Int(i) => <$t>::try_from(i).ok(),
+                    Leaf::Uint(u) => <$t>::try_from(u).ok(),
+                    _ => None,
+                }
+                .ok_or_else(|| bad(&leaf))?;
+                self.out.$put(x);
+            }};
         }
+        let float = |leaf: &Leaf<'_>| match *leaf {
+            Leaf::Int(i) => Ok(i as f64),
+            Leaf::Uint(u) => Ok(u as f64),
+            Leaf::Float(f) => Ok(f),
+            _ => Err(bad(leaf)),
+        };
+        match datatype {
+            DataType::Bool => match leaf {
+                Leaf::Bool(b) => self.out.put_u8(u8::from(b)),
+                other => return Err(bad(&other)),
+            },
+            DataType::U8 => int!(u8, put_u8),
+            DataType::U16 => int!(u16, put_u16_le),
+            DataType::U32 => int!(u32, put_u32_le),
+            DataType::U64 => int!(u64, put_u64_le),
+            DataType::I8 => int!(i8, put_i8),
+            DataType::I16 => int!(i16, put_i16_le),
+            DataType::I32 => int!(i32, put_i32_le),
+            DataType::I64 => int!(i64, put_i64_le),
+            DataType::F16 => {
+                let x = float(&leaf)?;
+                self.out.put_u16_le(f16::from_f64(x).to_bits());
+            }
+            DataType::Bf16 => {
+                let x = float(&leaf)?;
+                self.out.put_u16_le(bf16::from_f64(x).to_bits());
+            }
+            DataType::F32 => {
+                let x = float(&leaf)?;
+                self.out.put_f32_le(x as f32);
+            }
+            DataType::F64 => {
+                let x = float(&leaf)?;
+                self.out.put_f64_le(x);
+            }
+            DataType::Bytes => match leaf {
+                Leaf::Str(s) => {
+                    let len = u32::try_from(s.len())
+                        .map_err(|_| format!("input '{}': an element is over 4 GiB", self.name))?;
+                    self.out.put_u32_le(len);
+                    self.out.put_slice(s.as_bytes());
+                }
+                other => return Err(bad(&other)),
+            },
+        }
+        Ok(())
+    }
+}
+
+/// A value of `data` at any nesting level: arrays recurse (serde_json bounds the depth), leaves go
+/// to the sink.
+struct Level<'s, 'a>(&'s mut Sink<'a>);
+
+impl<'de> DeserializeSeed<'de> for Level<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+macro_rules! leaf {
+    ($f:ident, $t:ty, $leaf:expr) => {
+        fn $f<E: serde::de::Error>(self, v: $t) -> Result<(), E> {
+            self.0.push($leaf(v)).map_err(E::custom)
+        }
+    };
+}
+
+impl<'de> Visitor<'de> for Level<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("numbers, bools or strings, or arrays of them")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Level(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    leaf!(visit_bool, bool, Leaf::Bool);
+    leaf!(visit_i64, i64, Leaf::Int);
+    leaf!(visit_u64, u64, Leaf::Uint);
+    leaf!(visit_f64, f64, Leaf::Float);
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.push(Leaf::Str(v)).map_err(E::custom)
     }
 }
 
@@ -397,106 +482,148 @@ pub(super) struct Encoded {
     pub header_length: Option<usize>,
 }
 
+/// The JSON of one output: data written element by element, or the size of its binary section.
+struct JsonOutputTensor<'a> {
+    tensor: &'a Tensor,
+    binary: bool,
+}
+
+impl Serialize for JsonOutputTensor<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.tensor;
+        let mut map = s.serialize_map(Some(4))?;
+        map.serialize_entry("name", &t.name)?;
+        map.serialize_entry("datatype", t.datatype.wire_name())?;
+        map.serialize_entry("shape", &t.shape)?;
+        if self.binary {
+            map.serialize_entry("parameters", &serde_json::json!({ "binary_data_size": t.data.len() }))?;
+        } else {
+            map.serialize_entry("data", &JsonData(t))?;
+        }
+        map.end()
+    }
+}
+
+/// A tensor's elements as a JSON array, written as they are read.
+struct JsonData<'a>(&'a Tensor);
+
+impl Serialize for JsonData<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let d = &t.data[..];
+        let mut seq = s.serialize_seq(None)?;
+        macro_rules! each {
+            ($n:expr, $conv:expr) => {
+                for c in d.chunks_exact($n) {
+                    seq.serialize_element(&$conv(c))?;
+                }
+            };
+        }
+        let arr = |c: &[u8]| -> [u8; 8] {
+            let mut a = [0u8; 8];
+            a[..c.len()].copy_from_slice(c);
+            a
+        };
+        match t.datatype {
+            DataType::Bool => each!(1, |c: &[u8]| c[0] != 0),
+            DataType::U8 => each!(1, |c: &[u8]| c[0]),
+            DataType::I8 => each!(1, |c: &[u8]| c[0] as i8),
+            DataType::U16 => each!(2, |c: &[u8]| u16::from_le_bytes([c[0], c[1]])),
+            DataType::I16 => each!(2, |c: &[u8]| i16::from_le_bytes([c[0], c[1]])),
+            DataType::U32 => each!(4, |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            DataType::I32 => each!(4, |c: &[u8]| i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            DataType::U64 => each!(8, |c: &[u8]| u64::from_le_bytes(arr(c))),
+            DataType::I64 => each!(8, |c: &[u8]| i64::from_le_bytes(arr(c))),
+            // JSON has no NaN or infinity: serde_json writes them as null.
+            DataType::F16 => each!(2, |c: &[u8]| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64()),
+            DataType::Bf16 => each!(2, |c: &[u8]| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64()),
+            DataType::F32 => each!(4, |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            DataType::F64 => each!(8, |c: &[u8]| f64::from_le_bytes(arr(c))),
+            DataType::Bytes => {
+                let mut rest = d;
+                while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                    let n = (u32::from_le_bytes(*len) as usize).min(tail.len());
+                    seq.serialize_element(&String::from_utf8_lossy(&tail[..n]))?;
+                    rest = &tail[n..];
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct JsonResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
+    outputs: Vec<JsonOutputTensor<'a>>,
+}
+
 /// Encodes a response: JSON `data` for JSON outputs, `binary_data_size` and appended bytes for binary ones.
 pub(super) fn encode(response: InferResponse, form: &OutputForm) -> Result<Encoded, Error> {
-    let mut outputs = Vec::with_capacity(response.outputs.len());
-    let mut binary: Vec<Bytes> = Vec::new();
-    for t in response.outputs {
-        let mut o = Map::new();
-        o.insert("name".into(), Value::String(t.name.clone()));
-        o.insert("datatype".into(), Value::String(t.datatype.wire_name().into()));
-        o.insert("shape".into(), Value::from(t.shape.clone()));
-        if form.is_binary(&t.name) {
-            o.insert(
-                "parameters".into(),
-                serde_json::json!({ "binary_data_size": t.data.len() }),
-            );
-            binary.push(t.data);
-        } else {
-            o.insert("data".into(), Value::Array(json_values(&t)?));
-        }
-        outputs.push(Value::Object(o));
-    }
-    let mut json = Map::new();
-    json.insert("model_name".into(), Value::String(response.model_name));
-    json.insert("model_version".into(), Value::String(response.model_version));
-    if !response.id.is_empty() {
-        json.insert("id".into(), Value::String(response.id));
-    }
-    json.insert("outputs".into(), Value::Array(outputs));
-    let header =
-        serde_json::to_vec(&Value::Object(json)).map_err(|e| Error::new(crate::core::Code::Internal, e.to_string()))?;
-    if binary.is_empty() {
+    let outputs: Vec<JsonOutputTensor<'_>> = response
+        .outputs
+        .iter()
+        .map(|t| JsonOutputTensor {
+            tensor: t,
+            binary: form.is_binary(&t.name),
+        })
+        .collect();
+    let binary_bytes: usize = outputs.iter().filter(|o| o.binary).map(|o| o.tensor.data.len()).sum();
+    let json = JsonResponse {
+        model_name: &response.model_name,
+        model_version: &response.model_version,
+        id: &response.id,
+        outputs,
+    };
+    let mut body = Vec::new();
+    serde_json::to_writer(&mut body, &json).map_err(|e| Error::new(crate::core::Code::Internal, e.to_string()))?;
+    if !json.outputs.iter().any(|o| o.binary) {
         return Ok(Encoded {
-            body: Bytes::from(header),
+            body: Bytes::from(body),
             header_length: None,
         });
     }
-    let header_length = header.len();
-    let mut body = BytesMut::with_capacity(header_length + binary.iter().map(Bytes::len).sum::<usize>());
-    body.put_slice(&header);
-    for b in binary {
-        body.put_slice(&b);
+    let header_length = body.len();
+    body.reserve(binary_bytes);
+    for o in json.outputs.iter().filter(|o| o.binary) {
+        body.extend_from_slice(&o.tensor.data);
     }
     Ok(Encoded {
-        body: body.freeze(),
+        body: Bytes::from(body),
         header_length: Some(header_length),
     })
-}
-
-/// A tensor's elements as JSON values.
-fn json_values(t: &Tensor) -> Result<Vec<Value>, Error> {
-    let d = &t.data[..];
-    macro_rules! each {
-        ($n:expr, $f:expr) => {
-            d.chunks_exact($n).map($f).collect()
-        };
-    }
-    Ok(match t.datatype {
-        DataType::Bool => d.iter().map(|&b| Value::Bool(b != 0)).collect(),
-        DataType::U8 => d.iter().map(|&b| Value::from(b)).collect(),
-        DataType::I8 => d.iter().map(|&b| Value::from(b as i8)).collect(),
-        DataType::U16 => each!(2, |c: &[u8]| Value::from(u16::from_le_bytes([c[0], c[1]]))),
-        DataType::I16 => each!(2, |c: &[u8]| Value::from(i16::from_le_bytes([c[0], c[1]]))),
-        DataType::U32 => each!(4, |c: &[u8]| Value::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        DataType::I32 => each!(4, |c: &[u8]| Value::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        DataType::U64 => each!(8, |c: &[u8]| Value::from(u64::from_le_bytes(
-            c.try_into().unwrap_or_default()
-        ))),
-        DataType::I64 => each!(8, |c: &[u8]| Value::from(i64::from_le_bytes(
-            c.try_into().unwrap_or_default()
-        ))),
-        DataType::F16 => each!(2, |c: &[u8]| float(
-            f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64()
-        )),
-        DataType::Bf16 => each!(2, |c: &[u8]| float(
-            bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64()
-        )),
-        DataType::F32 => each!(4, |c: &[u8]| float(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)),
-        DataType::F64 => each!(8, |c: &[u8]| float(f64::from_le_bytes(
-            c.try_into().unwrap_or_default()
-        ))),
-        DataType::Bytes => {
-            let mut out = Vec::new();
-            let mut rest = d;
-            while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-                let n = (u32::from_le_bytes(*len) as usize).min(tail.len());
-                out.push(Value::String(String::from_utf8_lossy(&tail[..n]).into_owned()));
-                rest = &tail[n..];
-            }
-            out
-        }
-    })
-}
-
-/// JSON has no NaN or infinity: they are written as null, as serde_json does.
-fn float(x: f64) -> Value {
-    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::{InstanceKind, IoSpec, Scheduling};
+
+    fn spec() -> ModelSpec {
+        let io = |name: &str, datatype| IoSpec {
+            name: name.into(),
+            datatype,
+            dims: vec![-1],
+            reshape: None,
+            optional: false,
+            verify_shape: false,
+        };
+        ModelSpec {
+            name: "m".into(),
+            version: 1,
+            platform: String::new(),
+            backend: "candle".into(),
+            max_batch_size: 0,
+            inputs: vec![io("a", DataType::I32), io("b", DataType::F32)],
+            outputs: vec![io("y", DataType::F32)],
+            scheduling: Scheduling::Direct,
+            instance_count: 1,
+            instance_kind: InstanceKind::Cpu,
+        }
+    }
 
     #[test]
     fn nested_json_data_and_binary_sections() {
@@ -506,10 +633,7 @@ mod tests {
         let mut body = json.to_vec();
         body.extend_from_slice(&1.5f32.to_le_bytes());
         body.extend_from_slice(&(-2f32).to_le_bytes());
-        let (decoded, form) = decode(Some(&json.len().to_string()), Bytes::from(body)).unwrap();
-        let Body::Json { request } = decoded else {
-            panic!("json")
-        };
+        let (request, form) = decode(Some(&json.len().to_string()), Bytes::from(body), &spec()).unwrap();
         assert_eq!(&request.inputs[0].data[..4], &1i32.to_le_bytes());
         assert_eq!(&request.inputs[0].data[4..8], &(-2i32).to_le_bytes());
         assert_eq!(
@@ -521,8 +645,36 @@ mod tests {
     }
 
     #[test]
+    fn every_datatype_decodes_from_json() {
+        let cases: [(&str, &str, Vec<u8>); 5] = [
+            ("BOOL", "[true,false]", vec![1, 0]),
+            (
+                "UINT16",
+                "[1,65535]",
+                [1u16.to_le_bytes(), 65535u16.to_le_bytes()].concat(),
+            ),
+            (
+                "FP16",
+                "[1, 0.5]",
+                [f16::from_f32(1.0).to_le_bytes(), f16::from_f32(0.5).to_le_bytes()].concat(),
+            ),
+            (
+                "INT64",
+                "[[-9007199254740993],[2]]",
+                [(-9007199254740993i64).to_le_bytes(), 2i64.to_le_bytes()].concat(),
+            ),
+            ("BYTES", r#"["ab",""]"#, vec![2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]),
+        ];
+        for (datatype, data, want) in cases {
+            let body = format!(r#"{{"inputs":[{{"name":"a","shape":[2],"datatype":"{datatype}","data":{data}}}]}}"#);
+            let (request, _) = decode(None, Bytes::from(body), &spec()).unwrap();
+            assert_eq!(&request.inputs[0].data[..], &want[..], "{datatype}");
+        }
+    }
+
+    #[test]
     fn bad_bodies_are_invalid_arguments() {
-        let cases: [(&[u8], Option<&str>, &str); 6] = [
+        let cases: [(&[u8], Option<&str>, &str); 9] = [
             (
                 br#"{"inputs":[{"name":"a","shape":[3],"datatype":"INT8","data":[1,2,300]}]}"#,
                 None,
@@ -549,12 +701,41 @@ mod tests {
                 "200",
             ),
             (b"not json", None, "not valid inference JSON"),
+            (
+                br#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[null]}]}"#,
+                None,
+                "input 'a'",
+            ),
+            (
+                br#"{"parameters":{"x":{"deep":[1,2,3]}},"inputs":[]}"#,
+                None,
+                "not a bool, number or string",
+            ),
+            (
+                br#"{"inputs":[{"name":"a","shape":[1],"datatype":"INT32","data":[1.5]}]}"#,
+                None,
+                "not a INT32",
+            ),
         ];
         for (body, header, needle) in cases {
-            let e = decode(header, Bytes::copy_from_slice(body)).unwrap_err();
+            let e = decode(header, Bytes::copy_from_slice(body), &spec()).unwrap_err();
             assert_eq!(e.code(), crate::core::Code::InvalidArgument);
             assert!(e.to_string().contains(needle), "{e} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn a_shape_larger_than_the_data_costs_nothing() {
+        // A client may declare any shape: nothing is reserved for it beyond what the text holds.
+        let body = br#"{"inputs":[{"name":"a","shape":[1000000000000],"datatype":"FP64","data":[1]}]}"#;
+        let e = decode(None, Bytes::copy_from_slice(body), &spec()).unwrap_err();
+        assert!(e.to_string().contains("1 values"), "{e}");
+        let deep = format!(
+            r#"{{"inputs":[{{"name":"a","shape":[1],"datatype":"FP32","data":{}1{}}}]}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(decode(None, Bytes::from(deep), &spec()).is_err());
     }
 
     #[test]
@@ -563,6 +744,7 @@ mod tests {
         assert_eq!(raw_shape(DataType::F32, &[4], false, 16), Some(vec![4]));
         assert_eq!(raw_shape(DataType::F32, &[4], false, 12), None);
         assert_eq!(raw_shape(DataType::F32, &[-1, -1], true, 16), None);
+        assert_eq!(raw_shape(DataType::F32, &[i64::MAX, i64::MAX], true, 16), None);
     }
 
     #[test]
@@ -577,7 +759,7 @@ mod tests {
             model_name: "m".into(),
             model_version: "1".into(),
             id: "7".into(),
-            outputs: vec![t("a", &[1.0, 2.5]), t("b", &[3.0])],
+            outputs: vec![t("a", &[1.0, 2.5, f32::NAN]), t("b", &[3.0])],
         };
         let form = OutputForm {
             default_binary: false,
@@ -586,7 +768,7 @@ mod tests {
         let enc = encode(response, &form).unwrap();
         let n = enc.header_length.unwrap();
         let header: Value = serde_json::from_slice(&enc.body[..n]).unwrap();
-        assert_eq!(header["outputs"][0]["data"], serde_json::json!([1.0, 2.5]));
+        assert_eq!(header["outputs"][0]["data"], serde_json::json!([1.0, 2.5, null]));
         assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 4);
         assert_eq!(&enc.body[n..], &3f32.to_le_bytes());
         assert_eq!(header["id"], "7");

@@ -5,10 +5,13 @@
 
 mod codec;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,10 +22,42 @@ use super::answers::{self, LoadParameter, LogValue, not_yet};
 use super::infer::Inference;
 use crate::core::{Code, Error};
 
+/// Bodies above this size are decoded (and answers above it encoded) on blocking threads, not on
+/// the async runtime's: a large JSON body takes long enough to stall other connections.
+const INLINE_BYTES: usize = 64 << 10;
+
+/// Large decodes and encodes running at once (each on a blocking thread).
+const BLOCKING_CODECS: usize = 4;
+
+/// How request bodies are read.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BodyLimits {
+    /// Largest body accepted (413 beyond).
+    pub max_bytes: usize,
+    /// Time a client has to send the whole body once its headers are in (408 beyond).
+    pub timeout: Duration,
+}
+
+/// What the REST handlers share.
+#[derive(Clone, Debug)]
+struct Rest {
+    inference: Inference,
+    body: BodyLimits,
+    codecs: Arc<tokio::sync::Semaphore>,
+}
+
 /// The REST router.
-pub(super) fn router(inference: Inference, max_body_bytes: usize) -> Router {
+pub(super) fn router(inference: Inference, body: BodyLimits) -> Router {
+    let state = Rest {
+        inference,
+        body,
+        codecs: Arc::new(tokio::sync::Semaphore::new(BLOCKING_CODECS)),
+    };
     Router::new()
-        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(serde_json::json!({ "live": true })) }),
+        )
         .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
         .route("/v2/models/stats", get(all_stats))
@@ -45,8 +80,75 @@ pub(super) fn router(inference: Inference, max_body_bytes: usize) -> Router {
         .route("/v2/systemsharedmemory/{*rest}", get(shm).post(shm))
         .route("/v2/cudasharedmemory/{*rest}", get(cuda_shm).post(cuda_shm))
         .fallback(|| async { Error::new(Code::NotFound, "no such endpoint") })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(inference)
+        .with_state(state)
+}
+
+/// Decodes `body` for `spec`, validates it, and encodes an answer made of its inputs (fuzzing).
+pub(super) fn fuzz_body(header_length: Option<&str>, body: Bytes, spec: &crate::core::ModelSpec) {
+    let Ok((request, form)) = codec::decode(header_length, body, spec) else {
+        return;
+    };
+    let outputs = request.inputs.clone();
+    let _ = crate::core::validate(spec, request);
+    let response = crate::core::InferResponse {
+        model_name: spec.name.clone(),
+        model_version: "1".into(),
+        id: String::new(),
+        outputs,
+    };
+    let _ = codec::encode(response, &form);
+}
+
+/// Reads a request body whole: at most `max_bytes` (413 beyond), within the body timeout (408).
+async fn read_body(body: Body, limits: BodyLimits) -> Result<Bytes, Response> {
+    let error =
+        |status: StatusCode, message: String| (status, Json(serde_json::json!({ "error": message }))).into_response();
+    match tokio::time::timeout(limits.timeout, axum::body::to_bytes(body, limits.max_bytes)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the request body is larger than {} bytes (--http-max-body-bytes)",
+                        limits.max_bytes
+                    ),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read: {e}"),
+                )
+            })
+        }
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s (--http-body-timeout-secs)",
+                limits.timeout.as_secs()
+            ),
+        )),
+    }
+}
+
+/// Runs `f` on a blocking thread when `size` is large (at most [`BLOCKING_CODECS`] at once), else
+/// here.
+async fn off_runtime<T: Send + 'static>(
+    codecs: &tokio::sync::Semaphore,
+    size: usize,
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    if size <= INLINE_BYTES {
+        return f();
+    }
+    let _permit = codecs
+        .acquire()
+        .await
+        .map_err(|_| Error::new(Code::Unavailable, "the server is shutting down"))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::new(Code::Internal, format!("a decoding thread failed: {e}")))?
 }
 
 async fn trace() -> Error {
@@ -85,8 +187,9 @@ fn ready_status(ready: bool) -> StatusCode {
     if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST }
 }
 
-async fn server_ready(State(s): State<Inference>) -> StatusCode {
-    ready_status(s.ready())
+async fn server_ready(State(s): State<Rest>) -> (StatusCode, Json<Value>) {
+    let ready = s.inference.ready();
+    (ready_status(ready), Json(serde_json::json!({ "ready": ready })))
 }
 
 async fn server_metadata() -> Result<Json<Value>, Error> {
@@ -96,81 +199,97 @@ async fn server_metadata() -> Result<Json<Value>, Error> {
     )?))
 }
 
-async fn metadata(s: &Inference, model: &str, version: &str) -> Result<Json<Value>, Error> {
-    let m = answers::model_metadata(&s.registry, model, version).await?;
+async fn metadata(s: &Rest, model: &str, version: &str) -> Result<Json<Value>, Error> {
+    let m = answers::model_metadata(&s.inference.registry, model, version).await?;
     Ok(Json(proto_json(&m, "inference.ModelMetadataResponse")?))
 }
 
-async fn model_metadata(State(s): State<Inference>, Path(model): Path<String>) -> Result<Json<Value>, Error> {
+async fn model_metadata(State(s): State<Rest>, Path(model): Path<String>) -> Result<Json<Value>, Error> {
     metadata(&s, &model, "").await
 }
 
 async fn model_metadata_v(
-    State(s): State<Inference>,
+    State(s): State<Rest>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, Error> {
     metadata(&s, &model, &version).await
 }
 
-fn ready(s: &Inference, model: &str, version: &str) -> StatusCode {
-    ready_status(!s.lifecycle.draining() && s.registry.model_ready(model, version))
+/// The protocol's answer: 200 or 400, and `{"name": ..., "ready": ...}` (KServe's clients read the
+/// body; Triton's ignore it).
+async fn ready(s: &Rest, model: &str, version: &str) -> (StatusCode, Json<Value>) {
+    let ready = !s.inference.lifecycle.draining() && s.inference.registry.model_ready(model, version).await;
+    (
+        ready_status(ready),
+        Json(serde_json::json!({ "name": model, "ready": ready })),
+    )
 }
 
-async fn model_ready(State(s): State<Inference>, Path(model): Path<String>) -> StatusCode {
-    ready(&s, &model, "")
+async fn model_ready(State(s): State<Rest>, Path(model): Path<String>) -> (StatusCode, Json<Value>) {
+    ready(&s, &model, "").await
 }
 
-async fn model_ready_v(State(s): State<Inference>, Path((model, version)): Path<(String, String)>) -> StatusCode {
-    ready(&s, &model, &version)
+async fn model_ready_v(
+    State(s): State<Rest>,
+    Path((model, version)): Path<(String, String)>,
+) -> (StatusCode, Json<Value>) {
+    ready(&s, &model, &version).await
 }
 
-async fn config(s: &Inference, model: &str, version: &str) -> Result<Json<Value>, Error> {
-    let c = answers::model_config(&s.registry, model, version).await?;
+async fn config(s: &Rest, model: &str, version: &str) -> Result<Json<Value>, Error> {
+    let c = answers::model_config(&s.inference.registry, model, version).await?;
     let json = proto_json(&c.config.unwrap_or_default(), accel_proto::MODEL_CONFIG_MESSAGE)?;
     Ok(Json(json))
 }
 
-async fn model_config(State(s): State<Inference>, Path(model): Path<String>) -> Result<Json<Value>, Error> {
+async fn model_config(State(s): State<Rest>, Path(model): Path<String>) -> Result<Json<Value>, Error> {
     config(&s, &model, "").await
 }
 
 async fn model_config_v(
-    State(s): State<Inference>,
+    State(s): State<Rest>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, Error> {
     config(&s, &model, &version).await
 }
 
-fn stats(s: &Inference, model: &str, version: &str) -> Result<Json<Value>, Error> {
-    let st = answers::model_statistics(&s.registry, model, version)?;
+fn stats(s: &Rest, model: &str, version: &str) -> Result<Json<Value>, Error> {
+    let st = answers::model_statistics(&s.inference.registry, model, version)?;
     Ok(Json(proto_json(&st, "inference.ModelStatisticsResponse")?))
 }
 
-async fn all_stats(State(s): State<Inference>) -> Result<Json<Value>, Error> {
+async fn all_stats(State(s): State<Rest>) -> Result<Json<Value>, Error> {
     stats(&s, "", "")
 }
 
-async fn model_stats(State(s): State<Inference>, Path(model): Path<String>) -> Result<Json<Value>, Error> {
+async fn model_stats(State(s): State<Rest>, Path(model): Path<String>) -> Result<Json<Value>, Error> {
     stats(&s, &model, "")
 }
 
 async fn model_stats_v(
-    State(s): State<Inference>,
+    State(s): State<Rest>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, Error> {
     stats(&s, &model, &version)
 }
 
-async fn repository_index(State(s): State<Inference>, body: Bytes) -> Result<Json<Value>, Error> {
+async fn repository_index(State(s): State<Rest>, body: Body) -> Result<Response, Response> {
+    let body = read_body(body, s.body).await?;
+    index(&s, &body)
+        .map(IntoResponse::into_response)
+        .map_err(IntoResponse::into_response)
+}
+
+fn index(s: &Rest, body: &Bytes) -> Result<Json<Value>, Error> {
     let ready = if body.is_empty() {
         false
     } else {
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| Error::invalid_argument(format!("repository index body: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| Error::invalid_argument(format!("repository index body: {e}")))?;
         v.get("ready").and_then(Value::as_bool).unwrap_or(false)
     };
     let index = proto_json(
-        &answers::repository_index(&s.registry, ready),
+        &answers::repository_index(&s.inference.registry, ready),
         "inference.RepositoryIndexResponse",
     )?;
     // REST answers the list itself, not the gRPC message around it.
@@ -201,16 +320,24 @@ fn repository_parameters(body: &Bytes) -> Result<Vec<(String, LoadParameter)>, E
         .collect())
 }
 
-async fn load_model(State(s): State<Inference>, Path(model): Path<String>, body: Bytes) -> Result<StatusCode, Error> {
-    answers::load_model(&s.registry, &model, repository_parameters(&body)?).await?;
-    Ok(StatusCode::OK)
+async fn load_model(State(s): State<Rest>, Path(model): Path<String>, body: Body) -> Result<StatusCode, Response> {
+    let body = read_body(body, s.body).await?;
+    let load = async {
+        answers::load_model(&s.inference.registry, &model, repository_parameters(&body)?).await?;
+        Ok::<_, Error>(StatusCode::OK)
+    };
+    load.await.map_err(IntoResponse::into_response)
 }
 
-async fn unload_model(State(s): State<Inference>, Path(model): Path<String>, body: Bytes) -> Result<StatusCode, Error> {
-    // `unload_dependents` (ensembles) has nothing to act on here.
-    repository_parameters(&body)?;
-    answers::unload_model(&s.registry, &model).await?;
-    Ok(StatusCode::OK)
+async fn unload_model(State(s): State<Rest>, Path(model): Path<String>, body: Body) -> Result<StatusCode, Response> {
+    let body = read_body(body, s.body).await?;
+    let unload = async {
+        // `unload_dependents` (ensembles) has nothing to act on here.
+        repository_parameters(&body)?;
+        answers::unload_model(&s.inference.registry, &model).await?;
+        Ok::<_, Error>(StatusCode::OK)
+    };
+    unload.await.map_err(IntoResponse::into_response)
 }
 
 fn log_json(r: accel_proto::inference::LogSettingsResponse) -> Value {
@@ -232,9 +359,14 @@ async fn get_logging() -> Result<Json<Value>, Error> {
     Ok(Json(log_json(answers::log_settings(Vec::new())?)))
 }
 
-async fn post_logging(body: Bytes) -> Result<Json<Value>, Error> {
+async fn post_logging(State(s): State<Rest>, body: Body) -> Result<Json<Value>, Response> {
+    let body = read_body(body, s.body).await?;
+    logging_update(&body).map_err(IntoResponse::into_response)
+}
+
+fn logging_update(body: &Bytes) -> Result<Json<Value>, Error> {
     let v: Value =
-        serde_json::from_slice(&body).map_err(|e| Error::invalid_argument(format!("log settings body: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| Error::invalid_argument(format!("log settings body: {e}")))?;
     let Value::Object(map) = v else {
         return Err(Error::invalid_argument("log settings must be a JSON object"));
     };
@@ -260,30 +392,33 @@ async fn post_logging(body: Bytes) -> Result<Json<Value>, Error> {
 }
 
 async fn infer(
-    State(s): State<Inference>,
+    State(s): State<Rest>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Error> {
+    body: Body,
+) -> Result<Response, Response> {
     run_infer(&s, &model, "", &headers, body).await
 }
 
 async fn infer_v(
-    State(s): State<Inference>,
+    State(s): State<Rest>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Error> {
+    body: Body,
+) -> Result<Response, Response> {
     run_infer(&s, &model, &version, &headers, body).await
 }
 
+/// One REST inference: the model is found (and loaded) before the body is read, the body is read
+/// within its limits, decoded against the model (on a blocking thread when large), run, and the
+/// answer encoded the same way.
 async fn run_infer(
-    s: &Inference,
+    s: &Rest,
     model: &str,
     version: &str,
     headers: &HeaderMap,
-    body: Bytes,
-) -> Result<Response, Error> {
+    body: Body,
+) -> Result<Response, Response> {
     if let Some(encoding) = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -291,18 +426,35 @@ async fn run_infer(
     {
         return Err(Error::unimplemented(format!(
             "Content-Encoding '{encoding}' is not supported; send the body uncompressed"
-        )));
+        ))
+        .into_response());
     }
     let header_length = match headers.get(codec::HEADER_LENGTH) {
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| Error::invalid_argument(format!("{} is not text", codec::HEADER_LENGTH)))?,
+                .map_err(|_| Error::invalid_argument(format!("{} is not text", codec::HEADER_LENGTH)).into_response())?
+                .to_string(),
         ),
         None => None,
     };
-    let (decoded, form) = codec::decode(header_length, body)?;
-    let response = s.infer(model, version, move |spec| decoded.into_request(spec)).await?;
-    let encoded = codec::encode(response, &form)?;
+    let ticket = s
+        .inference
+        .begin(model, version)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let body = read_body(body, s.body).await?;
+    let spec = ticket.spec().clone();
+    let size = body.len();
+    let decoded = off_runtime(&s.codecs, size, move || {
+        codec::decode(header_length.as_deref(), body, &spec)
+    })
+    .await;
+    let (request, form) = decoded.map_err(|e| ticket.failed(e).into_response())?;
+    let response = ticket.run(request).await.map_err(IntoResponse::into_response)?;
+    let out_size: usize = response.outputs.iter().map(|t| t.data.len()).sum();
+    let encoded = off_runtime(&s.codecs, out_size, move || codec::encode(response, &form))
+        .await
+        .map_err(IntoResponse::into_response)?;
     let mut r = encoded.body.into_response();
     let h = r.headers_mut();
     match encoded.header_length {

@@ -14,27 +14,42 @@ mod rnn;
 mod shape;
 
 use std::fmt;
-use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, bail};
 use candle_onnx::onnx::NodeProto;
 
+use super::guard::Guard;
 use super::onnx::Attrs;
+use crate::core::ModelFile;
 
 pub(super) type Result<T> = candle_core::Result<T>;
 
 type KernelFn = dyn Fn(&[Option<&Tensor>]) -> Result<Vec<Tensor>> + Send + Sync;
+type GuardedFn = dyn Fn(&[Option<&Tensor>], &Guard<'_>) -> Result<Vec<Tensor>> + Send + Sync;
 
 /// A compiled operator: call it with the node's inputs (absent optional inputs are `None`).
-pub(super) struct Kernel(Box<KernelFn>);
+/// Operators that run nested plans (If, Loop) see the execution's guard.
+pub(super) enum Kernel {
+    Plain(Box<KernelFn>),
+    Guarded(Box<GuardedFn>),
+}
 
 impl Kernel {
     pub(super) fn new(f: impl Fn(&[Option<&Tensor>]) -> Result<Vec<Tensor>> + Send + Sync + 'static) -> Self {
-        Kernel(Box::new(f))
+        Kernel::Plain(Box::new(f))
     }
 
-    pub(super) fn run(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
-        (self.0)(inputs)
+    pub(super) fn guarded(
+        f: impl Fn(&[Option<&Tensor>], &Guard<'_>) -> Result<Vec<Tensor>> + Send + Sync + 'static,
+    ) -> Self {
+        Kernel::Guarded(Box::new(f))
+    }
+
+    pub(super) fn run(&self, inputs: &[Option<&Tensor>], guard: &Guard<'_>) -> Result<Vec<Tensor>> {
+        match self {
+            Kernel::Plain(f) => f(inputs),
+            Kernel::Guarded(f) => f(inputs, guard),
+        }
     }
 }
 
@@ -51,7 +66,8 @@ pub(super) struct NodeCtx<'a> {
     pub opset: i64,
     /// For each input, its value if it is known at load time (an initializer or a folded constant).
     pub consts: Vec<Option<&'a Tensor>>,
-    pub dir: &'a Path,
+    /// The model file (external data of Constant values is resolved next to it).
+    pub file: &'a ModelFile,
     pub device: &'a Device,
 }
 

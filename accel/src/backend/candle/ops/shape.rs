@@ -220,7 +220,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
         "Constant" => {
             let device = ctx.device.clone();
             let value = if let Some(t) = a.tensor("value") {
-                tensor_from_proto(t, ctx.dir, &device).map_err(candle_core::Error::Msg)?
+                tensor_from_proto(t, ctx.file, &device).map_err(candle_core::Error::Msg)?
             } else if let Some(v) = a.get("value_float") {
                 Tensor::new(v.f, &device)?
             } else if let Some(v) = a.floats("value_floats") {
@@ -237,7 +237,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
         "ConstantOfShape" => {
             let device = ctx.device.clone();
             let value = match a.tensor("value") {
-                Some(t) => tensor_from_proto(t, ctx.dir, &device)
+                Some(t) => tensor_from_proto(t, ctx.file, &device)
                     .map_err(candle_core::Error::Msg)?
                     .flatten_all()?,
                 None => Tensor::new(&[0f32], &device)?,

@@ -1,0 +1,100 @@
+//! Entry points for the fuzz targets (`fuzz/`): each takes untrusted bytes the way the server does
+//! and runs them through the same code. Not an API: they exist so that cargo-fuzz can reach what
+//! the server keeps private, and they must never panic, whatever the bytes.
+
+use bytes::Bytes;
+
+use crate::backend::candle::CandleBackend;
+use crate::backend::{Backend, ExecLimits, LoadLimits};
+use crate::core::{DataType, InstanceKind, IoSpec, ModelFile, ModelSpec, Scheduling, validate};
+
+/// config.pbtxt text: parsed leniently, then turned into the request path's spec.
+pub fn config_text(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok((config, _)) = crate::repository::parse_config(text) {
+        let _ = crate::repository::to_spec(&config, 1, "candle");
+    }
+}
+
+/// A model both wire decoders are fuzzed against: batching, every kind of dimension, an optional
+/// input, a BYTES input, a reshape.
+pub fn spec() -> ModelSpec {
+    let io = |name: &str, datatype, dims: Vec<i64>, optional| IoSpec {
+        name: name.into(),
+        datatype,
+        dims,
+        reshape: None,
+        optional,
+        verify_shape: false,
+    };
+    let mut reshaped = io("c", DataType::I64, vec![2, 2], false);
+    reshaped.reshape = Some(vec![4]);
+    ModelSpec {
+        name: "m".into(),
+        version: 1,
+        platform: "onnxruntime_onnx".into(),
+        backend: "candle".into(),
+        max_batch_size: 8,
+        inputs: vec![
+            io("a", DataType::F32, vec![-1, 3], false),
+            io("b", DataType::Bytes, vec![-1], true),
+            reshaped,
+        ],
+        outputs: vec![io("y", DataType::F32, vec![-1], false)],
+        scheduling: Scheduling::Direct,
+        instance_count: 1,
+        instance_kind: InstanceKind::Cpu,
+    }
+}
+
+/// A REST inference body: the first byte says whether (and how long) an
+/// `Inference-Header-Content-Length` header is, the rest is the body; decoded, validated, and a
+/// response encoded from its inputs.
+pub fn rest_body(data: &[u8]) {
+    let Some((&mode, body)) = data.split_first() else {
+        return;
+    };
+    let header = match mode % 3 {
+        0 => None,
+        1 => Some(body.len().saturating_sub(usize::from(mode / 3)).to_string()),
+        _ => Some("0".to_string()),
+    };
+    crate::server::fuzz_rest_body(header.as_deref(), Bytes::copy_from_slice(body), &spec());
+}
+
+/// A gRPC ModelInferRequest's bytes: decoded by prost, converted, validated, and batched with itself.
+pub fn grpc_request(data: &[u8]) {
+    let Ok(request) = <accel_proto::inference::ModelInferRequest as prost::Message>::decode(data) else {
+        return;
+    };
+    let Ok(request) = crate::server::decode_infer_request(request) else {
+        return;
+    };
+    let spec = spec();
+    if let Ok(valid) = validate(&spec, request) {
+        let batch = crate::batching::assemble::batch(&spec, &[&valid, &valid], Default::default());
+        for input in batch.inputs.iter().flatten() {
+            let _ = input.contiguous();
+        }
+    }
+}
+
+/// An ONNX file's bytes, loaded by the candle engine (parsed, compiled, constants folded) under
+/// small limits. `file` is a model file whose directory external data is looked up in.
+pub fn onnx_model(data: &[u8], file: &ModelFile) {
+    let backend = CandleBackend::cpu().with_limits(ExecLimits {
+        max_bytes: 64 << 20,
+        max_loop_iterations: 1 << 10,
+    });
+    let limits = LoadLimits {
+        deadline: Some(std::time::Instant::now() + std::time::Duration::from_secs(2)),
+        fold_bytes: 64 << 20,
+        max_loop_iterations: 1 << 10,
+    };
+    if let Ok(model) = backend.load_bytes(data, file, &limits) {
+        let _ = model.signature();
+        let _ = backend.name();
+    }
+}
