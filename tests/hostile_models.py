@@ -53,6 +53,28 @@ def gather_rows(path: str) -> None:
                     [numpy_helper.from_array(table, "table")]), path)
 
 
+def wide_pool(path: str) -> None:
+    """A MaxPool whose window is 1024×1024, padded by 511 on each side: little memory for any image,
+    but a 1024² image takes 10^12 window positions."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[1024, 1024], pads=[511] * 4)]
+    save(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "h", "w"])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, "p", "q"])]), path)
+
+
+def constant_square(path: str, n: int = 3072) -> None:
+    """y = x + max(C·C) for a constant n×n C (ConstantOfShape): 3·10^10 multiply-accumulates to fold."""
+    shape = numpy_helper.from_array(np.array([n, n], np.int64), "shape")
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["c"],
+                         value=numpy_helper.from_array(np.array([0.001], np.float32), "v")),
+        helper.make_node("MatMul", ["c", "c"], ["cc"]),
+        helper.make_node("ReduceMax", ["cc"], ["m"], keepdims=0),
+        helper.make_node("Add", ["x", "m"], ["y"]),
+    ]
+    save(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [shape]), path)
+
+
 def loop_body(width: int = 64):
     """s' = tanh(s W), one small matrix product per iteration."""
     w = (np.random.default_rng(2).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)

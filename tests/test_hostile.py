@@ -176,6 +176,12 @@ def repo(tmp_path_factory, outside):
                                                 '{ name: "b" data_type: TYPE_FP32 dims: [ -1, -1 ] }'))
     modelgen.write_config(f"{r}/gather", cfg("gather", "candle", '{ name: "idx" data_type: TYPE_INT64 dims: [ -1 ] }',
                                              '{ name: "y" data_type: TYPE_FP32 dims: [ -1, 256 ] }'))
+    # Work from the request, and work to fold at load.
+    hm.wide_pool(f"{r}/wide_pool/1/model.onnx")
+    modelgen.write_config(f"{r}/wide_pool", cfg("wide_pool", "candle", '{ name: "x" data_type: TYPE_FP32 dims: [ 1, 1, -1, -1 ] }',
+                                                '{ name: "y" data_type: TYPE_FP32 dims: [ 1, 1, -1, -1 ] }'))
+    hm.constant_square(f"{r}/const_square/1/model.onnx")
+    modelgen.write_config(f"{r}/const_square", cfg("const_square", "candle", VEC4, VEC4_OUT))
     # Limits at load.
     hm.huge_initializer(f"{r}/huge_init/1/model.onnx")
     hm.deep_config(f"{r}/deep_config")
@@ -383,12 +389,35 @@ def test_loops_are_capped_and_stop_when_their_client_leaves(server, witness, cli
     assert full > 5, f"a full loop would take only {full:.1f}s: the check below would prove nothing"
     # A client that gives up (its deadline passes) stops the computation: the next request to the
     # same (single-instance) model is answered long before the abandoned loop would have ended.
-    expect(lambda: client.infer("request_loop", m(999_999), client_timeout=0.5), "DEADLINE_EXCEEDED")
+    # (The client's own timer says DEADLINE_EXCEEDED; tonic, enforcing the same grpc-timeout on the
+    # server, answers CANCELLED "Timeout expired" when its timer fires first.)
+    got, message = status_of(lambda: client.infer("request_loop", m(999_999), client_timeout=0.5))
+    assert got in ("StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"), (got, message)
     t0 = time.monotonic()
     client.infer("request_loop", m(1), client_timeout=60)
     assert time.monotonic() - t0 < full / 4, f"{time.monotonic() - t0:.1f}s: the abandoned loop ran on"
     samples = scrape(server)
     assert value(samples, "nv_inference_request_failure_total", model="request_loop", version="1", reason="CANCELED") >= 1
+    witness.check(before)
+
+
+def test_work_is_bounded_before_it_runs(server, witness, client):
+    before = witness.ok
+    # A small image through a million-position window is answered, and rightly (every window covers
+    # the whole image).
+    x = np.random.default_rng(5).standard_normal((1, 1, 4, 4)).astype(np.float32)
+    y = client.infer("wide_pool", [infer_input("x", x)]).as_numpy("y")
+    assert y.shape == (1, 1, 3, 3) and np.all(y == x.max())
+    # A 4 MiB image would take 10^12 window positions (hours): refused at once, naming the flag.
+    t0 = time.monotonic()
+    expect(lambda: client.infer("wide_pool", [infer_input("x", np.zeros((1, 1, 1024, 1024), np.float32))]),
+           "RESOURCE_EXHAUSTED", "--max-execution-work", "MaxPool")
+    assert time.monotonic() - t0 < 5
+    # A constant product past the folding work limit is not folded at load but computed per request
+    # (3072 · 0.001² = 0.003072), within the request's limits.
+    x = np.arange(4, dtype=np.float32)
+    y = client.infer("const_square", [infer_input("x", x)]).as_numpy("y")
+    assert relative_error(y, x + 3072 * 0.001 * 0.001) < 1e-3
     witness.check(before)
 
 

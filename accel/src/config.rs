@@ -29,6 +29,8 @@ impl Command {
     }
 }
 
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the models of a model repository over gRPC.
@@ -211,6 +213,14 @@ pub struct Config {
     #[arg(long, env = "ACCEL_MAX_LOOP_ITERATIONS", default_value_t = 1 << 20)]
     pub max_loop_iterations: u64,
 
+    /// Work one execution on the candle engine may do, in multiply-accumulates (or their equivalent:
+    /// a pooling-window position counts 16, an element-wise step its bytes), summed over its operators
+    /// as each estimates it from its inputs' shapes before it runs. An execution that would do more
+    /// fails with RESOURCE_EXHAUSTED naming the operator. The default, 2^42 (4.4e12), is about a minute on
+    /// two CPU cores; raise it for very large batches on a GPU.
+    #[arg(long, env = "ACCEL_MAX_EXECUTION_WORK", default_value_t = crate::backend::DEFAULT_MAX_WORK)]
+    pub max_execution_work: u64,
+
     /// How long an HTTP client may take to send a request's headers, counted from when the
     /// connection is ready for its next request: also how long an idle kept-alive connection stays
     /// open. REST and metrics listeners.
@@ -305,6 +315,9 @@ impl Config {
         }
         if self.max_loop_iterations == 0 {
             return Err("--max-loop-iterations must be at least 1".into());
+        }
+        if self.max_execution_work == 0 {
+            return Err("--max-execution-work must be at least 1".into());
         }
         for (flag, secs) in [
             ("--http-header-timeout-secs", self.http_header_timeout_secs),

@@ -81,17 +81,30 @@ pub fn grpc_request(data: &[u8]) {
     }
 }
 
+/// A model directory for [`onnx_model`] inside `dir` (a temporary directory): an empty model file,
+/// and a data file external data may name.
+pub fn model_file_in(dir: &std::path::Path) -> std::io::Result<ModelFile> {
+    std::fs::create_dir_all(dir.join("1"))?;
+    std::fs::write(dir.join("1").join("model.onnx"), b"")?;
+    std::fs::write(dir.join("1").join("weights.bin"), [0u8; 64])?;
+    crate::core::ModelDir::open(dir)
+        .and_then(|d| d.file("1/model.onnx"))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// An ONNX file's bytes, loaded by the candle engine (parsed, compiled, constants folded) under
 /// small limits. `file` is a model file whose directory external data is looked up in.
 pub fn onnx_model(data: &[u8], file: &ModelFile) {
     let backend = CandleBackend::cpu().with_limits(ExecLimits {
         max_bytes: 64 << 20,
         max_loop_iterations: 1 << 10,
+        max_work: 1 << 30,
     });
     let limits = LoadLimits {
         deadline: Some(std::time::Instant::now() + std::time::Duration::from_secs(2)),
         fold_bytes: 64 << 20,
         max_loop_iterations: 1 << 10,
+        fold_work: 1 << 30,
     };
     if let Ok(model) = backend.load_bytes(data, file, &limits) {
         let _ = model.signature();

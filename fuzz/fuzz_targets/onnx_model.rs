@@ -5,18 +5,13 @@ use std::sync::OnceLock;
 
 use accel::core::ModelFile;
 
-/// A model directory with one file, for the external data a model may name (nothing there).
+/// A model directory with one file, for the external data a model may name.
 fn file() -> &'static ModelFile {
     static FILE: OnceLock<(tempfile::TempDir, ModelFile)> = OnceLock::new();
     &FILE
         .get_or_init(|| {
             let dir = tempfile::tempdir().expect("a temporary directory");
-            std::fs::create_dir(dir.path().join("1")).expect("a version directory");
-            std::fs::write(dir.path().join("1").join("model.onnx"), b"").expect("a model file");
-            std::fs::write(dir.path().join("1").join("weights.bin"), [0u8; 64]).expect("a data file");
-            let file = accel::core::ModelDir::open(dir.path())
-                .and_then(|d| d.file("1/model.onnx"))
-                .expect("the model file");
+            let file = accel::fuzzing::model_file_in(dir.path()).expect("the model file");
             (dir, file)
         })
         .1

@@ -132,13 +132,23 @@ pub struct ExecLimits {
     pub max_bytes: u64,
     /// Iterations one Loop may run (`--max-loop-iterations`).
     pub max_loop_iterations: u64,
+    /// Work one execution may do, in multiply-accumulates or their equivalent, summed over its
+    /// operators as each estimates it from its inputs' shapes before it runs
+    /// (`--max-execution-work`). The candle engine only: ONNX Runtime's runs are bounded by time.
+    pub max_work: u64,
 }
+
+/// The default of [`ExecLimits::max_work`]: 2^42, about 4.4·10^12 multiply-accumulates (about a minute
+/// on two CPU cores, milliseconds on a GPU; a BERT-base batch of 64 sequences of 512 tokens is
+/// 3·10^12).
+pub const DEFAULT_MAX_WORK: u64 = 1 << 42;
 
 impl Default for ExecLimits {
     fn default() -> Self {
         ExecLimits {
             max_bytes: 4 << 30,
             max_loop_iterations: 1 << 20,
+            max_work: DEFAULT_MAX_WORK,
         }
     }
 }
@@ -152,6 +162,9 @@ pub struct LoadLimits {
     pub fold_bytes: u64,
     /// Iterations a Loop folded at load may run (beyond it the Loop runs at request time).
     pub max_loop_iterations: u64,
+    /// Work folding one node may do (as [`ExecLimits::max_work`] counts it); a node beyond it runs
+    /// at request time.
+    pub fold_work: u64,
 }
 
 impl Default for LoadLimits {
@@ -160,6 +173,7 @@ impl Default for LoadLimits {
             deadline: None,
             fold_bytes: 1 << 30,
             max_loop_iterations: 1 << 20,
+            fold_work: 1 << 34,
         }
     }
 }

@@ -70,6 +70,7 @@ pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
         exec_limits: crate::backend::ExecLimits {
             max_bytes: u64::MAX,
             max_loop_iterations: config.max_loop_iterations,
+            max_work: config.max_execution_work,
         },
         max_execution_memory: config.max_execution_memory,
         load_limits: crate::backend::LoadLimits {

@@ -9,6 +9,13 @@
 //! `u64::MAX` bytes, which no limit admits. Operators whose output is no larger than their inputs
 //! (element-wise, shape, normalisation, reductions) take twice their inputs' bytes, which leaves room
 //! for their temporaries.
+//!
+//! A step also has its **work**, so that one that fits in memory cannot run for hours (a pooling
+//! window of a million positions slid over a million points, a matrix product of two large constant
+//! squares, a Loop repeating a large operator a million times): multiply-accumulates for matrix
+//! products, convolutions and recurrent cells, [`SCALAR_STEP`] per window position for pools, and
+//! for every other operator (work linear in its data) its byte bound. The guard sums the work of an
+//! execution and refuses the step that would take it past its limit, before it runs.
 
 use candle_core::Tensor;
 use candle_onnx::onnx::NodeProto;
@@ -18,8 +25,13 @@ use super::ops::host_i64;
 
 type BoundFn = dyn Fn(&[Option<&Tensor>]) -> u64 + Send + Sync;
 
-/// A step's bound: bytes, from its arguments.
-pub(super) struct Bound(Box<BoundFn>);
+/// A step's bound: bytes, and work when the operator's is not linear in its data; both from its
+/// arguments.
+pub(super) struct Bound(Box<BoundFn>, Option<Box<BoundFn>>);
+
+/// The work of one pooling-window position, in multiply-accumulates: pools run as scalar loops where
+/// matrix products run vectorised.
+pub(super) const SCALAR_STEP: u64 = 16;
 
 impl std::fmt::Debug for Bound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,8 +44,20 @@ impl Bound {
         (self.0)(args)
     }
 
+    /// The step's work: its own estimate, or its byte bound.
+    pub(super) fn work(&self, args: &[Option<&Tensor>]) -> u64 {
+        match &self.1 {
+            Some(work) => work(args),
+            None => self.of(args),
+        }
+    }
+
     fn new(f: impl Fn(&[Option<&Tensor>]) -> u64 + Send + Sync + 'static) -> Self {
-        Bound(Box::new(f))
+        Bound(Box::new(f), None)
+    }
+
+    fn with_work(self, f: impl Fn(&[Option<&Tensor>]) -> u64 + Send + Sync + 'static) -> Self {
+        Bound(self.0, Some(Box::new(f)))
     }
 
     /// At most twice the inputs' bytes: outputs no larger than the inputs, and temporaries.
@@ -43,7 +67,7 @@ impl Bound {
 
     /// Nothing of its own: the step's nested plans admit their own operators (If, Loop).
     fn nested() -> Self {
-        Bound::new(|_| 0)
+        Bound::new(|_| 0).with_work(|_| 0)
     }
 }
 
@@ -123,7 +147,7 @@ pub(super) fn for_node(node: &NodeProto, opset: i64) -> Bound {
                 .saturating_mul(element_size(args))
                 .saturating_mul(2)
         }),
-        "MatMul" => Bound::new(matmul),
+        "MatMul" => Bound::new(matmul).with_work(matmul_work),
         "Gemm" => {
             let (ta, tb) = (a.int("transA", 0) != 0, a.int("transB", 0) != 0);
             Bound::new(move |args| {
@@ -137,6 +161,19 @@ pub(super) fn for_node(node: &NodeProto, opset: i64) -> Bound {
                     .saturating_mul(element_size(args))
                     .saturating_mul(2)
                     .saturating_add(inputs_bytes(args))
+            })
+            .with_work(move |args| {
+                let (Some(x), Some(w)) = (arg(args, 0), arg(args, 1)) else {
+                    return inputs_bytes(args);
+                };
+                let (xd, wd) = (dims_u64(x), dims_u64(w));
+                let (m, k) = if ta {
+                    (xd.get(1), xd.first())
+                } else {
+                    (xd.first(), xd.get(1))
+                };
+                let n = if tb { wd.first() } else { wd.get(1) };
+                product([m, k, n].map(|d| d.copied().unwrap_or(1))).saturating_add(inputs_bytes(args))
             })
         }
         "Conv" => conv(node, false),
@@ -254,6 +291,11 @@ pub(super) fn for_node(node: &NodeProto, opset: i64) -> Bound {
             } else {
                 1
             };
+            let gates = match node.op_type.as_str() {
+                "LSTM" => 4,
+                "GRU" => 3,
+                _ => 1,
+            };
             Bound::new(move |args| {
                 let Some(x) = arg(args, 0) else { return 0 };
                 let d = dims_u64(x);
@@ -267,6 +309,18 @@ pub(super) fn for_node(node: &NodeProto, opset: i64) -> Bound {
                 ])
                 .saturating_mul(x.dtype().size_in_bytes() as u64)
                 .saturating_add(inputs_bytes(args).saturating_mul(2))
+            })
+            .with_work(move |args| {
+                let Some(x) = arg(args, 0) else { return 0 };
+                let d = dims_u64(x);
+                // Each step, row and direction: every gate's input and recurrent products.
+                let (steps, rows, features) = (
+                    d.first().copied().unwrap_or(1),
+                    d.get(1).copied().unwrap_or(1),
+                    d.get(2).copied().unwrap_or(1),
+                );
+                product([steps, rows, dirs, gates, hidden, features.saturating_add(hidden)])
+                    .saturating_add(inputs_bytes(args))
             })
         }
         "If" | "Loop" => Bound::nested(),
@@ -283,11 +337,14 @@ pub(super) fn for_node(node: &NodeProto, opset: i64) -> Bound {
     }
 }
 
-fn matmul(args: &[Option<&Tensor>]) -> u64 {
-    let (Some(x), Some(w)) = (arg(args, 0), arg(args, 1)) else {
-        return inputs_bytes(args);
-    };
+/// A matrix product's `[batch, m, k, n]` (numpy's rules: a vector operand gains a unit dimension,
+/// batch dimensions broadcast); `None` without two non-scalar operands, which the kernel refuses.
+fn matmul_dims(args: &[Option<&Tensor>]) -> Option<[u64; 4]> {
+    let (x, w) = (arg(args, 0)?, arg(args, 1)?);
     let (mut xd, mut wd) = (dims_u64(x), dims_u64(w));
+    if xd.is_empty() || wd.is_empty() {
+        return None;
+    }
     if xd.len() == 1 {
         xd.insert(0, 1);
     }
@@ -295,15 +352,27 @@ fn matmul(args: &[Option<&Tensor>]) -> u64 {
         wd.push(1);
     }
     let (xr, wr) = (xd.len(), wd.len());
-    let (m, k) = (xd[xr - 2], xd[xr - 1]);
-    let n = wd[wr - 1];
     let batch = product(broadcast(&[xd[..xr - 2].to_vec(), wd[..wr - 2].to_vec()]));
-    let size = element_size(args);
+    Some([batch, xd[xr - 2], xd[xr - 1], wd[wr - 1]])
+}
+
+fn matmul(args: &[Option<&Tensor>]) -> u64 {
+    let Some([batch, m, k, n]) = matmul_dims(args) else {
+        return inputs_bytes(args);
+    };
     // The product, and the inputs broadcast to the common batch shape.
     product([batch, m, n])
         .saturating_add(product([batch, m, k]))
         .saturating_add(product([batch, k, n]))
-        .saturating_mul(size)
+        .saturating_mul(element_size(args))
+}
+
+/// Multiply-accumulates of a (batched) matrix product.
+fn matmul_work(args: &[Option<&Tensor>]) -> u64 {
+    match matmul_dims(args) {
+        Some(dims) => product(dims).saturating_add(inputs_bytes(args)),
+        None => inputs_bytes(args),
+    }
 }
 
 /// Padding of each spatial axis: explicit pads, or what `auto_pad` SAME can add.
@@ -332,17 +401,55 @@ fn list(a: &Attrs<'_>, name: &str, rank: usize, default: u64) -> Vec<u64> {
     }
 }
 
+/// A convolution's input and weight dimensions, or the bound to give when they are missing or of
+/// ranks the kernel refuses.
+fn conv_operands(args: &[Option<&Tensor>]) -> Result<(Vec<u64>, Vec<u64>), u64> {
+    let (Some(x), Some(w)) = (arg(args, 0), arg(args, 1)) else {
+        return Err(inputs_bytes(args));
+    };
+    let (xd, wd) = (dims_u64(x), dims_u64(w));
+    if xd.len() < 3 || wd.len() != xd.len() {
+        return Err(inputs_bytes(args).saturating_mul(2));
+    }
+    Ok((xd, wd))
+}
+
 fn conv(node: &NodeProto, transposed: bool) -> Bound {
+    let work_node = node.clone();
     let node = node.clone();
+    let work = move |args: &[Option<&Tensor>]| {
+        let a = Attrs(&work_node);
+        let (xd, wd) = match conv_operands(args) {
+            Ok(dims) => dims,
+            Err(fallback) => return fallback,
+        };
+        let rank = xd.len() - 2;
+        let taps = product(wd[2..].iter().copied());
+        let macs = if transposed {
+            // Weights [C_in, C_out/group, k...]: each input point scatters into C_out/group · taps.
+            product([xd[0], wd[0], wd[1], taps]).saturating_mul(product(xd[2..].iter().copied()))
+        } else {
+            // Weights [C_out, C_in/group, k...]: each output point gathers C_in/group · taps.
+            let strides = list(&a, "strides", rank, 1);
+            let dilations = list(&a, "dilations", rank, 1);
+            let pads = spatial_pads(&a, rank, &wd[2..], &strides, &dilations);
+            let out = (0..rank).map(|k| {
+                let reach = wd[2 + k]
+                    .saturating_sub(1)
+                    .saturating_mul(dilations[k])
+                    .saturating_add(1);
+                xd[2 + k].saturating_add(pads[k]).saturating_sub(reach) / strides[k] + 1
+            });
+            product([xd[0], wd[0], wd[1], taps]).saturating_mul(product(out))
+        };
+        macs.saturating_add(inputs_bytes(args))
+    };
     Bound::new(move |args| {
         let a = Attrs(&node);
-        let (Some(x), Some(w)) = (arg(args, 0), arg(args, 1)) else {
-            return inputs_bytes(args);
+        let (xd, wd) = match conv_operands(args) {
+            Ok(dims) => dims,
+            Err(fallback) => return fallback,
         };
-        let (xd, wd) = (dims_u64(x), dims_u64(w));
-        if xd.len() < 3 || wd.len() != xd.len() {
-            return inputs_bytes(args).saturating_mul(2);
-        }
         let rank = xd.len() - 2;
         let kernel = wd[2..].to_vec();
         let strides = list(&a, "strides", rank, 1);
@@ -388,10 +495,26 @@ fn conv(node: &NodeProto, transposed: bool) -> Bound {
                 .saturating_add(inputs_bytes(args))
         }
     })
+    .with_work(work)
+}
+
+/// A pool's shape arithmetic: (rows × channels, padded sizes, output sizes, window positions). The
+/// output sizes are exact up to `ceil_mode`'s one more; the byte bound takes a looser one.
+fn pool_shape(a: &Attrs<'_>, xd: &[u64]) -> (u64, Vec<u64>, Vec<u64>, u64) {
+    let rank = xd.len() - 2;
+    let kernel = list(a, "kernel_shape", rank, 1);
+    let strides = list(a, "strides", rank, 1);
+    let pads = spatial_pads(a, rank, &kernel, &strides, &[1; 2]);
+    let padded: Vec<u64> = (0..rank).map(|k| xd[2 + k].saturating_add(pads[k])).collect();
+    let out: Vec<u64> = (0..rank)
+        .map(|k| padded[k].saturating_sub(kernel[k]) / strides[k] + 2)
+        .collect();
+    (product([xd[0], xd[1]]), padded, out, product(kernel))
 }
 
 fn pool(node: &NodeProto) -> Bound {
     let node = node.clone();
+    let work_node = node.clone();
     Bound::new(move |args| {
         let a = Attrs(&node);
         let Some(x) = arg(args, 0) else { return 0 };
@@ -399,16 +522,23 @@ fn pool(node: &NodeProto) -> Bound {
         if xd.len() < 3 {
             return inputs_bytes(args).saturating_mul(2);
         }
-        let rank = xd.len() - 2;
-        let kernel = list(&a, "kernel_shape", rank, 1);
-        let strides = list(&a, "strides", rank, 1);
-        let pads = spatial_pads(&a, rank, &kernel, &strides, &[1; 2]);
-        let padded: Vec<u64> = (0..rank).map(|k| xd[2 + k].saturating_add(pads[k])).collect();
-        let out: Vec<u64> = (0..rank).map(|k| padded[k] / strides[k] + 2).collect();
-        let plane = product([xd[0], xd[1]]);
+        let (plane, padded, _, _) = pool_shape(&a, &xd);
+        let out = padded
+            .iter()
+            .zip(list(&a, "strides", xd.len() - 2, 1))
+            .map(|(p, s)| p / s + 2);
         plane
-            .saturating_mul(product(out).saturating_add(product(padded).saturating_mul(2)))
+            .saturating_mul(product(out).saturating_add(product(padded.iter().copied()).saturating_mul(2)))
             .saturating_mul(x.dtype().size_in_bytes() as u64)
+    })
+    .with_work(move |args| {
+        let Some(x) = arg(args, 0) else { return 0 };
+        let xd = dims_u64(x);
+        if xd.len() < 3 {
+            return inputs_bytes(args).saturating_mul(2);
+        }
+        let (plane, _, out, taps) = pool_shape(&Attrs(&work_node), &xd);
+        product([plane, product(out), taps, SCALAR_STEP]).saturating_add(inputs_bytes(args))
     })
 }
 
@@ -512,6 +642,53 @@ mod tests {
             for_node(&node("Range", vec![]), 17).of(&[Some(&start), Some(&limit), Some(&delta)]),
             u64::MAX
         );
+    }
+
+    #[test]
+    fn work_counts_what_memory_does_not() {
+        // A 2048² product fits in 48 MiB but takes 2048³ multiply-accumulates.
+        let x = zeros(&[2048, 2048]);
+        let b = for_node(&node("MatMul", vec![]), 17);
+        assert!(b.of(&[Some(&x), Some(&x)]) < 64 << 20);
+        assert!(b.work(&[Some(&x), Some(&x)]) >= 2048 * 2048 * 2048);
+        // A million-position window over a 1024² image padded to 2046² (1023² outputs): little
+        // memory, 10^12 window positions.
+        let ints = |name: &str, v: Vec<i64>| AttributeProto {
+            name: name.into(),
+            ints: v,
+            ..Default::default()
+        };
+        let pool = node(
+            "MaxPool",
+            vec![ints("kernel_shape", vec![1024, 1024]), ints("pads", vec![511; 4])],
+        );
+        let img = zeros(&[1, 1, 1024, 1024]);
+        let p = for_node(&pool, 17);
+        assert!(p.of(&[Some(&img)]) < 64 << 20, "{}", p.of(&[Some(&img)]));
+        assert!(p.work(&[Some(&img)]) >= 1023 * 1023 * 1024 * 1024 * SCALAR_STEP);
+        // The same window over a 4×4 image (3×3 outputs) is little work.
+        let small = zeros(&[1, 1, 4, 4]);
+        assert!(p.work(&[Some(&small)]) <= 4 * 4 * 1024 * 1024 * SCALAR_STEP + 64);
+        // A ResNet stem's 3×3 pool is small work; an element-wise step's work is its bytes.
+        let stem = node(
+            "MaxPool",
+            vec![ints("kernel_shape", vec![3, 3]), ints("strides", vec![2, 2])],
+        );
+        let act = zeros(&[1, 64, 112, 112]);
+        assert!(for_node(&stem, 17).work(&[Some(&act)]) < 1 << 30);
+        let add = for_node(&node("Add", vec![]), 17);
+        assert_eq!(add.work(&[Some(&act), Some(&act)]), add.of(&[Some(&act), Some(&act)]));
+        // A convolution's multiply-accumulates: 64 · 3 · 9 per output point.
+        let w = zeros(&[64, 3, 3, 3]);
+        let img = zeros(&[1, 3, 224, 224]);
+        let c = for_node(&node("Conv", vec![]), 17).work(&[Some(&img), Some(&w)]);
+        let macs = 64 * 27 * 222 * 222;
+        let inputs = (3 * 224 * 224 + 64 * 27) * 4;
+        assert!((macs..=macs + inputs).contains(&c), "{c}");
+        // A kernel as large as the image has one output point.
+        let w = zeros(&[8, 3, 224, 224]);
+        let c = for_node(&node("Conv", vec![]), 17).work(&[Some(&img), Some(&w)]);
+        assert!(c <= 8 * 3 * 224 * 224 * 2 + (3 + 8 * 3) * 224 * 224 * 4, "{c}");
     }
 
     #[test]

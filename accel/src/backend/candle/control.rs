@@ -122,7 +122,7 @@ pub(super) fn compile(node: &NodeProto, scope: &Scope<'_>, outer: &[(String, Opt
                         values.extend(outputs.by_ref().take(carried));
                         for (list, t) in scanned.iter_mut().zip(outputs) {
                             let bytes = (t.elem_count() * t.dtype().size_in_bytes()) as u64;
-                            guard.admit(bytes, || "Loop's scan outputs".into())?;
+                            guard.admit(bytes, bytes, || "Loop's scan outputs".into())?;
                             guard.charge(bytes);
                             held += bytes;
                             list.push(t.unsqueeze(0)?);
@@ -130,7 +130,7 @@ pub(super) fn compile(node: &NodeProto, scope: &Scope<'_>, outer: &[(String, Opt
                         i += 1;
                     }
                     // Stacking copies the scans once more.
-                    guard.admit(held, || "Loop's scan outputs".into())?;
+                    guard.admit(held, held, || "Loop's scan outputs".into())?;
                     for (list, (shape, dtype)) in scanned.drain(..).zip(&empty) {
                         values.push(if list.is_empty() {
                             Tensor::zeros(shape.as_slice(), *dtype, &device)?

@@ -309,14 +309,14 @@ impl Plan {
                 continue;
             };
             let bound = bound::for_node(node, opset);
-            // Constant folding: every given input known now, and what it creates within the load's
-            // limits (beyond them, or past the iterations a Loop may run, the node runs at request
-            // time, under each request's limits).
+            // Constant folding: every given input known now, and what it creates and the work it
+            // takes within the load's limits (beyond them, or past the iterations a Loop may run,
+            // the node runs at request time, under each request's limits).
             let all_const = in_slots.iter().all(|s| s.is_none_or(|s| constants.contains_key(&s)));
             if all_const && unsupported.is_empty() {
                 let args: Vec<Option<&Tensor>> = in_slots.iter().map(|s| s.and_then(|s| constants.get(&s))).collect();
                 let room = scope.limits.fold_bytes.saturating_sub(scope.folded.get());
-                if bound.of(&args) <= room {
+                if bound.of(&args) <= room && bound.work(&args) <= scope.limits.fold_work {
                     let guard = Guard::fold(scope.limits, room);
                     match kernel.run(&args, &guard) {
                         Ok(values) => {
@@ -436,7 +436,9 @@ impl Plan {
             };
             let started = super::profile::enabled().then(std::time::Instant::now);
             let values = guard
-                .admit(step.bound.of(&args), || format!("node {}", label()))
+                .admit(step.bound.of(&args), step.bound.work(&args), || {
+                    format!("node {}", label())
+                })
                 .and_then(|()| step.kernel.run(&args, guard))
                 .map_err(|e| guard::to_backend(&e, format!("node {}: {}", label(), message(&e))))?;
             if let Some(started) = started {
@@ -506,6 +508,9 @@ fn element_wise_chain(
     let mut k = first;
     loop {
         let node = &graph.node[k];
+        if node.output.is_empty() {
+            break;
+        }
         let Some(op) = fuse::chain_op(node, scope.opset, &root, &current, &constant) else {
             break;
         };
@@ -595,7 +600,10 @@ fn batch_norms_to_fold(graph: &GraphProto) -> HashMap<usize, (usize, bool)> {
         if bn.op_type != "BatchNormalization" || !default_domain(bn) || !constant_params || training {
             continue;
         }
-        if bn.output.iter().skip(1).any(|o| !o.is_empty()) || readers.get(&bn.input[0]) != Some(&1) {
+        if bn.output.is_empty()
+            || bn.output.iter().skip(1).any(|o| !o.is_empty())
+            || readers.get(&bn.input[0]) != Some(&1)
+        {
             continue;
         }
         if let Some(&c) = conv_of.get(bn.input[0].as_str()) {
@@ -626,6 +634,9 @@ fn fold_into_conv(
         .collect::<candle_core::Result<_>>()?;
     let (a, b) = ops::norm::fold_batch_norm(&params[0], &params[1], &params[2], &params[3], eps)?;
     let w = get(slots, &conv.input[1])?;
+    if w.rank() == 0 {
+        candle_core::bail!("the convolution's weights are a scalar")
+    }
     let mut scale_shape = vec![1; w.rank()];
     scale_shape[0] = a.elem_count();
     let w_folded = w
@@ -637,7 +648,9 @@ fn fold_into_conv(
         None => b,
     };
     let bias = bias.to_dtype(w.dtype())?;
-    let out = &bn.output[0];
+    let Some(out) = bn.output.first() else {
+        candle_core::bail!("the batch normalization has no output")
+    };
     let (w_name, b_name) = (format!("{out}::folded_weights"), format!("{out}::folded_bias"));
     constants.insert(slots.get_or_add(&w_name), w_folded);
     constants.insert(slots.get_or_add(&b_name), bias);
@@ -758,4 +771,72 @@ pub(super) fn check_elem_type(e: &Endpoint) -> Result<(), BackendError> {
     internal_dtype(e.elem_type)
         .map(|_| ())
         .map_err(|m| BackendError::UnsupportedDataType(format!("'{}': {m}", e.name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_onnx::onnx::{OperatorSetIdProto, TensorProto, TypeProto, type_proto};
+
+    use super::*;
+
+    /// y = C·C for a constant 64×64 C made by ConstantOfShape.
+    fn constant_square() -> ModelProto {
+        let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        };
+        let shape = TensorProto {
+            name: "shape".into(),
+            dims: vec![2],
+            data_type: 7,
+            int64_data: vec![64, 64],
+            ..Default::default()
+        };
+        ModelProto {
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                node: vec![
+                    node("ConstantOfShape", &["shape"], "c"),
+                    node("MatMul", &["c", "c"], "y"),
+                ],
+                initializer: vec![shape],
+                output: vec![ValueInfoProto {
+                    name: "y".into(),
+                    r#type: Some(TypeProto {
+                        value: Some(TypeValue::TensorType(type_proto::Tensor {
+                            elem_type: 1,
+                            shape: None,
+                        })),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn folding_stays_within_the_load_s_work_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = crate::fuzzing::model_file_in(dir.path()).unwrap();
+        let model = constant_square();
+        let all = Plan::compile(&model, &file, &Device::Cpu, &LoadLimits::default()).unwrap();
+        assert!(all.steps.is_empty(), "everything is folded: {:?}", all.steps.len());
+        // 64³ multiply-accumulates are past a limit of 10^5 (the 16 KiB fill is not): the product
+        // runs per request.
+        let limits = LoadLimits {
+            fold_work: 100_000,
+            ..LoadLimits::default()
+        };
+        let some = Plan::compile(&model, &file, &Device::Cpu, &limits).unwrap();
+        let ops: Vec<&str> = some.steps.iter().map(|s| s.op_type.as_str()).collect();
+        assert_eq!(ops, ["MatMul"]);
+    }
 }

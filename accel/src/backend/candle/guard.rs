@@ -1,12 +1,13 @@
 //! What one run of a plan works within, whatever the request holds: the bytes it may hold at once
 //! across all its operators (inputs, live intermediates, and what the next operator is about to
-//! create, admitted before it runs: `bound`), the iterations a Loop may run, whether its requests are
+//! create, admitted before it runs: `bound`), the work it may do in all (each operator's estimate,
+//! summed over the execution, Loop iterations included), the iterations a Loop may run, whether its requests are
 //! still wanted (a batch whose clients all left stops between operators and Loop iterations), and, at
 //! load, the load's deadline. One guard serves a whole execution, nested If/Loop plans included.
 //!
 //! Failures travel through candle's error type (kernels return it) as I/O errors of a kind that can
-//! be told apart, like `error::input_error!`: `OutOfMemory` for the memory limit, `Interrupted` for a
-//! cancelled batch, `TimedOut` for a load past its deadline.
+//! be told apart, like `error::input_error!`: `OutOfMemory` for the memory limit, `QuotaExceeded` for
+//! the work limit, `Interrupted` for a cancelled batch, `TimedOut` for a load past its deadline.
 
 use std::cell::Cell;
 use std::time::Instant;
@@ -18,11 +19,14 @@ use crate::backend::{BackendError, Cancel, ExecLimits, LoadLimits};
 pub(super) struct Guard<'a> {
     limit: u64,
     live: Cell<u64>,
+    work_limit: u64,
+    work: Cell<u64>,
     max_iterations: u64,
     deadline: Option<Instant>,
     cancel: Option<&'a Cancel>,
-    /// What the limit is called in messages.
+    /// What the limits are called in messages.
     limit_name: &'static str,
+    work_limit_name: &'static str,
 }
 
 impl<'a> Guard<'a> {
@@ -31,10 +35,13 @@ impl<'a> Guard<'a> {
         Guard {
             limit: limits.max_bytes,
             live: Cell::new(0),
+            work_limit: limits.max_work,
+            work: Cell::new(0),
             max_iterations: limits.max_loop_iterations,
             deadline: None,
             cancel: Some(cancel),
             limit_name: "--max-execution-memory",
+            work_limit_name: "--max-execution-work",
         }
     }
 
@@ -43,10 +50,13 @@ impl<'a> Guard<'a> {
         Guard {
             limit: room,
             live: Cell::new(0),
+            work_limit: limits.fold_work,
+            work: Cell::new(0),
             max_iterations: limits.max_loop_iterations,
             deadline: limits.deadline,
             cancel: None,
             limit_name: "the constant-folding limit",
+            work_limit_name: "the constant-folding work limit",
         }
     }
 
@@ -58,9 +68,11 @@ impl<'a> Guard<'a> {
         self.live.set(self.live.get().saturating_sub(bytes));
     }
 
-    /// Before an operator runs: room for `bytes` more, and the work still wanted and in time.
-    /// `what` names the operator.
-    pub(super) fn admit(&self, bytes: u64, what: impl FnOnce() -> String) -> candle_core::Result<()> {
+    /// Before an operator runs: room for `bytes` more and for `work` more work (counted as done
+    /// once admitted), and the work still wanted and in time. `what` names the operator. Memory is
+    /// checked first: an operator past both limits (a byte bound is also the work of most) is
+    /// refused for its memory.
+    pub(super) fn admit(&self, bytes: u64, work: u64, what: impl FnOnce() -> String) -> candle_core::Result<()> {
         self.check()?;
         let live = self.live.get();
         if live.saturating_add(bytes) > self.limit {
@@ -76,6 +88,21 @@ impl<'a> Guard<'a> {
                 ),
             ));
         }
+        let done = self.work.get();
+        if done.saturating_add(work) > self.work_limit {
+            return Err(error(
+                std::io::ErrorKind::QuotaExceeded,
+                format!(
+                    "{} would take about {} operations after {} already done, more than the {} one execution may take ({})",
+                    what(),
+                    Count(work),
+                    Count(done),
+                    Count(self.work_limit),
+                    self.work_limit_name
+                ),
+            ));
+        }
+        self.work.set(done.saturating_add(work));
         Ok(())
     }
 
@@ -102,6 +129,19 @@ impl<'a> Guard<'a> {
     }
 }
 
+/// A count of operations in messages: `4.4e12`.
+struct Count(u64);
+
+impl std::fmt::Display for Count {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 < 1_000_000 {
+            write!(f, "{}", self.0)
+        } else {
+            write!(f, "{:.1e}", self.0 as f64)
+        }
+    }
+}
+
 fn error(kind: std::io::ErrorKind, message: String) -> candle_core::Error {
     candle_core::Error::Io(std::io::Error::new(kind, message))
 }
@@ -119,7 +159,9 @@ pub(super) fn kind(e: &candle_core::Error) -> Option<std::io::ErrorKind> {
 pub(super) fn to_backend(e: &candle_core::Error, text: String) -> BackendError {
     match kind(e) {
         Some(std::io::ErrorKind::InvalidInput) => BackendError::InvalidInput(text),
-        Some(std::io::ErrorKind::OutOfMemory) => BackendError::ResourceExhausted(text),
+        Some(std::io::ErrorKind::OutOfMemory | std::io::ErrorKind::QuotaExceeded) => {
+            BackendError::ResourceExhausted(text)
+        }
         Some(std::io::ErrorKind::Interrupted) => BackendError::Cancelled(text),
         Some(std::io::ErrorKind::TimedOut) => BackendError::TimedOut(text),
         _ => BackendError::Execution(text),
@@ -157,11 +199,12 @@ mod tests {
         let limits = ExecLimits {
             max_bytes: 100,
             max_loop_iterations: 5,
+            ..ExecLimits::default()
         };
         let g = Guard::execution(&limits, &cancel);
-        assert!(g.admit(100, || "a".into()).is_ok());
+        assert!(g.admit(100, 0, || "a".into()).is_ok());
         g.charge(60);
-        let e = g.admit(41, || "node X (MatMul)".into()).unwrap_err();
+        let e = g.admit(41, 0, || "node X (MatMul)".into()).unwrap_err();
         assert_eq!(kind(&e), Some(std::io::ErrorKind::OutOfMemory));
         assert!(e.to_string().contains("node X (MatMul)"), "{e}");
         assert!(matches!(
@@ -169,8 +212,30 @@ mod tests {
             BackendError::ResourceExhausted(_)
         ));
         g.release(60);
-        assert!(g.admit(100, || "a".into()).is_ok());
+        assert!(g.admit(100, 0, || "a".into()).is_ok());
         assert_eq!(g.max_iterations(), 5);
+    }
+
+    #[test]
+    fn work_adds_up_over_the_execution() {
+        let cancel = Cancel::default();
+        let limits = ExecLimits {
+            max_work: 10_000_000,
+            ..ExecLimits::default()
+        };
+        let g = Guard::execution(&limits, &cancel);
+        for _ in 0..4 {
+            assert!(g.admit(0, 2_500_000, || "a".into()).is_ok());
+        }
+        let e = g.admit(0, 1, || "node L (Loop)".into()).unwrap_err();
+        assert_eq!(kind(&e), Some(std::io::ErrorKind::QuotaExceeded));
+        let text = e.to_string();
+        assert!(
+            text.contains("node L (Loop)") && text.contains("--max-execution-work"),
+            "{text}"
+        );
+        assert!(text.contains("1.0e7"), "{text}");
+        assert!(matches!(to_backend(&e, text), BackendError::ResourceExhausted(_)));
     }
 
     #[test]

@@ -181,7 +181,7 @@ impl ModelInstance for CandleInstance {
         // The batch's inputs count towards what the execution holds.
         let inputs: u64 = batch.inputs.iter().flatten().map(|i| i.byte_len() as u64).sum();
         guard
-            .admit(inputs, || "the batch's inputs".into())
+            .admit(inputs, 0, || "the batch's inputs".into())
             .map_err(|e| guard::to_backend(&e, e.to_string()))?;
         guard.charge(inputs);
         let mut args = vec![None; self.plan.inputs.len()];

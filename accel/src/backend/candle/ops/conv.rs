@@ -46,8 +46,8 @@ impl Spatial {
         if strides.len() != n || dilations.len() != n || pads.len() != 2 * n {
             bail!("kernel {kernel:?}, strides {strides:?}, dilations {dilations:?} and pads {pads:?} disagree in rank")
         }
-        if strides.contains(&0) || dilations.contains(&0) {
-            bail!("strides and dilations must be positive")
+        if strides.contains(&0) || dilations.contains(&0) || kernel.contains(&0) {
+            bail!("kernel sizes, strides and dilations must be positive")
         }
         Ok(Spatial {
             kernel,
@@ -317,7 +317,7 @@ pub(super) fn conv(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let w_const = ctx.const_input(1).cloned();
     let kernel = match (&kernel_attr, &w_const) {
         (Some(k), _) => k.clone(),
-        (None, Some(w)) => w.dims()[2..].to_vec(),
+        (None, Some(w)) => w.dims().get(2..).unwrap_or_default().to_vec(),
         (None, None) => bail!("Conv needs kernel_shape or constant weights"),
     };
     if kernel.is_empty() || kernel.len() > 2 {
@@ -479,7 +479,7 @@ pub(super) fn conv_transpose(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let Some(w) = ctx.const_input(1).cloned() else {
         bail!("ConvTranspose with non-constant weights is not supported")
     };
-    let kernel: Vec<usize> = w.dims()[2..].to_vec();
+    let kernel: Vec<usize> = w.dims().get(2..).unwrap_or_default().to_vec();
     if kernel.is_empty() || kernel.len() > 2 {
         bail!(
             "ConvTranspose with {} spatial dimensions is not supported (1-D and 2-D are)",

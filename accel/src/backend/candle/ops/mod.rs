@@ -90,8 +90,67 @@ impl<'a> NodeCtx<'a> {
     }
 }
 
+/// Operators ONNX defines for floating-point tensors only, whose candle implementations reach
+/// functions (sqrt, exp, tanh...) that candle does not define for integers and panics on: an integer
+/// input is refused with an error instead.
+/// Each with the inputs that are integers by definition (sequence lengths, axes).
+const FLOAT_ONLY: &[(&str, &[usize])] = &[
+    ("BatchNormalization", &[]),
+    ("InstanceNormalization", &[]),
+    ("LayerNormalization", &[]),
+    ("Softmax", &[]),
+    ("LogSoftmax", &[]),
+    ("LSTM", &[4]),
+    ("GRU", &[4]),
+    ("RNN", &[4]),
+    ("Conv", &[]),
+    ("ConvTranspose", &[]),
+    ("AveragePool", &[]),
+    ("GlobalAveragePool", &[]),
+    ("ReduceL2", &[1]),
+    ("ReduceLogSumExp", &[1]),
+    ("ReduceLogSum", &[1]),
+];
+
+/// The first input of `inputs` (not one of `integers`) that is not floating point.
+fn not_float<'t>(inputs: &[Option<&'t Tensor>], integers: &[usize]) -> Option<&'t Tensor> {
+    inputs
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| !integers.contains(k))
+        .find_map(|(_, t)| t.filter(|t| !is_float(t.dtype())))
+}
+
+/// `kernel`, refusing inputs that are not floating point.
+fn floats_only(op: &str, integers: &'static [usize], kernel: Kernel) -> Kernel {
+    let op = op.to_string();
+    Kernel::guarded(move |inputs, guard| {
+        if let Some(t) = not_float(inputs, integers) {
+            bail!(
+                "{op} on {:?} tensors is not supported (ONNX defines it for floating point)",
+                t.dtype()
+            )
+        }
+        kernel.run(inputs, guard)
+    })
+}
+
 /// Compiles `ctx.node`, or returns `Ok(None)` when the operator is not supported.
 pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
+    let op = ctx.node.op_type.as_str();
+    if let Some(&(_, integers)) = FLOAT_ONLY.iter().find(|(name, _)| *name == op) {
+        if let Some(t) = not_float(&ctx.consts, integers) {
+            bail!(
+                "{op} with {:?} parameters is not supported (ONNX defines it for floating point)",
+                t.dtype()
+            )
+        }
+        return Ok(compile_op(ctx)?.map(|k| floats_only(op, integers, k)));
+    }
+    compile_op(ctx)
+}
+
+fn compile_op(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
     if let Some(k) = elementwise::compile(ctx)? {
         return Ok(Some(k));
     }
@@ -157,11 +216,12 @@ pub(super) fn host_scalar(t: &Tensor) -> Result<f64> {
     }
 }
 
-/// Normalises a possibly negative axis for a tensor of rank `rank`.
+/// Normalises a possibly negative axis for a tensor of rank `rank` (a scalar has none: callers index
+/// the tensor's dimensions with it).
 pub(super) fn axis(a: i64, rank: usize) -> Result<usize> {
     let r = rank as i64;
-    let n = if a < 0 { a + r } else { a };
-    if n < 0 || n >= r.max(1) {
+    let n = if a < 0 { a.saturating_add(r) } else { a };
+    if n < 0 || n >= r {
         bail!("axis {a} is out of range for rank {rank}")
     }
     Ok(n as usize)

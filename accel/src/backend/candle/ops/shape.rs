@@ -252,14 +252,21 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
             let (s, l, d) = (arg(i, 0)?, arg(i, 1)?, arg(i, 2)?);
             let dtype = s.dtype();
             let device = s.device();
+            let first = |t: &Tensor| -> Result<i64> {
+                match host_i64(t)?.first() {
+                    Some(&v) => Ok(v),
+                    None => bail!("Range's start, limit and delta must each hold a value"),
+                }
+            };
             if dtype == DType::I64 {
-                let (s, l, d) = (host_i64(s)?[0], host_i64(l)?[0], host_i64(d)?[0]);
+                let (s, l, d) = (first(s)?, first(l)?, first(d)?);
                 if d == 0 {
                     bail!("Range with delta 0")
                 }
                 let n = ((l as f64 - s as f64) / d as f64).ceil().max(0.0) as usize;
                 ensure_size(&[n])?;
-                let v: Vec<i64> = (0..n as i64).map(|k| s + k * d).collect();
+                // Values past i64's range wrap, as the integer arithmetic of ONNX runtimes does.
+                let v: Vec<i64> = (0..n as i64).map(|k| s.wrapping_add(k.wrapping_mul(d))).collect();
                 Ok(vec![Tensor::from_vec(v, n, device)?])
             } else {
                 let (s, l, d) = (super::host_scalar(s)?, super::host_scalar(l)?, super::host_scalar(d)?);
