@@ -410,9 +410,12 @@ def test_work_is_bounded_before_it_runs(server, witness, client):
     assert y.shape == (1, 1, 3, 3) and np.all(y == x.max())
     # A 4 MiB image would take 10^12 window positions (hours): refused at once, naming the flag.
     t0 = time.monotonic()
-    expect(lambda: client.infer("wide_pool", [infer_input("x", np.zeros((1, 1, 1024, 1024), np.float32))]),
-           "RESOURCE_EXHAUSTED", "--max-execution-work", "MaxPool")
+    big = [infer_input("x", np.zeros((1, 1, 1024, 1024), np.float32))]
+    expect(lambda: client.infer("wide_pool", big), "RESOURCE_EXHAUSTED", "--max-execution-work", "MaxPool")
     assert time.monotonic() - t0 < 5
+    # The message names the node once.
+    _, message = status_of(lambda: client.infer("wide_pool", big))
+    assert message.count("MaxPool") == 1, message
     # A constant product past the folding work limit is not folded at load but computed per request
     # (3072 · 0.001² = 0.003072), within the request's limits.
     x = np.arange(4, dtype=np.float32)

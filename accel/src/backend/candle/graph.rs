@@ -435,11 +435,15 @@ impl Plan {
                 }
             };
             let started = super::profile::enabled().then(std::time::Instant::now);
-            let values = guard
+            // The guard's refusal names the node itself; a kernel's error is prefixed with it.
+            guard
                 .admit(step.bound.of(&args), step.bound.work(&args), || {
                     format!("node {}", label())
                 })
-                .and_then(|()| step.kernel.run(&args, guard))
+                .map_err(|e| guard::to_backend(&e, message(&e)))?;
+            let values = step
+                .kernel
+                .run(&args, guard)
                 .map_err(|e| guard::to_backend(&e, format!("node {}: {}", label(), message(&e))))?;
             if let Some(started) = started {
                 let elapsed = started.elapsed();
