@@ -219,8 +219,28 @@ pub trait ModelInstance: Send {
     fn execute(&mut self, batch: &Batch) -> Result<Vec<Tensor>, BackendError>;
 }
 
-/// Bytes of the files in a model file's directory (ONNX external data included) that resolve
-/// inside its model's directory: what a load is expected to hold before it is measured.
-pub fn files_size(model_file: &ModelFile) -> u64 {
-    model_file.directory_size()
+/// An ONNX tensor's external data: the file its `location` names next to the model file (inside
+/// the model's directory), and the byte range its `offset` and `length` give. Both engines read the
+/// entries this way (ONNX Runtime then opens the file itself).
+pub(crate) struct ExternalData {
+    pub file: ModelFile,
+    pub offset: u64,
+    pub length: Option<u64>,
+}
+
+impl ExternalData {
+    /// The reference that `get` (a tensor's `external_data` entries, by key) makes from `model`.
+    /// Errors say what is wrong, for a message that names the tensor.
+    pub(crate) fn of<'a>(model: &ModelFile, get: impl Fn(&str) -> Option<&'a str>) -> Result<ExternalData, String> {
+        let location = get("location").ok_or("without a location")?;
+        let number = |key: &str| {
+            get(key)
+                .map(|v| v.parse::<u64>().map_err(|_| format!("has a bad {key} '{v}'")))
+                .transpose()
+        };
+        let offset = number("offset")?.unwrap_or(0);
+        let length = number("length")?;
+        let file = model.sibling(location).map_err(|e| e.to_string())?;
+        Ok(ExternalData { file, offset, length })
+    }
 }

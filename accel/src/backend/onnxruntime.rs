@@ -165,7 +165,7 @@ impl Backend for OrtBackend {
 /// graph, its sub-graphs and functions. Decoded without the weights: prost skips the fields these
 /// messages do not declare (raw data among them) without copying them.
 mod refs {
-    use crate::backend::BackendError;
+    use crate::backend::{BackendError, ExternalData};
     use crate::core::ModelFile;
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -280,22 +280,10 @@ mod refs {
         for t in tensors.into_iter().filter(|t| t.data_location == 1) {
             let get = |key: &str| t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
             let bad = |what: String| BackendError::InvalidModel(format!("tensor '{}': external data {what}", t.name));
-            let location = get("location").ok_or_else(|| bad("without a location".into()))?;
-            let number = |key: &str| -> Result<Option<u64>, BackendError> {
-                get(key)
-                    .map(|v| v.parse::<u64>().map_err(|_| bad(format!("has a bad {key} '{v}'"))))
-                    .transpose()
-            };
-            let (offset, length) = (number("offset")?.unwrap_or(0), number("length")?);
-            let data = file.sibling(location).map_err(|e| bad(e.to_string()))?;
-            let size = std::fs::metadata(data.path()).map(|m| m.len()).unwrap_or(0);
-            let end = match length {
-                Some(l) => offset.checked_add(l),
-                None => Some(size),
-            };
-            if !end.is_some_and(|end| offset <= end && end <= size) {
-                return Err(bad(format!("range is outside '{}' ({size} bytes)", data.shown())));
-            }
+            let data = ExternalData::of(file, get).map_err(bad)?;
+            data.file
+                .check_range(data.offset, data.length)
+                .map_err(|e| bad(e.to_string()))?;
         }
         Ok(())
     }
@@ -449,6 +437,7 @@ impl ModelInstance for OrtInstance {
 /// batch has been given up by every client (ONNX Runtime checks it between operators and Loop
 /// iterations).
 mod watchdog {
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, OnceLock};
     use std::time::Duration;
 
@@ -463,7 +452,7 @@ mod watchdog {
 
     struct Watchdog {
         runs: Runs,
-        next: Mutex<u64>,
+        next: AtomicU64,
     }
 
     fn watchdog() -> &'static Watchdog {
@@ -485,7 +474,7 @@ mod watchdog {
             }
             Watchdog {
                 runs: Mutex::new(Vec::new()),
-                next: Mutex::new(0),
+                next: AtomicU64::new(0),
             }
         })
     }
@@ -501,11 +490,7 @@ mod watchdog {
 
     pub(super) fn watch(options: Arc<RunOptions>, cancel: Cancel) -> Watched {
         let w = watchdog();
-        let id = {
-            let mut next = w.next.lock();
-            *next += 1;
-            *next
-        };
+        let id = w.next.fetch_add(1, Ordering::Relaxed);
         w.runs.lock().push((id, options, cancel));
         Watched(id)
     }

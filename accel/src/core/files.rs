@@ -223,6 +223,22 @@ impl ModelFile {
     /// the file has when it is opened.
     pub fn read_range(&self, offset: u64, length: Option<u64>) -> Result<Vec<u8>, FileError> {
         let (file, size) = self.open()?;
+        let len = self.range(offset, length, size)?;
+        let mut data = vec![0u8; len];
+        file.read_exact_at(&mut data, offset).map_err(|e| self.io(e))?;
+        Ok(data)
+    }
+
+    /// Checks that `length` bytes from `offset` (to the end when `None`) are inside the file, as
+    /// [`ModelFile::read_range`] would, without reading them.
+    pub fn check_range(&self, offset: u64, length: Option<u64>) -> Result<(), FileError> {
+        let (_, size) = self.open()?;
+        self.range(offset, length, size).map(drop)
+    }
+
+    /// The byte count of the range `offset..offset + length` (or `offset..size`) of a file of
+    /// `size` bytes, or why it is not inside it.
+    fn range(&self, offset: u64, length: Option<u64>, size: u64) -> Result<usize, FileError> {
         let end = match length {
             Some(l) => offset.checked_add(l),
             None => Some(size),
@@ -237,10 +253,7 @@ impl ModelFile {
         if offset > end || end > size {
             return Err(range_error(end));
         }
-        let len = usize::try_from(end - offset).map_err(|_| range_error(end))?;
-        let mut data = vec![0u8; len];
-        file.read_exact_at(&mut data, offset).map_err(|e| self.io(e))?;
-        Ok(data)
+        usize::try_from(end - offset).map_err(|_| range_error(end))
     }
 }
 
@@ -301,6 +314,8 @@ mod tests {
         assert!(matches!(f.read(3), Err(FileError::TooLarge { size: 6, .. })));
         assert!(matches!(f.read_range(4, Some(3)), Err(FileError::Range { .. })));
         assert!(matches!(f.read_range(u64::MAX, Some(3)), Err(FileError::Range { .. })));
+        assert!(f.check_range(2, Some(4)).is_ok() && f.check_range(0, None).is_ok());
+        assert!(matches!(f.check_range(4, Some(3)), Err(FileError::Range { .. })));
     }
 
     #[test]

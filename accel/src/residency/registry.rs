@@ -23,7 +23,7 @@ use super::host_tier::HostTier;
 use super::policy::{Candidate, Usage, choose_victims};
 use super::served::{Freed, Lease, Preparation, PreparedVersion, ServedModel, prepare};
 use super::{AcquireError, ModelState};
-use crate::backend::{ExecLimits, LoadLimits, files_size};
+use crate::backend::{ExecLimits, LoadLimits};
 use crate::batching::QueueLimits;
 use crate::device::memory::DeviceMemory;
 use crate::repository::Repository;
@@ -592,7 +592,7 @@ impl Registry {
             .select(&source.config.backend, &source.config.platform)
             .map_err(unavailable)?;
         let known = self.state.read().models.get(name).and_then(|e| e.bytes);
-        let estimate = known.unwrap_or_else(|| source.versions.iter().map(|(_, p)| files_size(p)).sum());
+        let estimate = known.unwrap_or_else(|| source.versions.iter().map(|(_, p)| p.directory_size()).sum());
         let mut waited = self.admit(name, estimate, deadline)?;
         let mut versions = Vec::new();
         let mut failed = Vec::new();

@@ -10,7 +10,7 @@ use candle_onnx::onnx::type_proto::Value as TypeValue;
 use candle_onnx::onnx::{GraphProto, NodeProto, ValueInfoProto};
 
 use super::error::input_error;
-use super::graph::{Plan, Scope};
+use super::graph::{Plan, Scope, tensor_bytes};
 use super::guard::to_candle;
 use super::onnx::internal_dtype;
 use super::ops::{Kernel, Result, arg, opt};
@@ -121,7 +121,7 @@ pub(super) fn compile(node: &NodeProto, scope: &Scope<'_>, outer: &[(String, Opt
                         };
                         values.extend(outputs.by_ref().take(carried));
                         for (list, t) in scanned.iter_mut().zip(outputs) {
-                            let bytes = (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+                            let bytes = tensor_bytes(&t);
                             guard.admit(bytes, bytes, || "Loop's scan outputs".into())?;
                             guard.charge(bytes);
                             held += bytes;

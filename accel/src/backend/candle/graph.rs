@@ -102,7 +102,8 @@ fn graph_io(v: &ValueInfoProto) -> Result<GraphIo, BackendError> {
     })
 }
 
-fn tensor_bytes(t: &Tensor) -> u64 {
+/// Bytes a tensor holds.
+pub(super) fn tensor_bytes(t: &Tensor) -> u64 {
     (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
@@ -316,30 +317,32 @@ impl Plan {
             if all_const && unsupported.is_empty() {
                 let args: Vec<Option<&Tensor>> = in_slots.iter().map(|s| s.and_then(|s| constants.get(&s))).collect();
                 let room = scope.limits.fold_bytes.saturating_sub(scope.folded.get());
-                if bound.of(&args) <= room && bound.work(&args) <= scope.limits.fold_work {
-                    let guard = Guard::fold(scope.limits, room);
-                    match kernel.run(&args, &guard) {
-                        Ok(values) => {
-                            let made: u64 = values.iter().map(tensor_bytes).sum();
-                            if made <= room {
-                                scope.folded.set(scope.folded.get() + made);
-                                for (slot, value) in out_slots.iter().zip(values) {
-                                    if let Some(slot) = slot {
-                                        constants.insert(*slot, value);
-                                    }
+                // The fold guard admits the node as an execution's admits each step.
+                let guard = Guard::fold(scope.limits, room);
+                let folded = guard
+                    .admit(bound.of(&args), bound.work(&args), || format!("node {node_label}"))
+                    .and_then(|()| kernel.run(&args, &guard));
+                match folded {
+                    Ok(values) => {
+                        let made: u64 = values.iter().map(tensor_bytes).sum();
+                        if made <= room {
+                            scope.folded.set(scope.folded.get() + made);
+                            for (slot, value) in out_slots.iter().zip(values) {
+                                if let Some(slot) = slot {
+                                    constants.insert(*slot, value);
                                 }
-                                continue;
                             }
+                            continue;
                         }
-                        Err(e) => match guard::to_backend(&e, format!("node {node_label}: {}", message(&e))) {
-                            // Too large or too long to fold: computed per request instead.
-                            BackendError::ResourceExhausted(_) | BackendError::InvalidInput(_) => {
-                                tracing::debug!(node = %node_label, reason = %message(&e), "not folded at load");
-                            }
-                            BackendError::TimedOut(m) => return Err(BackendError::TimedOut(m)),
-                            other => return Err(invalid(other.to_string())),
-                        },
                     }
+                    Err(e) => match guard::to_backend(&e, format!("node {node_label}: {}", message(&e))) {
+                        // Too large or too long to fold: computed per request instead.
+                        BackendError::ResourceExhausted(_) | BackendError::InvalidInput(_) => {
+                            tracing::debug!(node = %node_label, reason = %message(&e), "not folded at load");
+                        }
+                        BackendError::TimedOut(m) => return Err(BackendError::TimedOut(m)),
+                        other => return Err(invalid(other.to_string())),
+                    },
                 }
             }
             steps.push(Step {

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_onnx::onnx::{AttributeProto, NodeProto, TensorProto, tensor_proto::DataType as OnnxType};
 use half::{bf16, f16};
 
+use crate::backend::ExternalData;
 use crate::core::{DataType, ModelFile};
 
 /// The most elements one initializer or constant may declare (its data must be there too: this
@@ -196,22 +197,10 @@ fn int_tensor<T: ToI64>(
 
 fn read_external(t: &TensorProto, file: &ModelFile) -> Result<Vec<u8>, String> {
     let get = |key: &str| t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
-    let location = get("location").ok_or_else(|| format!("tensor '{}': external data without a location", t.name))?;
-    let parse = |key: &str| {
-        get(key)
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("tensor '{}': bad {key} '{v}'", t.name))
-            })
-            .transpose()
-    };
-    let offset = parse("offset")?.unwrap_or(0);
-    let length = parse("length")?;
-    let data = file
-        .sibling(location)
-        .and_then(|f| f.read_range(offset, length))
-        .map_err(|e| format!("tensor '{}': external data {e}", t.name))?;
-    Ok(data)
+    let data = ExternalData::of(file, get).map_err(|e| format!("tensor '{}': external data {e}", t.name))?;
+    data.file
+        .read_range(data.offset, data.length)
+        .map_err(|e| format!("tensor '{}': external data {e}", t.name))
 }
 
 /// Attribute access on a node.
