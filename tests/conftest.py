@@ -174,6 +174,9 @@ dynamic_batching { priority_levels: 2 default_priority_level: 2 }
               os.path.join(root, "alloc_from_input", "1", "model.onnx") if os.makedirs(os.path.join(root, "alloc_from_input", "1"), exist_ok=True) is None else None)
     # A transformer encoder as PyTorch exports it.
     modelgen.bert_encoder(os.path.join(root, "bert", "1", "model.onnx"))
+    # The same kind of encoder with padded batching across lengths (what KServe's transformer feeds).
+    modelgen.bert_encoder(os.path.join(root, "bert_padded", "1", "model.onnx"), seed=2, pooled=True)
+    modelgen.write_config(os.path.join(root, "bert_padded"), modelgen.padded_bert_config("bert_padded", max_batch_size=8))
     # Broken models: each must be UNAVAILABLE with its reason while the others serve.
     modelgen.write_config(os.path.join(root, "broken_config"), "name: \"broken_config\"\nmax_batch_size: \"many\"\n")
     os.makedirs(os.path.join(root, "broken_file", "1"), exist_ok=True)

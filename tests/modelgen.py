@@ -101,10 +101,12 @@ output [ {{ name: "OUTPUT0" data_type: {dtype} dims: [ {d_out} ] }} ]
 
 
 def bert_encoder(path: str, seed: int = 0, vocab: int = 96, hidden: int = 32, heads: int = 4, layers: int = 2,
-                 ffn: int = 64, max_positions: int = 64) -> str:
+                 ffn: int = 64, max_positions: int = 64, pooled: bool = False) -> str:
     """A BERT-style encoder written the way PyTorch exports it (opset 13): Gather embeddings, position
     ids from Shape/Range, an attention mask Unsqueezed with axes [1, 2], head reshapes from run-time
-    shapes, decomposed LayerNorm, Erf GELU. Inputs input_ids/attention_mask INT64 [batch, seq]."""
+    shapes, decomposed LayerNorm, Erf GELU. Inputs input_ids/attention_mask INT64 [batch, seq].
+    With `pooled`, a second output "pooled" [batch, hidden]: the mask-weighted mean of the tokens
+    (sentence-transformers' mean pooling)."""
     rng = np.random.default_rng(seed)
     dh = hidden // heads
     nodes, inits = [], []
@@ -189,11 +191,20 @@ def bert_encoder(path: str, seed: int = 0, vocab: int = 96, hidden: int = 32, he
         ff = linear(gelu, ffn, hidden, p + "_ff2")
         x = layer_norm(n("Add", [ff, x], [p + "_res2"]), p + "_ln2")
     nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
+    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden])]
+    if pooled:
+        c("ax_last", [-1])
+        c("ax1", [1])
+        m3 = n("Cast", [n("Unsqueeze", ["attention_mask", "ax_last"], ["mask3"])], ["mask3f"], to=TensorProto.FLOAT)
+        summed = n("ReduceSum", [n("Mul", [x, m3], ["masked_x"]), "ax1"], ["summed"], keepdims=0)
+        count = n("ReduceSum", [m3, "ax1"], ["count"], keepdims=0)
+        n("Div", [summed, count], ["pooled"])
+        outputs.append(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", hidden]))
     model = make_model(
         nodes,
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden])],
+        outputs,
         inits, opset=13,
     )
     return _save(model, path)
@@ -237,5 +248,115 @@ def double_model(path: str, elem: int, dims: int = 8) -> str:
         [op],
         [helper.make_tensor_value_info("x", elem, ["batch", dims])],
         [helper.make_tensor_value_info("y", elem, ["batch", dims])],
+    )
+    return _save(model, path)
+
+
+def padded_bert_config(name: str, max_batch_size: int = 32, delay_us: int = 5000, tokens: int = 4096,
+                       hidden: int = 32, backend: str = "", extra: str = "") -> str:
+    """config.pbtxt of a `bert_encoder(pooled=True)` with padded batching across lengths."""
+    backend_line = f'backend: "{backend}"\n' if backend else ""
+    return f"""name: "{name}"
+{backend_line}max_batch_size: {max_batch_size}
+input [ {{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }},
+        {{ name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }} ]
+output [ {{ name: "last_hidden_state" data_type: TYPE_FP32 dims: [ -1, {hidden} ] }},
+         {{ name: "pooled" data_type: TYPE_FP32 dims: [ {hidden} ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
+parameters [
+  {{ key: "accel.padded_inputs" value: {{ string_value: "input_ids=0,attention_mask=0" }} }},
+  {{ key: "accel.padded_outputs" value: {{ string_value: "last_hidden_state" }} }},
+  {{ key: "accel.max_batch_tokens" value: {{ string_value: "{tokens}" }} }}
+]
+{extra}"""
+
+
+def string_identity(path: str) -> str:
+    """OUT = Identity(TEXT) over a STRING (BYTES) tensor [batch, n]: every byte must come back."""
+    model = make_model(
+        [helper.make_node("Identity", ["TEXT"], ["OUT"])],
+        [helper.make_tensor_value_info("TEXT", TensorProto.STRING, ["batch", "n"])],
+        [helper.make_tensor_value_info("OUT", TensorProto.STRING, ["batch", "n"])],
+    )
+    return _save(model, path)
+
+
+def string_upper(path: str) -> str:
+    """OUT = StringNormalizer(TEXT, UPPER) over a 1-D STRING tensor (the operator takes [C] or [1, C]).
+    The "C" locale, which every libc has (ONNX Runtime's default, en_US.UTF-8, often is not installed)."""
+    model = make_model(
+        [helper.make_node("StringNormalizer", ["TEXT"], ["OUT"], case_change_action="UPPER", locale="C")],
+        [helper.make_tensor_value_info("TEXT", TensorProto.STRING, ["n"])],
+        [helper.make_tensor_value_info("OUT", TensorProto.STRING, ["m"])],
+    )
+    return _save(model, path)
+
+
+def classifier_weights(seed: int, d_in: int = 8, classes: int = 10) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((d_in, classes)).astype(np.float32)
+
+
+def classifier(path: str, seed: int, d_in: int = 8, classes: int = 10) -> str:
+    """Logits OUT = x W (FP32 [batch, classes]) and the same logits again as RAW, for classification
+    (OUT carries the labels in the config; RAW is asked for plainly, to compare the printed values)."""
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["OUT"]), helper.make_node("Identity", ["OUT"], ["RAW"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", d_in])],
+        [helper.make_tensor_value_info("OUT", TensorProto.FLOAT, ["batch", classes]),
+         helper.make_tensor_value_info("RAW", TensorProto.FLOAT, ["batch", classes])],
+        [numpy_helper.from_array(classifier_weights(seed, d_in, classes), "w")],
+    )
+    return _save(model, path)
+
+
+def ragged_sum(path: str) -> str:
+    """Per-request sums of a ragged batch, as Triton's ragged batching feeds it: INPUT is every
+    request's elements concatenated (1-D), OFFSETS the BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO batch
+    input (N+1 INT32), COUNTS the BATCH_ELEMENT_COUNT one (N INT32). Request i owns the positions p
+    with OFFSETS[i] <= p < OFFSETS[i+1], so SUM = mask · INPUT as [N, 1] (a MatMul rather than
+    CumSum, which candle lacks); COUNT = COUNTS as FP32 [N, 1]."""
+    c = lambda name, v: numpy_helper.from_array(np.asarray(v, dtype=np.int64), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Shape", ["INPUT"], ["len1"]),
+        helper.make_node("Squeeze", ["len1", "zero"], ["len"]),
+        helper.make_node("Range", ["zero_s", "len", "one_s"], ["pos"]),
+        helper.make_node("Unsqueeze", ["pos", "zero"], ["pos_row"]),  # [1, E]
+        helper.make_node("Cast", ["OFFSETS"], ["off"], to=TensorProto.INT64),
+        helper.make_node("Slice", ["off", "one", "big"], ["hi"]),
+        helper.make_node("Slice", ["off", "zero", "minus1"], ["lo"]),
+        helper.make_node("Unsqueeze", ["hi", "one"], ["hi_col"]),  # [N, 1]
+        helper.make_node("Unsqueeze", ["lo", "one"], ["lo_col"]),
+        helper.make_node("GreaterOrEqual", ["pos_row", "lo_col"], ["ge"]),  # [N, E]
+        helper.make_node("Less", ["pos_row", "hi_col"], ["lt"]),
+        helper.make_node("And", ["ge", "lt"], ["own"]),
+        helper.make_node("Cast", ["own"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["INPUT", "one"], ["input_col"]),  # [E, 1]
+        helper.make_node("MatMul", ["mask", "input_col"], ["SUM"]),
+        helper.make_node("Cast", ["COUNTS"], ["counts_f"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["counts_f", "column"], ["COUNT"]),
+    ]
+    inits = [
+        c("zero", [0]), c("one", [1]), c("minus1", [-1]), c("big", [2**62]), c("column", [-1, 1]),
+        c("zero_s", 0), c("one_s", 1),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["elements"]),
+         helper.make_tensor_value_info("OFFSETS", TensorProto.INT32, ["n_plus_1"]),
+         helper.make_tensor_value_info("COUNTS", TensorProto.INT32, ["n"])],
+        [helper.make_tensor_value_info("SUM", TensorProto.FLOAT, ["n", 1]),
+         helper.make_tensor_value_info("COUNT", TensorProto.FLOAT, ["n", 1])],
+        inits,
+    )
+    return _save(model, path)
+
+
+def ragged_double(path: str) -> str:
+    """DOUBLE = INPUT * 2 over a ragged input's concatenation (1-D), for BATCH_SCATTER_WITH_INPUT_SHAPE."""
+    model = make_model(
+        [helper.make_node("Mul", ["INPUT", "two"], ["DOUBLE"])],
+        [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["elements"])],
+        [helper.make_tensor_value_info("DOUBLE", TensorProto.FLOAT, ["elements"])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two")],
     )
     return _save(model, path)

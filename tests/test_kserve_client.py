@@ -24,6 +24,7 @@ from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRe
 
 grpc_url, http_url = sys.argv[1], "http://" + sys.argv[2]
 x = np.asarray(json.loads(sys.argv[3]), np.float32)
+TOKENS = json.loads(sys.argv[4])
 
 async def main():
     out = {}
@@ -47,6 +48,17 @@ async def main():
         inp.set_data_from_numpy(x, binary_data=False)
         r = await grpc.infer(InferRequest("mlp_b", [inp]))
         out["grpc_y"] = np.asarray(r.get_output_by_name("OUTPUT0").as_numpy()).reshape(x.shape[0], -1).tolist()
+        # What KServe's Hugging Face transformer sends a v2 predictor: INT64 input_ids and
+        # attention_mask of each request's own length, concurrently.
+        async def encode(ids):
+            ids = np.asarray([ids], np.int64)
+            inputs = [InferInput("input_ids", list(ids.shape), "INT64"),
+                      InferInput("attention_mask", list(ids.shape), "INT64")]
+            inputs[0].set_data_from_numpy(ids)
+            inputs[1].set_data_from_numpy(np.ones_like(ids))
+            r = await grpc.infer(InferRequest("bert_padded", inputs))
+            return np.asarray(r.get_output_by_name("last_hidden_state").as_numpy()).reshape(ids.shape[1], -1).tolist()
+        out["bert"] = await asyncio.gather(*(encode(t) for t in TOKENS))
     finally:
         await grpc.close()
     print(json.dumps(out))
@@ -55,13 +67,16 @@ asyncio.run(main())
 '''
 
 
-def test_kserve_sdk_clients_work_unchanged(server):
+def test_kserve_sdk_clients_work_unchanged(server, main_repository):
     import importlib.util
 
     if importlib.util.find_spec("kserve") is None:
         pytest.fail("the kserve SDK is missing: it is in tests/requirements.txt")
     x = np.random.default_rng(3).standard_normal((2, MLP_DIMS[0])).astype(np.float32)
-    done = subprocess.run([sys.executable, "-c", SESSION, server.url, server.http_url, json.dumps(x.tolist())],
+    rng = np.random.default_rng(4)
+    tokens = [rng.integers(1, 96, size=n).tolist() for n in (3, 9, 17, 30, 2, 25)]
+    done = subprocess.run([sys.executable, "-c", SESSION, server.url, server.http_url, json.dumps(x.tolist()),
+                           json.dumps(tokens)],
                           capture_output=True, text=True, timeout=120, cwd=HERE,
                           env={**os.environ, "PYTHONPATH": ""})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -72,3 +87,12 @@ def test_kserve_sdk_clients_work_unchanged(server):
     for key, seed in (("rest_y", MLP_SEEDS["mlp_a"]), ("grpc_y", MLP_SEEDS["mlp_b"])):
         want = modelgen.mlp_reference(x, seed, *MLP_DIMS)
         assert np.allclose(np.asarray(out[key]), want, atol=1e-4), key
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(os.path.join(main_repository, "bert_padded", "1", "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    for ids, got in zip(tokens, out["bert"]):
+        ids = np.asarray([ids], np.int64)
+        want = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0]
+        assert np.asarray(got).shape == want.shape
+        assert np.abs(np.asarray(got) - want).max() <= 1e-4 * max(1.0, np.abs(want).max())

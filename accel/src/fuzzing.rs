@@ -28,6 +28,8 @@ pub fn spec() -> ModelSpec {
         reshape: None,
         optional,
         verify_shape: false,
+        ragged: false,
+        labels: None,
     };
     let mut reshaped = io("c", DataType::I64, vec![2, 2], false);
     reshaped.reshape = Some(vec![4]);
@@ -46,6 +48,7 @@ pub fn spec() -> ModelSpec {
         scheduling: Scheduling::Direct,
         instance_count: 1,
         instance_kind: InstanceKind::Cpu,
+        variable: Default::default(),
     }
 }
 
@@ -73,11 +76,136 @@ pub fn grpc_request(data: &[u8]) {
         return;
     };
     let spec = spec();
-    if let Ok(valid) = validate(&spec, request) {
+    if let Ok(valid) = validate(&spec, request.clone()) {
         let batch = crate::batching::assemble::batch(&spec, &[&valid, &valid], Default::default());
         for input in batch.inputs.iter().flatten() {
             let _ = input.contiguous();
         }
+    }
+    // The same request against a padded and a ragged model: batched with itself, executed by an
+    // engine that echoes shapes, and split back (padding, cutting, scattering, classification).
+    for spec in [padded_spec(), ragged_spec()] {
+        if let Ok(valid) = validate(&spec, request.clone()) {
+            let entries = [&valid, &valid];
+            let batch = crate::batching::assemble::batch(&spec, &entries, Default::default());
+            let outputs: Vec<crate::core::Tensor> = batch.outputs.iter().map(|&k| echo(&spec, k, &batch)).collect();
+            let _ = crate::batching::assemble::split(&spec, &batch.outputs, outputs, &entries);
+        }
+    }
+}
+
+/// An engine's output `k` for `batch`, zeros of the shape a well-behaved model would produce: the
+/// first input's batched shape (feature dims from the spec where fixed), BYTES as empty strings.
+fn echo(spec: &ModelSpec, k: usize, batch: &crate::backend::Batch) -> crate::core::Tensor {
+    let io = &spec.outputs[k];
+    let first = batch
+        .inputs
+        .iter()
+        .flatten()
+        .next()
+        .map(|i| i.shape.clone())
+        .unwrap_or_default();
+    let mut shape: Vec<usize> = first
+        .iter()
+        .take(1 + io.dims.iter().filter(|&&d| d < 0).count())
+        .copied()
+        .collect();
+    shape.extend(io.dims.iter().filter(|&&d| d >= 0).map(|&d| d as usize));
+    let count: usize = shape.iter().product::<usize>().min(1 << 20);
+    let data = match io.datatype.size() {
+        Some(size) => vec![0u8; count * size],
+        None => vec![0u8; count * 4],
+    };
+    crate::core::Tensor {
+        name: io.name.clone(),
+        datatype: io.datatype,
+        shape,
+        data: Bytes::from(data),
+    }
+}
+
+fn io(name: &str, datatype: DataType, dims: Vec<i64>, optional: bool) -> IoSpec {
+    IoSpec {
+        name: name.into(),
+        datatype,
+        dims,
+        reshape: None,
+        optional,
+        verify_shape: false,
+        ragged: false,
+        labels: None,
+    }
+}
+
+fn dynamic() -> Scheduling {
+    Scheduling::Dynamic(Default::default())
+}
+
+/// A padded model: "a" INT64 [-1] and "c" FP32 [-1, 2] padded, "b" BYTES optional; "y" [-1, 2]
+/// cut back, "z" [2] untouched (classification allowed on both).
+pub fn padded_spec() -> ModelSpec {
+    ModelSpec {
+        inputs: vec![
+            io("a", DataType::I64, vec![-1], false),
+            io("b", DataType::Bytes, vec![-1], true),
+            io("c", DataType::F32, vec![-1, 2], true),
+        ],
+        outputs: vec![
+            io("y", DataType::F32, vec![-1, 2], false),
+            io("z", DataType::I32, vec![2], false),
+        ],
+        scheduling: dynamic(),
+        variable: crate::core::VariableBatching {
+            padding: Some(crate::core::Padding {
+                inputs: vec![(0, vec![0; 8]), (2, vec![0; 4])],
+                outputs: vec![0],
+                max_batch_tokens: Some(1 << 16),
+                min_efficiency_percent: 50,
+            }),
+            ..Default::default()
+        },
+        ..spec()
+    }
+}
+
+/// A ragged model: "a" FP32 [-1] ragged with every batch-input kind, "y" scattered by it.
+pub fn ragged_spec() -> ModelSpec {
+    use crate::core::{BatchInputKind as K, BatchInputSpec, BatchOutputSpec};
+    let mut a = io("a", DataType::F32, vec![-1], false);
+    a.ragged = true;
+    let kinds = [
+        K::ElementCount,
+        K::AccumulatedElementCount,
+        K::AccumulatedElementCountWithZero,
+        K::MaxElementCountAsShape,
+        K::ItemShape,
+        K::ItemShapeFlatten,
+    ];
+    ModelSpec {
+        inputs: vec![a, io("b", DataType::Bytes, vec![-1], true)],
+        outputs: vec![
+            io("y", DataType::F32, vec![-1], false),
+            io("z", DataType::F32, vec![1], false),
+        ],
+        scheduling: dynamic(),
+        variable: crate::core::VariableBatching {
+            batch_inputs: kinds
+                .iter()
+                .enumerate()
+                .map(|(i, &kind)| BatchInputSpec {
+                    kind,
+                    target: format!("bi{i}"),
+                    datatype: if i % 2 == 0 { DataType::I32 } else { DataType::F32 },
+                    source: 0,
+                })
+                .collect(),
+            batch_outputs: vec![BatchOutputSpec {
+                targets: vec![0],
+                source: 0,
+            }],
+            padding: None,
+        },
+        ..spec()
     }
 }
 

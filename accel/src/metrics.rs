@@ -62,6 +62,10 @@ pub const ACCEL_EXECUTOR_BUSY_DURATION_US: &str = "accel_executor_busy_duration_
 pub const ACCEL_EXECUTOR_DUTY_CYCLE: &str = "accel_executor_duty_cycle";
 pub const ACCEL_SERVER_DRAINING: &str = "accel_server_draining";
 pub const ACCEL_CONNECTIONS_REFUSED_TOTAL: &str = "accel_connections_refused_total";
+pub const ACCEL_BATCH_PADDING_EFFICIENCY: &str = "accel_batch_padding_efficiency";
+pub const ACCEL_BATCH_TOKENS_TOTAL: &str = "accel_batch_tokens_total";
+/// `accel_batch_tokens_total`'s label: `real` (the requests' own) or `computed` (padded).
+pub const LABEL_KIND: &str = "kind";
 
 // ---- buckets -------------------------------------------------------------------------------------
 
@@ -225,6 +229,14 @@ fn describe() {
         "Fraction of the last interval the executors of a model version were busy [0.0 - 1.0]"
     );
     describe_gauge!(ACCEL_SERVER_DRAINING, "1 while the server drains before exiting");
+    describe_gauge!(
+        ACCEL_BATCH_PADDING_EFFICIENCY,
+        "Real tokens / computed tokens of a padded model's executions since it was first loaded [0.0 - 1.0]"
+    );
+    describe_counter!(
+        ACCEL_BATCH_TOKENS_TOTAL,
+        "Tokens of a padded model's executions: kind=real (the requests') and kind=computed (rows x longest)"
+    );
 }
 
 /// The metric handles of one model version, registered once at load.
@@ -248,6 +260,16 @@ pub struct ModelMetrics {
     pub queue_depth: Gauge,
     pub busy_us: Counter,
     pub duty_cycle: Gauge,
+    labels: (String, String),
+    padding: std::sync::OnceLock<PaddingMetrics>,
+}
+
+/// A padded model's token counts and their ratio.
+#[derive(Debug, Clone)]
+pub struct PaddingMetrics {
+    pub efficiency: Gauge,
+    pub real: Counter,
+    pub computed: Counter,
 }
 
 impl ModelMetrics {
@@ -273,7 +295,22 @@ impl ModelMetrics {
             queue_depth: gauge!(ACCEL_QUEUE_DEPTH, &labels),
             busy_us: counter!(ACCEL_EXECUTOR_BUSY_DURATION_US, &labels),
             duty_cycle: gauge!(ACCEL_EXECUTOR_DUTY_CYCLE, &labels),
+            labels: (model.to_string(), version.to_string()),
+            padding: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The padding handles of a padded model (registered at its first padded execution, so that
+    /// other models have no such series).
+    pub fn padding(&self) -> &PaddingMetrics {
+        self.padding.get_or_init(|| {
+            let (m, v) = &self.labels;
+            PaddingMetrics {
+                efficiency: gauge!(ACCEL_BATCH_PADDING_EFFICIENCY, LABEL_MODEL => m.clone(), LABEL_VERSION => v.clone()),
+                real: counter!(ACCEL_BATCH_TOKENS_TOTAL, LABEL_MODEL => m.clone(), LABEL_VERSION => v.clone(), LABEL_KIND => "real"),
+                computed: counter!(ACCEL_BATCH_TOKENS_TOTAL, LABEL_MODEL => m.clone(), LABEL_VERSION => v.clone(), LABEL_KIND => "computed"),
+            }
+        })
     }
 
     pub fn failure(&self, reason: FailureReason) -> &Counter {

@@ -70,6 +70,8 @@ pub struct ModelStats {
     /// Bytes the model's weights hold, measured at load.
     memory_bytes: AtomicU64,
     batches: Mutex<BTreeMap<usize, BatchSizeStats>>,
+    /// A padded model's real and computed tokens.
+    tokens: Mutex<(u64, u64)>,
 }
 
 impl ModelStats {
@@ -92,6 +94,7 @@ impl ModelStats {
             last_inference_ms: AtomicU64::new(0),
             memory_bytes: AtomicU64::new(0),
             batches: Mutex::new(BTreeMap::new()),
+            tokens: Mutex::new((0, 0)),
         }
     }
 
@@ -141,6 +144,25 @@ impl ModelStats {
         *last = (busy, now);
         self.metrics.duty_cycle.set(duty);
         duty
+    }
+
+    /// The tokens of one padded execution: the requests' own, and what the batch computed.
+    pub fn record_padding(&self, real: u64, computed: u64) {
+        let ratio = {
+            let mut t = self.tokens.lock();
+            t.0 += real;
+            t.1 += computed;
+            if t.1 == 0 { 1.0 } else { t.0 as f64 / t.1 as f64 }
+        };
+        let m = self.metrics.padding();
+        m.real.increment(real);
+        m.computed.increment(computed);
+        m.efficiency.set(ratio);
+    }
+
+    /// Real and computed tokens so far (padded models).
+    pub fn padding_tokens(&self) -> (u64, u64) {
+        *self.tokens.lock()
     }
 
     /// One successful execution of `rows` batch elements from `requests` requests.

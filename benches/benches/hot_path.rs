@@ -27,6 +27,8 @@ fn spec(dynamic: bool) -> ModelSpec {
         reshape: None,
         optional: false,
         verify_shape: false,
+        ragged: false,
+        labels: None,
     };
     ModelSpec {
         name: "mlp".into(),
@@ -43,6 +45,7 @@ fn spec(dynamic: bool) -> ModelSpec {
         },
         instance_count: 1,
         instance_kind: InstanceKind::Cpu,
+        variable: Default::default(),
     }
 }
 

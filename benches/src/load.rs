@@ -109,7 +109,7 @@ impl Recorder {
 
 /// Sends one request and checks the answer.
 async fn send(target: &Target, load: &ModelLoad) -> Option<String> {
-    match target.client().model_infer(load.request.clone()).await {
+    match target.client().model_infer(load.request()).await {
         Ok(r) => {
             let r = r.into_inner();
             if r.outputs.is_empty() {

@@ -61,6 +61,16 @@ struct RunArgs {
     /// A variable non-batch dimension: NAME:d1,d2,... (the whole shape of that input).
     #[arg(long = "shape")]
     shapes: Vec<String>,
+    /// Requests of varying lengths, MIN:MAX: every variable non-batch dimension of a request takes
+    /// one length drawn uniformly (a pool of 512 requests sent in turn).
+    #[arg(long)]
+    lengths: Option<String>,
+    /// With --lengths: the client pads every request to this length with zeros.
+    #[arg(long)]
+    pad_to: Option<usize>,
+    /// NAME=VALUE: every real element of that input is VALUE (an attention mask of ones).
+    #[arg(long = "fill")]
+    fill: Vec<String>,
     /// gRPC connections the requests are spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -252,9 +262,41 @@ async fn try_run(args: RunArgs) -> Result<ExitCode, String> {
         names.extend(index.models.into_iter().map(|m| m.name));
         names.dedup();
     }
+    let range = args
+        .lengths
+        .as_deref()
+        .map(|l| {
+            let (a, b) = l
+                .split_once(':')
+                .ok_or_else(|| format!("--lengths {l}: expected MIN:MAX"))?;
+            let parse = |v: &str| {
+                v.parse::<usize>()
+                    .map_err(|_| format!("--lengths {l}: bad length '{v}'"))
+            };
+            Ok::<_, String>((parse(a)?.max(1), parse(b)?))
+        })
+        .transpose()?;
+    let fill = args
+        .fill
+        .iter()
+        .map(|f| {
+            let (n, v) = f
+                .split_once('=')
+                .ok_or_else(|| format!("--fill {f}: expected NAME=VALUE"))?;
+            Ok::<_, String>((
+                n.to_string(),
+                v.parse::<i64>().map_err(|_| format!("--fill {f}: bad value"))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let lengths = target::Lengths {
+        range,
+        pad_to: args.pad_to,
+        fill,
+    };
     let mut models = Vec::with_capacity(names.len());
     for (k, name) in names.iter().enumerate() {
-        models.push(target::prepare(&target, name, args.batch_size, &shapes, k as u64).await?);
+        models.push(target::prepare(&target, name, args.batch_size, &shapes, k as u64, &lengths).await?);
     }
     let models = Arc::new(models);
     let plan = Plan {

@@ -50,13 +50,57 @@ impl Target {
     }
 }
 
-/// The request sent to one model, prepared once.
-#[derive(Debug, Clone)]
+/// The requests sent to one model, prepared once: one, or a pool of requests of different lengths
+/// sent in turn.
+#[derive(Debug)]
 pub struct ModelLoad {
     pub name: String,
-    pub request: ModelInferRequest,
+    pub requests: Vec<ModelInferRequest>,
     /// Batch elements per request.
     pub rows: usize,
+    next: AtomicUsize,
+}
+
+impl ModelLoad {
+    /// The next request to send (round-robin over the pool).
+    pub fn request(&self) -> ModelInferRequest {
+        let k = self.next.fetch_add(1, Ordering::Relaxed) % self.requests.len().max(1);
+        self.requests[k].clone()
+    }
+}
+
+/// Requests of varying lengths (`--lengths`, `--pad-to`, `--fill`).
+#[derive(Debug, Clone, Default)]
+pub struct Lengths {
+    /// Each request's variable non-batch dimensions take one length drawn uniformly from this range.
+    pub range: Option<(usize, usize)>,
+    /// The client pads every request to this length (pad elements zero), as a client would
+    /// without server-side padding.
+    pub pad_to: Option<usize>,
+    /// Inputs whose real elements all take this value (an attention mask of ones).
+    pub fill: Vec<(String, i64)>,
+}
+
+/// Requests in a `--lengths` pool.
+const POOL: usize = 512;
+
+/// `data` (rows of `len` elements of `size` bytes) with each row padded with zeros to `to`.
+fn pad_rows(data: &[u8], rows: usize, len: usize, to: usize, size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows * to * size);
+    for r in 0..rows {
+        out.extend_from_slice(&data[r * len * size..(r + 1) * len * size]);
+        out.resize(out.len() + (to - len) * size, 0);
+    }
+    out
+}
+
+fn filled(datatype: &str, count: usize, value: i64) -> Result<Vec<u8>, String> {
+    Ok(match datatype {
+        "INT64" => (0..count).flat_map(|_| value.to_le_bytes()).collect(),
+        "INT32" => (0..count).flat_map(|_| (value as i32).to_le_bytes()).collect(),
+        "FP32" => (0..count).flat_map(|_| (value as f32).to_le_bytes()).collect(),
+        other => return Err(format!("--fill does not support {other}")),
+    })
 }
 
 /// Asks the server for the model's inputs and builds a request of `batch` rows with random data.
@@ -67,6 +111,7 @@ pub async fn prepare(
     batch: usize,
     shapes: &[(String, Vec<i64>)],
     seed: u64,
+    lengths: &Lengths,
 ) -> Result<ModelLoad, String> {
     let meta = target
         .client()
@@ -77,6 +122,40 @@ pub async fn prepare(
         .await
         .map_err(|s| format!("ModelMetadata({model}): {}", s.message()))?
         .into_inner();
+    let count = if lengths.range.is_some() { POOL } else { 1 };
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut requests = Vec::with_capacity(count);
+    for r in 0..count {
+        let len = lengths
+            .range
+            .map(|(lo, hi)| rand::Rng::random_range(&mut rng, lo..=hi.max(lo)));
+        requests.push(one_request(
+            &meta,
+            model,
+            batch,
+            shapes,
+            seed.wrapping_add(r as u64 * 1000),
+            len,
+            lengths,
+        )?);
+    }
+    Ok(ModelLoad {
+        name: model.to_string(),
+        requests,
+        rows: batch,
+        next: AtomicUsize::new(0),
+    })
+}
+
+fn one_request(
+    meta: &accel_proto::inference::ModelMetadataResponse,
+    model: &str,
+    batch: usize,
+    shapes: &[(String, Vec<i64>)],
+    seed: u64,
+    len: Option<usize>,
+    lengths: &Lengths,
+) -> Result<ModelInferRequest, String> {
     let mut request = ModelInferRequest {
         model_name: model.to_string(),
         ..Default::default()
@@ -90,6 +169,7 @@ pub async fn prepare(
                 .enumerate()
                 .map(|(i, &d)| match (i, d) {
                     (0, -1) => Ok(batch as i64),
+                    (_, -1) if len.is_some() => Ok(len.unwrap_or(1) as i64),
                     (_, -1) => Err(format!(
                         "input '{}' has variable dimension {i}: give it with --shape {}:{}",
                         input.name,
@@ -100,7 +180,21 @@ pub async fn prepare(
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let data = inputs::random(&input.datatype, &shape, seed.wrapping_add(k as u64))?;
+        let count: usize = shape.iter().map(|&d| d.max(0) as usize).product();
+        let mut data = match lengths.fill.iter().find(|(n, _)| *n == input.name) {
+            Some((_, v)) => bytes::Bytes::from(filled(&input.datatype, count, *v)?),
+            None => inputs::random(&input.datatype, &shape, seed.wrapping_add(k as u64))?,
+        };
+        let mut shape = shape;
+        if let (Some(len), Some(to)) = (len, lengths.pad_to)
+            && shape.len() == 2
+            && shape[1] == len as i64
+            && to > len
+        {
+            let size = data.len() / count.max(1);
+            data = pad_rows(&data, shape[0] as usize, len, to, size).into();
+            shape[1] = to as i64;
+        }
         request.inputs.push(InferInputTensor {
             name: input.name.clone(),
             datatype: input.datatype.clone(),
@@ -109,9 +203,5 @@ pub async fn prepare(
         });
         request.raw_input_contents.push(data);
     }
-    Ok(ModelLoad {
-        name: model.to_string(),
-        request,
-        rows: batch,
-    })
+    Ok(request)
 }

@@ -304,6 +304,7 @@ fn datatype(t: TensorElementType) -> Option<DataType> {
         TensorElementType::Float32 => DataType::F32,
         TensorElementType::Float64 => DataType::F64,
         TensorElementType::Bfloat16 => DataType::Bf16,
+        TensorElementType::String => DataType::Bytes,
         _ => return None,
     })
 }
@@ -360,8 +361,8 @@ impl LoadedModel for OrtModel {
                 .position(|e| e.name == name)
                 .ok_or_else(|| BackendError::InvalidModel(format!("the model file has no {what} '{name}'")))
         };
-        for i in &spec.inputs {
-            position(&self.signature.inputs, &i.name, "input")?;
+        for (name, _) in spec.engine_inputs() {
+            position(&self.signature.inputs, name, "input")?;
         }
         for o in &spec.outputs {
             position(&self.signature.outputs, &o.name, "output")?;
@@ -369,7 +370,7 @@ impl LoadedModel for OrtModel {
         Ok(Box::new(OrtInstance {
             session: Some(session),
             pool: self.sessions.clone(),
-            inputs: spec.inputs.iter().map(|i| i.name.clone()).collect(),
+            inputs: spec.engine_inputs().map(|(name, _)| name.to_string()).collect(),
             outputs: spec.outputs.iter().map(|o| (o.name.clone(), o.datatype)).collect(),
         }))
     }
@@ -529,9 +530,7 @@ fn to_ort(input: &BatchInput) -> Result<DynValue, BackendError> {
                 .map(|t| t.into_dyn())
                 .map_err(|e| BackendError::Execution(format!("ONNX Runtime input: {e}")))
         }
-        DataType::Bytes => Err(BackendError::UnsupportedDataType(
-            "BYTES tensors are not served by the onnxruntime backend".into(),
-        )),
+        DataType::Bytes => strings::to_ort(input),
     }
 }
 
@@ -565,7 +564,7 @@ fn from_ort(value: &DynValue, name: &str, datatype: DataType) -> Result<Tensor, 
                 )
             })
             .map_err(|e| e.to_string()),
-        DataType::Bytes => Err("BYTES tensors are not served by the onnxruntime backend".into()),
+        DataType::Bytes => strings::from_ort(value),
     };
     let (shape, data) = extracted
         .map_err(|e| BackendError::Execution(format!("output '{name}' is not {}: {e}", datatype.wire_name())))?;
@@ -575,4 +574,117 @@ fn from_ort(value: &DynValue, name: &str, datatype: DataType) -> Result<Tensor, 
         shape,
         data,
     })
+}
+
+/// BYTES tensors as ONNX string tensors, through ONNX Runtime's C API: `ort`'s string helpers go
+/// through C strings (no NUL inside an element) and UTF-8 `String`s, while a BYTES element is any
+/// bytes. Elements are written with `GetResizedStringTensorElementBuffer` (ONNX Runtime 1.17+, the
+/// oldest this server loads) and read with `GetStringTensorContent`.
+mod strings {
+    #![allow(unsafe_code)] // ONNX Runtime's C API for string elements
+
+    use std::ffi::CStr;
+
+    use bytes::{BufMut, Bytes, BytesMut};
+    use ort::AsPointer;
+    use ort::value::{DynValue, Tensor as OrtTensor};
+
+    use crate::backend::{BackendError, BatchInput};
+
+    fn check(status: ort::sys::OrtStatusPtr) -> Result<(), String> {
+        let ptr = status.0;
+        if ptr.is_null() {
+            return Ok(());
+        }
+        let api = ort::api();
+        // SAFETY: a non-null status from ONNX Runtime, released once here.
+        let message = unsafe {
+            let text = (api.GetErrorMessage)(ptr);
+            let message = if text.is_null() {
+                "unknown error".to_string()
+            } else {
+                CStr::from_ptr(text).to_string_lossy().into_owned()
+            };
+            (api.ReleaseStatus)(ptr);
+            message
+        };
+        Err(message)
+    }
+
+    /// The batch's length-prefixed elements as a string tensor (validated: the prefixes tile each part).
+    pub(super) fn to_ort(input: &BatchInput) -> Result<DynValue, BackendError> {
+        let fail = |e: String| BackendError::Execution(format!("ONNX Runtime string input: {e}"));
+        let mut elements: Vec<&[u8]> = Vec::new();
+        for part in &input.parts {
+            let mut rest = &part[..];
+            while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                let n = (u32::from_le_bytes(*len) as usize).min(tail.len());
+                elements.push(&tail[..n]);
+                rest = &tail[n..];
+            }
+        }
+        let expected: usize = input.shape.iter().product();
+        if elements.len() != expected {
+            return Err(fail(format!("{} elements for shape {:?}", elements.len(), input.shape)));
+        }
+        let shape: Vec<i64> = input.shape.iter().map(|&d| d as i64).collect();
+        let empty = vec![""; elements.len()];
+        let mut value = OrtTensor::from_string_array((shape, &empty[..]))
+            .map_err(|e| fail(e.to_string()))?
+            .into_dyn();
+        let api = ort::api();
+        let ptr = value.ptr_mut();
+        for (i, e) in elements.iter().enumerate() {
+            let mut buffer: *mut std::ffi::c_char = std::ptr::null_mut();
+            // SAFETY: `ptr` is a string tensor of `elements.len()` elements; the buffer ONNX Runtime
+            // returns holds `e.len()` bytes.
+            unsafe {
+                check((api.GetResizedStringTensorElementBuffer)(ptr, i, e.len(), &mut buffer)).map_err(fail)?;
+                if !e.is_empty() {
+                    if buffer.is_null() {
+                        return Err(fail("no element buffer".into()));
+                    }
+                    std::ptr::copy_nonoverlapping(e.as_ptr(), buffer.cast::<u8>(), e.len());
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    /// A string tensor's shape and its elements, length-prefixed.
+    pub(super) fn from_ort(value: &DynValue) -> Result<(Vec<usize>, Bytes), String> {
+        let ort::value::ValueType::Tensor { ty, shape, .. } = value.dtype() else {
+            return Err("not a tensor".into());
+        };
+        if *ty != ort::value::TensorElementType::String {
+            return Err(format!("element type {ty:?}"));
+        }
+        let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+        let count: usize = dims.iter().product();
+        let api = ort::api();
+        let ptr = value.ptr();
+        let mut total = 0usize;
+        // SAFETY: `ptr` is a string tensor of `count` elements; the buffers are sized as asked.
+        let (content, mut offsets) = unsafe {
+            check((api.GetStringTensorDataLength)(ptr, &mut total))?;
+            let mut content = vec![0u8; total];
+            let mut offsets = vec![0usize; count + 1];
+            check((api.GetStringTensorContent)(
+                ptr,
+                content.as_mut_ptr().cast(),
+                total,
+                offsets.as_mut_ptr(),
+                count,
+            ))?;
+            (content, offsets)
+        };
+        offsets[count] = total;
+        let mut out = BytesMut::with_capacity(total + 4 * count);
+        for w in offsets.windows(2) {
+            let (a, b) = (w[0].min(total), w[1].min(total).max(w[0].min(total)));
+            out.put_u32_le((b - a) as u32);
+            out.put_slice(&content[a..b]);
+        }
+        Ok((dims, out.freeze()))
+    }
 }

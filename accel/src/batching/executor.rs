@@ -18,12 +18,18 @@ pub(super) fn run(spec: &ModelSpec, mut instance: Box<dyn ModelInstance>, stats:
         // A client that went away while its request waited does not get compute spent on it.
         entries.retain(|p| !p.is_cancelled());
         if !entries.is_empty() {
-            execute(spec, instance.as_mut(), stats, entries);
+            execute(spec, instance.as_mut(), stats, shared, entries);
         }
     }
 }
 
-fn execute(spec: &ModelSpec, instance: &mut dyn ModelInstance, stats: &ModelStats, entries: Vec<Pending>) {
+fn execute(
+    spec: &ModelSpec,
+    instance: &mut dyn ModelInstance,
+    stats: &ModelStats,
+    shared: &Shared,
+    entries: Vec<Pending>,
+) {
     let started = Instant::now();
     let requests: Vec<&ValidatedRequest> = entries.iter().map(|p| &p.request).collect();
     let cancel = Cancel::new(entries.iter().map(|p| p.alive.clone()).collect());
@@ -68,6 +74,11 @@ fn execute(spec: &ModelSpec, instance: &mut dyn ModelInstance, stats: &ModelStat
     };
     let finished = Instant::now();
     stats.record_busy(finished - started);
+    let tokens = spec
+        .variable
+        .padding
+        .is_some()
+        .then(|| assemble::padding_tokens(&requests));
     let ok = replies.iter().all(Result::is_ok);
     for (p, reply) in entries.into_iter().zip(replies) {
         let elapsed = p.received.elapsed();
@@ -83,6 +94,10 @@ fn execute(spec: &ModelSpec, instance: &mut dyn ModelInstance, stats: &ModelStat
         let _ = p.reply.send(reply);
     }
     if ok {
+        if let Some((real, padded)) = tokens {
+            stats.record_padding(real, padded);
+            shared.record_cost(padded, computed - assembled);
+        }
         stats.record_execution(
             rows,
             count,

@@ -172,6 +172,10 @@ impl Scheduler {
     }
 }
 
+/// The fewest queued requests a padded model's batch choice looks at (it looks at four batches'
+/// worth when that is more, up to 4096).
+const PADDED_LOOKAHEAD: usize = 256;
+
 /// The batching policy of a spec.
 pub(crate) fn policy_of(spec: &ModelSpec) -> Policy {
     match &spec.scheduling {
@@ -180,12 +184,22 @@ pub(crate) fn policy_of(spec: &ModelSpec) -> Policy {
             max_batch_size: spec.max_batch_size.max(1),
             preferred: p.preferred_batch_sizes.clone(),
             max_queue_delay: p.max_queue_delay,
+            free: (0..spec.inputs.len())
+                .map(|k| spec.inputs[k].ragged || spec.variable.is_padded(k))
+                .collect(),
+            padding: spec.variable.padding.as_ref().map(|p| decide::PaddingPolicy {
+                max_tokens: p.max_batch_tokens,
+                min_efficiency_percent: p.min_efficiency_percent,
+                lookahead: PADDED_LOOKAHEAD.max(spec.max_batch_size.saturating_mul(4)).min(4096),
+            }),
         },
         crate::core::Scheduling::Direct => Policy {
             dynamic: false,
             max_batch_size: spec.max_batch_size.max(1),
             preferred: Vec::new(),
             max_queue_delay: std::time::Duration::ZERO,
+            free: Vec::new(),
+            padding: None,
         },
     }
 }

@@ -133,6 +133,41 @@ impl PriorityQueue {
         out
     }
 
+    /// Removes the requests at `positions` (ascending, in dispatch order).
+    pub(super) fn take_positions(&mut self, positions: &[usize]) -> Vec<Pending> {
+        let mut out = Vec::with_capacity(positions.len());
+        let mut base = 0;
+        let mut wanted = positions.iter().peekable();
+        for level in &mut self.levels {
+            let len = level.queue.len() + level.delayed.len();
+            let mut mine: Vec<usize> = Vec::new();
+            while let Some(&&p) = wanted.peek() {
+                if p >= base + len {
+                    break;
+                }
+                mine.push(p - base);
+                wanted.next();
+            }
+            // Remove back to front so that earlier positions stay valid; then restore order.
+            let punctual = level.queue.len();
+            let mut taken: Vec<Pending> = Vec::with_capacity(mine.len());
+            for &k in mine.iter().rev() {
+                let p = if k < punctual {
+                    level.queue.remove(k)
+                } else {
+                    level.delayed.remove(k - punctual)
+                };
+                taken.extend(p);
+            }
+            taken.reverse();
+            out.extend(taken);
+            base += len;
+        }
+        self.len -= out.len();
+        self.rows -= out.iter().map(|p| p.request.batch_size).sum::<usize>();
+        out
+    }
+
     /// Removes the entry with `ticket`, if it is still queued.
     pub(super) fn remove(&mut self, ticket: u64) -> Option<Pending> {
         for level in &mut self.levels {

@@ -13,7 +13,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use super::SubmitError;
-use super::decide::{Action, Policy, next_action};
+use super::decide::{Action, CostModel, Policy, next_action_with};
 use super::queue::{Pending, PriorityQueue, Reply};
 use crate::core::{ModelSpec, QueuePolicy, Scheduling, TimeoutAction, ValidatedRequest};
 use crate::metrics::FailureReason;
@@ -22,6 +22,8 @@ use crate::stats::ModelStats;
 #[derive(Debug)]
 struct State {
     queue: PriorityQueue,
+    /// A padded model's measured execution cost.
+    cost: CostModel,
     /// Executors waiting on the condition variable.
     sleeping: usize,
     shutdown: bool,
@@ -66,6 +68,7 @@ impl Shared {
             stats,
             state: Mutex::new(State {
                 queue: PriorityQueue::new(policies),
+                cost: CostModel::default(),
                 sleeping: 0,
                 shutdown: false,
             }),
@@ -147,6 +150,11 @@ impl Shared {
         })
     }
 
+    /// One padded execution's computed tokens and compute time, for the batch choice.
+    pub(super) fn record_cost(&self, tokens: u64, compute: Duration) {
+        self.state.lock().cost.record(tokens, compute.as_secs_f64());
+    }
+
     /// Requests queued now.
     #[cfg(test)]
     pub(super) fn queued(&self) -> usize {
@@ -172,9 +180,14 @@ impl Shared {
             if st.shutdown {
                 return None;
             }
-            let wake = match next_action(&st.queue, &self.policy, now) {
-                Action::Dispatch(n) => {
-                    let batch = st.queue.take(n);
+            let overhead = st.cost.overhead_tokens();
+            let wake = match next_action_with(&st.queue, &self.policy, now, overhead) {
+                action @ (Action::Dispatch(_) | Action::Pick(_)) => {
+                    let batch = match action {
+                        Action::Pick(positions) => st.queue.take_positions(&positions),
+                        Action::Dispatch(n) => st.queue.take(n),
+                        _ => Vec::new(),
+                    };
                     self.publish(&st);
                     drop(st);
                     for p in &batch {

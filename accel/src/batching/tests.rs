@@ -54,6 +54,8 @@ fn fixture(policy: QueuePolicy, max_queued: usize) -> Fixture {
         reshape: None,
         optional: false,
         verify_shape: false,
+        ragged: false,
+        labels: None,
     };
     let spec = Arc::new(ModelSpec {
         name: "m".into(),
@@ -69,6 +71,7 @@ fn fixture(policy: QueuePolicy, max_queued: usize) -> Fixture {
         }),
         instance_count: 1,
         instance_kind: InstanceKind::Cpu,
+        variable: Default::default(),
     });
     let (started_tx, started) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
@@ -112,6 +115,8 @@ fn request(value: f32, timeout: Option<Duration>) -> ValidatedRequest {
             data: Bytes::copy_from_slice(&value.to_le_bytes()),
         })],
         outputs: None,
+        classification: Vec::new(),
+        lengths: Vec::new(),
         schedule: ScheduleOptions { priority: 0, timeout },
     }
 }

@@ -167,6 +167,11 @@ impl ModelFile {
         self.root.resolve(base, rel, relative)
     }
 
+    /// The model directory this file belongs to.
+    pub fn model_dir(&self) -> &ModelDir {
+        &self.root
+    }
+
     /// Bytes of the regular files in this file's directory that resolve inside the model's
     /// directory (what a load is expected to hold before it is measured).
     pub fn directory_size(&self) -> u64 {

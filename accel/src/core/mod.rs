@@ -2,10 +2,11 @@
 //! specification a request is validated against, and the error codes every boundary maps to. Nothing
 //! here knows about tonic, prost or axum; `server/` converts the wire messages into these types.
 
+pub mod classify;
 mod datatype;
 mod error;
 mod files;
-mod model;
+pub mod model;
 mod request;
 mod tensor;
 mod validate;
@@ -14,7 +15,8 @@ pub use datatype::DataType;
 pub use error::{Code, Error, ValidationError, panic_message};
 pub use files::{FileError, ModelDir, ModelFile, is_file_name, shown_path};
 pub use model::{
-    BatchingPolicy, GraphIo, InstanceKind, IoSpec, ModelSpec, QueuePolicy, Scheduling, Signature, TimeoutAction,
+    BatchInputKind, BatchInputSpec, BatchOutputSpec, BatchingPolicy, GraphIo, InstanceKind, IoSpec, ModelSpec, Padding,
+    QueuePolicy, Scheduling, Signature, TimeoutAction, VariableBatching,
 };
 pub use request::{InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, ScheduleOptions};
 pub use tensor::{Tensor, element_count};

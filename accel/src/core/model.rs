@@ -2,6 +2,7 @@
 //! scheduled, and how many instances execute it. Built by `repository` from config.pbtxt (or from the
 //! model file when there is no config) and read by validation, the batcher and the metadata RPCs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::DataType;
@@ -20,6 +21,11 @@ pub struct IoSpec {
     /// An output whose shape the config states against the model file's: what the engine produces
     /// is checked against `dims` at run time.
     pub verify_shape: bool,
+    /// An input that may differ in shape between the requests of a batch (Triton's
+    /// `allow_ragged_batch`): the engine gets the requests' elements concatenated as one 1-D tensor.
+    pub ragged: bool,
+    /// An output's labels (its config's `label_filename`, one per line), for classification results.
+    pub labels: Option<Arc<[String]>>,
 }
 
 impl IoSpec {
@@ -127,6 +133,8 @@ pub struct ModelSpec {
     pub scheduling: Scheduling,
     pub instance_count: usize,
     pub instance_kind: InstanceKind,
+    /// Batching across shapes: generated batch inputs, scattered batch outputs, padding.
+    pub variable: VariableBatching,
 }
 
 impl ModelSpec {
@@ -147,6 +155,8 @@ impl ModelSpec {
             reshape: None,
             optional: false,
             verify_shape: false,
+            ragged: false,
+            labels: None,
         };
         ModelSpec {
             name: "direct".into(),
@@ -159,6 +169,7 @@ impl ModelSpec {
             scheduling: Scheduling::Direct,
             instance_count: 1,
             instance_kind: InstanceKind::Cpu,
+            variable: VariableBatching::default(),
         }
     }
 
@@ -173,6 +184,100 @@ impl ModelSpec {
 
     pub fn output(&self, name: &str) -> Option<&IoSpec> {
         self.outputs.iter().find(|o| o.name == name)
+    }
+
+    /// The inputs an engine is given, in [`crate::backend::Batch`] order: the model's inputs, then
+    /// the generated batch inputs.
+    pub fn engine_inputs(&self) -> impl Iterator<Item = (&str, DataType)> {
+        self.inputs.iter().map(|i| (i.name.as_str(), i.datatype)).chain(
+            self.variable
+                .batch_inputs
+                .iter()
+                .map(|b| (b.target.as_str(), b.datatype)),
+        )
+    }
+}
+
+/// How one generated batch input describes the batch (Triton's `BatchInput.Kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchInputKind {
+    /// Each request's element count of the source input: shape `[requests]`.
+    ElementCount,
+    /// The running total of those counts: shape `[requests]`.
+    AccumulatedElementCount,
+    /// The running total with a leading zero: shape `[requests + 1]`.
+    AccumulatedElementCountWithZero,
+    /// A tensor whose shape is `[largest element count]` (its data is zeros).
+    MaxElementCountAsShape,
+    /// Each batch item's shape of the source input (without the batch dimension): `[rows, rank]`.
+    ItemShape,
+    /// The same, flattened: `[rows * rank]`.
+    ItemShapeFlatten,
+}
+
+/// A model input the server generates for each batch (Triton's `batch_input`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchInputSpec {
+    pub kind: BatchInputKind,
+    /// The model input it becomes.
+    pub target: String,
+    /// INT32, INT64 or FP32.
+    pub datatype: DataType,
+    /// Index of the model input it describes.
+    pub source: usize,
+}
+
+/// Outputs that come back concatenated like a ragged input and are scattered back to the requests
+/// by that input's shapes (Triton's `BATCH_SCATTER_WITH_INPUT_SHAPE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchOutputSpec {
+    /// Indices of the outputs.
+    pub targets: Vec<usize>,
+    /// Index of the input whose per-request shape each request's output takes.
+    pub source: usize,
+}
+
+/// The config's `parameters` that turn on padded batching.
+pub const PADDED_INPUTS: &str = "accel.padded_inputs";
+pub const PADDED_OUTPUTS: &str = "accel.padded_outputs";
+pub const MAX_BATCH_TOKENS: &str = "accel.max_batch_tokens";
+pub const MIN_PADDING_EFFICIENCY: &str = "accel.min_padding_efficiency";
+
+/// The default of `accel.min_padding_efficiency`, in percent.
+pub const DEFAULT_MIN_PADDING_EFFICIENCY: u32 = 80;
+
+/// Requests of different lengths in one batch, padded to the batch's longest (config `parameters`
+/// `accel.padded_inputs`, `accel.padded_outputs`, `accel.max_batch_tokens`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Padding {
+    /// The padded inputs (indices) and the little-endian bytes of one pad element of each. The
+    /// first one's variable dimensions are the request's tokens.
+    pub inputs: Vec<(usize, Vec<u8>)>,
+    /// Outputs whose variable dimensions follow the first padded input's: each request gets them
+    /// cut back to its own sizes.
+    pub outputs: Vec<usize>,
+    /// The most padded tokens (rows × the longest) one batch may compute.
+    pub max_batch_tokens: Option<usize>,
+    /// Requests join a batch only while real tokens / computed tokens stays at least this many
+    /// percent (`accel.min_padding_efficiency`; the oldest request is always sent).
+    pub min_efficiency_percent: u32,
+}
+
+/// Batching across shapes, when the config asks for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VariableBatching {
+    pub batch_inputs: Vec<BatchInputSpec>,
+    pub batch_outputs: Vec<BatchOutputSpec>,
+    pub padding: Option<Padding>,
+}
+
+impl VariableBatching {
+    /// Whether the input at `index` may differ between the requests of a batch in its variable
+    /// dimensions.
+    pub fn is_padded(&self, index: usize) -> bool {
+        self.padding
+            .as_ref()
+            .is_some_and(|p| p.inputs.iter().any(|(i, _)| *i == index))
     }
 }
 

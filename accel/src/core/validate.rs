@@ -16,19 +16,35 @@ pub struct ValidatedRequest {
     pub inputs: Vec<Option<Tensor>>,
     /// Indices into the model's outputs, in the order requested; `None` for every output.
     pub outputs: Option<Vec<usize>>,
+    /// Outputs answered with Triton's classification extension: (output index, class count).
+    pub classification: Vec<(usize, usize)>,
+    /// For a padded model: the sizes of the first padded input's variable dimensions (its
+    /// tokens per row are their product). Empty otherwise.
+    pub lengths: Vec<usize>,
     pub schedule: ScheduleOptions,
 }
 
 impl ValidatedRequest {
     /// Whether two requests can share one execution: every input present in both or in neither, with
-    /// equal non-batch dimensions.
-    pub fn batches_with(&self, other: &ValidatedRequest) -> bool {
+    /// equal non-batch dimensions, except the inputs `free` marks (ragged or padded ones, whose
+    /// fixed dimensions validation has already checked).
+    pub fn batches_with(&self, other: &ValidatedRequest, free: &[bool]) -> bool {
         self.inputs.len() == other.inputs.len()
-            && self.inputs.iter().zip(&other.inputs).all(|(a, b)| match (a, b) {
-                (Some(a), Some(b)) => a.shape.get(1..) == b.shape.get(1..),
-                (None, None) => true,
-                _ => false,
-            })
+            && self
+                .inputs
+                .iter()
+                .zip(&other.inputs)
+                .enumerate()
+                .all(|(k, (a, b))| match (a, b) {
+                    (Some(a), Some(b)) => free.get(k).copied().unwrap_or(false) || a.shape.get(1..) == b.shape.get(1..),
+                    (None, None) => true,
+                    _ => false,
+                })
+    }
+
+    /// Tokens per row of a padded model's request (1 for any other).
+    pub fn tokens(&self) -> usize {
+        self.lengths.iter().product()
     }
 
     /// Bytes of input data this request holds.
@@ -84,6 +100,7 @@ pub fn validate(spec: &ModelSpec, request: InferRequest) -> Result<ValidatedRequ
         }
     }
 
+    let mut classification = Vec::new();
     let outputs = if request.outputs.is_empty() {
         None
     } else {
@@ -101,15 +118,42 @@ pub fn validate(spec: &ModelSpec, request: InferRequest) -> Result<ValidatedRequ
                     output: requested.name.clone(),
                 });
             }
-            if requested.parameters.iter().any(|(k, _)| k == "classification") {
-                return Err(ValidationError::Request(format!(
-                    "output '{}': the classification extension is not supported",
-                    requested.name
-                )));
+            if let Some((_, value)) = requested.parameters.iter().find(|(k, _)| k == "classification")
+                && let Some(count) = class_count(&spec.outputs[index], value)?
+            {
+                classification.push((index, count));
             }
             indices.push(index);
         }
         Some(indices)
+    };
+
+    let lengths = match &spec.variable.padding {
+        Some(padding) => {
+            let (first, _) = padding.inputs[0];
+            let lengths: Vec<usize> = match &slots[first] {
+                Some(t) => t.shape[usize::from(spec.batches())..]
+                    .iter()
+                    .zip(&spec.inputs[first].dims)
+                    .filter(|(_, want)| **want == -1)
+                    .map(|(&got, _)| got)
+                    .collect(),
+                None => Vec::new(),
+            };
+            let rows = batch.as_ref().map_or(1, |(_, rows)| *rows);
+            let cost = lengths.iter().try_fold(rows, |acc, &d| acc.checked_mul(d));
+            if let Some(max) = padding.max_batch_tokens
+                && cost.is_none_or(|c| c > max)
+            {
+                return Err(ValidationError::Request(format!(
+                    "input '{}': {rows} rows of {lengths:?} are more tokens than the model's {} {max}",
+                    spec.inputs[first].name,
+                    super::model::MAX_BATCH_TOKENS,
+                )));
+            }
+            lengths
+        }
+        None => Vec::new(),
     };
 
     Ok(ValidatedRequest {
@@ -117,8 +161,38 @@ pub fn validate(spec: &ModelSpec, request: InferRequest) -> Result<ValidatedRequ
         batch_size: batch.map_or(1, |(_, rows)| rows),
         inputs: slots,
         outputs,
+        classification,
+        lengths,
         schedule,
     })
+}
+
+/// The class count a requested output's `classification` parameter asks for (Triton's rules and
+/// messages); `None` for 0, which asks for the tensor itself.
+fn class_count(output: &IoSpec, value: &ParamValue) -> Result<Option<usize>, ValidationError> {
+    let count = match value {
+        ParamValue::Int(v) if *v >= 0 => *v as u64,
+        ParamValue::Uint(v) => *v,
+        ParamValue::Int(_) => {
+            return Err(ValidationError::Request(format!(
+                "output '{}': invalid value for 'classification' parameter, expected >= 0",
+                output.name
+            )));
+        }
+        _ => {
+            return Err(ValidationError::Request(format!(
+                "output '{}': invalid value type for 'classification' parameter, expected int64_param",
+                output.name
+            )));
+        }
+    };
+    if !crate::core::classify::supports(output.datatype) {
+        return Err(ValidationError::Request(format!(
+            "output '{}': class result not available for output due to unsupported type '{}'",
+            output.name, output.datatype
+        )));
+    }
+    Ok((count > 0).then(|| usize::try_from(count).unwrap_or(usize::MAX)))
 }
 
 fn check_tensor(spec: &ModelSpec, expected: &IoSpec, tensor: &Tensor) -> Result<(), ValidationError> {
@@ -284,6 +358,8 @@ mod tests {
                     reshape: None,
                     optional: false,
                     verify_shape: false,
+                    ragged: false,
+                    labels: None,
                 },
                 IoSpec {
                     name: "b".into(),
@@ -292,6 +368,8 @@ mod tests {
                     reshape: None,
                     optional: true,
                     verify_shape: false,
+                    ragged: false,
+                    labels: None,
                 },
             ],
             outputs: vec![IoSpec {
@@ -301,10 +379,13 @@ mod tests {
                 reshape: None,
                 optional: false,
                 verify_shape: false,
+                ragged: false,
+                labels: None,
             }],
             scheduling: Scheduling::Direct,
             instance_count: 1,
             instance_kind: InstanceKind::Cpu,
+            variable: Default::default(),
         }
     }
 

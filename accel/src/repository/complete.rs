@@ -39,8 +39,35 @@ pub fn complete_config(
         }
     }
     let batching = config.max_batch_size > 0;
-    complete_list(&mut config.input, &signature.inputs, batching, "input")?;
-    let trusted = complete_list(&mut config.output, &signature.outputs, batching, "output")?;
+    // Batch inputs are model inputs the server generates, never declared as inputs.
+    let generated: Vec<String> = config.batch_input.iter().flat_map(|b| b.target_name.clone()).collect();
+    let ragged: Vec<String> = config
+        .input
+        .iter()
+        .filter(|i| i.allow_ragged_batch)
+        .map(|i| i.name.clone())
+        .collect();
+    complete_list(
+        &mut config.input,
+        &signature.inputs,
+        batching,
+        "input",
+        &generated,
+        &ragged,
+    )?;
+    for target in &generated {
+        find(&signature.inputs, target, "batch input")?;
+    }
+    // Scattered batch outputs come out of the model concatenated, like ragged inputs go in.
+    let scattered: Vec<String> = config.batch_output.iter().flat_map(|b| b.target_name.clone()).collect();
+    let trusted = complete_list(
+        &mut config.output,
+        &signature.outputs,
+        batching,
+        "output",
+        &[],
+        &scattered,
+    )?;
     for name in &trusted {
         tracing::warn!(model = %config.name, output = %name, "config.pbtxt and the model file disagree on the shape of this output: the config is trusted, and the output is checked against it at run time");
     }
@@ -105,10 +132,13 @@ fn complete_list<T: ConfigTensor>(
     graph: &[GraphIo],
     batching: bool,
     what: &str,
+    generated: &[String],
+    one_d: &[String],
 ) -> Result<Vec<String>, String> {
     if list.is_empty() {
         *list = graph
             .iter()
+            .filter(|io| !generated.contains(&io.name))
             .map(|io| T::from_graph(io, config_dims(io, batching)))
             .collect();
         return Ok(Vec::new());
@@ -117,6 +147,17 @@ fn complete_list<T: ConfigTensor>(
     for t in list.iter_mut() {
         let io = find(graph, t.name(), what)?;
         check_type(t.name(), t.data_type(), io)?;
+        if one_d.iter().any(|n| n == t.name()) {
+            // Triton's rule: the engine sees a ragged input (and makes a scattered output) as one
+            // 1-D tensor of every request's elements.
+            if io.dims.as_ref().is_some_and(|d| d.len() != 1) {
+                return Err(format!(
+                    "ragged {what} '{}' must be 1-D in the model file (the batch's elements concatenated)",
+                    t.name()
+                ));
+            }
+            continue;
+        }
         match check_shape(t.name(), t.dims(), t.reshape(), io, batching) {
             Ok(Shape::Same) => {}
             // `dims: [1]` for a rank-0 tensor: the engine sees the scalar, the client `[1]` (what
@@ -130,7 +171,9 @@ fn complete_list<T: ConfigTensor>(
         }
     }
     if what == "input"
-        && let Some(io) = graph.iter().find(|io| !list.iter().any(|t| t.name() == io.name))
+        && let Some(io) = graph
+            .iter()
+            .find(|io| !generated.contains(&io.name) && !list.iter().any(|t| t.name() == io.name))
     {
         return Err(format!(
             "the model file has input '{}', which {} does not declare",

@@ -4,13 +4,17 @@
 use std::time::Duration;
 
 use accel_proto::inference::{
-    ModelConfig, ModelDynamicBatching, ModelQueuePolicy, model_config::SchedulingChoice,
-    model_instance_group::Kind as GroupKind, model_queue_policy::TimeoutAction as ProtoTimeoutAction,
-    model_version_policy::PolicyChoice,
+    ModelConfig, ModelDynamicBatching, ModelQueuePolicy, batch_input::Kind as ProtoBatchInputKind,
+    model_config::SchedulingChoice, model_instance_group::Kind as GroupKind,
+    model_queue_policy::TimeoutAction as ProtoTimeoutAction, model_version_policy::PolicyChoice,
 };
 
 use super::{RepositoryError, pbtxt};
-use crate::core::{BatchingPolicy, DataType, InstanceKind, IoSpec, ModelSpec, QueuePolicy, Scheduling, TimeoutAction};
+use crate::core::{
+    BatchInputKind, BatchInputSpec, BatchOutputSpec, BatchingPolicy, DataType, InstanceKind, IoSpec, ModelSpec,
+    Padding, QueuePolicy, Scheduling, TimeoutAction, VariableBatching,
+    model::{DEFAULT_MIN_PADDING_EFFICIENCY, MAX_BATCH_TOKENS, MIN_PADDING_EFFICIENCY, PADDED_INPUTS, PADDED_OUTPUTS},
+};
 
 /// The most instances (executor threads, each with its own engine state) one model version may
 /// have: far above what a device can use, low enough that a config cannot exhaust threads.
@@ -82,6 +86,13 @@ pub fn to_spec(config: &ModelConfig, version: u64, backend: &str) -> Result<Mode
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut inputs = inputs;
+    for (spec, config) in inputs.iter_mut().zip(&config.input) {
+        spec.ragged = config.allow_ragged_batch;
+        if spec.ragged && spec.optional {
+            return Err(format!("input '{}' cannot be both ragged and optional", spec.name));
+        }
+    }
     let outputs = config
         .output
         .iter()
@@ -135,6 +146,7 @@ pub fn to_spec(config: &ModelConfig, version: u64, backend: &str) -> Result<Mode
             instance_kind = InstanceKind::Gpu;
         }
     }
+    let variable = variable_batching(config, &inputs, &outputs, max_batch_size)?;
     Ok(ModelSpec {
         name: config.name.clone(),
         version,
@@ -146,6 +158,241 @@ pub fn to_spec(config: &ModelConfig, version: u64, backend: &str) -> Result<Mode
         scheduling,
         instance_count: instance_count.max(1),
         instance_kind,
+        variable,
+    })
+}
+
+/// Batch inputs, batch outputs and padding, checked against the inputs and outputs (Triton's
+/// `ValidateBatchIO` messages where Triton has one).
+fn variable_batching(
+    config: &ModelConfig,
+    inputs: &[IoSpec],
+    outputs: &[IoSpec],
+    max_batch_size: usize,
+) -> Result<VariableBatching, String> {
+    let input_index = |name: &str| {
+        inputs
+            .iter()
+            .position(|i| i.name == name)
+            .ok_or_else(|| format!("unknown source input name '{name}'"))
+    };
+    let mut batch_inputs = Vec::new();
+    for b in &config.batch_input {
+        let kind = match b.kind() {
+            ProtoBatchInputKind::BatchElementCount => BatchInputKind::ElementCount,
+            ProtoBatchInputKind::BatchAccumulatedElementCount => BatchInputKind::AccumulatedElementCount,
+            ProtoBatchInputKind::BatchAccumulatedElementCountWithZero => {
+                BatchInputKind::AccumulatedElementCountWithZero
+            }
+            ProtoBatchInputKind::BatchMaxElementCountAsShape => BatchInputKind::MaxElementCountAsShape,
+            ProtoBatchInputKind::BatchItemShape => BatchInputKind::ItemShape,
+            ProtoBatchInputKind::BatchItemShapeFlatten => BatchInputKind::ItemShapeFlatten,
+        };
+        if b.source_input.len() != 1 {
+            return Err(format!(
+                "batch input kind '{}' expects 1 source input, got {}",
+                b.kind().as_str_name(),
+                b.source_input.len()
+            ));
+        }
+        let datatype = match DataType::from_config_value(b.data_type) {
+            Some(d @ (DataType::I32 | DataType::F32)) => d,
+            _ => return Err("batch input data type must be TYPE_INT32 or TYPE_FP32".into()),
+        };
+        let source = input_index(&b.source_input[0])?;
+        if max_batch_size == 0 {
+            return Err("batch_input needs a model that batches (max_batch_size > 0)".into());
+        }
+        if b.target_name.is_empty() {
+            return Err(format!(
+                "batch input kind '{}' has no target_name",
+                b.kind().as_str_name()
+            ));
+        }
+        for target in &b.target_name {
+            if inputs.iter().any(|i| &i.name == target)
+                || batch_inputs.iter().any(|x: &BatchInputSpec| &x.target == target)
+            {
+                return Err(format!("batch input target '{target}' is already an input"));
+            }
+            batch_inputs.push(BatchInputSpec {
+                kind,
+                target: target.clone(),
+                datatype,
+                source,
+            });
+        }
+    }
+    let mut batch_outputs = Vec::new();
+    let mut scattered: Vec<usize> = Vec::new();
+    for b in &config.batch_output {
+        if b.source_input.len() != 1 {
+            return Err(format!(
+                "batch output kind 'BATCH_SCATTER_WITH_INPUT_SHAPE' expects 1 source input, got {}",
+                b.source_input.len()
+            ));
+        }
+        let source = input_index(&b.source_input[0])?;
+        let mut targets = Vec::new();
+        for t in &b.target_name {
+            let k = outputs
+                .iter()
+                .position(|o| &o.name == t)
+                .ok_or_else(|| format!("unknown target output name '{t}'"))?;
+            if scattered.contains(&k) {
+                return Err(format!("target output name '{t}' can only be specified once"));
+            }
+            if outputs[k].datatype == DataType::Bytes {
+                return Err(format!("batch output '{t}' is BYTES, which cannot be scattered"));
+            }
+            scattered.push(k);
+            targets.push(k);
+        }
+        batch_outputs.push(BatchOutputSpec { targets, source });
+    }
+    let padding = padding(config, inputs, outputs, max_batch_size)?;
+    if padding.is_some() && inputs.iter().any(|i| i.ragged) {
+        return Err(format!("{PADDED_INPUTS} and allow_ragged_batch cannot be combined"));
+    }
+    Ok(VariableBatching {
+        batch_inputs,
+        batch_outputs,
+        padding,
+    })
+}
+
+fn parameter<'a>(config: &'a ModelConfig, key: &str) -> Option<&'a str> {
+    config.parameters.get(key).map(|p| p.string_value.trim())
+}
+
+fn padding(
+    config: &ModelConfig,
+    inputs: &[IoSpec],
+    outputs: &[IoSpec],
+    max_batch_size: usize,
+) -> Result<Option<Padding>, String> {
+    let Some(list) = parameter(config, PADDED_INPUTS) else {
+        for key in [PADDED_OUTPUTS, MAX_BATCH_TOKENS, MIN_PADDING_EFFICIENCY] {
+            if parameter(config, key).is_some() {
+                return Err(format!("parameter {key} needs {PADDED_INPUTS}"));
+            }
+        }
+        return Ok(None);
+    };
+    if max_batch_size == 0 || !matches!(config.scheduling_choice, Some(SchedulingChoice::DynamicBatching(_))) {
+        return Err(format!(
+            "{PADDED_INPUTS} needs a model that batches (max_batch_size > 0 and dynamic_batching)"
+        ));
+    }
+    let mut padded = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, value) = item
+            .split_once('=')
+            .map(|(n, v)| (n.trim(), v.trim()))
+            .ok_or_else(|| format!("{PADDED_INPUTS}: '{item}' is not name=pad_value"))?;
+        let index = inputs
+            .iter()
+            .position(|i| i.name == name)
+            .ok_or_else(|| format!("{PADDED_INPUTS} names '{name}', which is not an input"))?;
+        let io = &inputs[index];
+        if padded.iter().any(|(i, _)| *i == index) {
+            return Err(format!("{PADDED_INPUTS} names '{name}' twice"));
+        }
+        if !io.dims.contains(&-1) {
+            return Err(format!(
+                "{PADDED_INPUTS}: input '{name}' has no variable (-1) dimension to pad"
+            ));
+        }
+        if io.reshape.is_some() {
+            return Err(format!(
+                "{PADDED_INPUTS}: input '{name}' has a reshape, which padding does not support"
+            ));
+        }
+        let pad = pad_bytes(io.datatype, value).ok_or_else(|| {
+            format!(
+                "{PADDED_INPUTS}: '{value}' is not a {} pad value for '{name}'",
+                io.datatype
+            )
+        })?;
+        padded.push((index, pad));
+    }
+    let Some((first, _)) = padded.first() else {
+        return Err(format!("{PADDED_INPUTS} names no input"));
+    };
+    let token_dims = inputs[*first].dims.iter().filter(|&&d| d == -1).count();
+    let mut padded_outputs = Vec::new();
+    for name in parameter(config, PADDED_OUTPUTS)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let k = outputs
+            .iter()
+            .position(|o| o.name == name)
+            .ok_or_else(|| format!("{PADDED_OUTPUTS} names '{name}', which is not an output"))?;
+        let o = &outputs[k];
+        let variable = o.dims.iter().filter(|&&d| d == -1).count();
+        if variable == 0 || variable > token_dims {
+            return Err(format!(
+                "{PADDED_OUTPUTS}: output '{name}' must have between 1 and {token_dims} variable (-1) dimensions, as '{}' has",
+                inputs[*first].name
+            ));
+        }
+        if o.datatype == DataType::Bytes || o.reshape.is_some() {
+            return Err(format!(
+                "{PADDED_OUTPUTS}: output '{name}' cannot be cut back (BYTES or reshaped)"
+            ));
+        }
+        if !padded_outputs.contains(&k) {
+            padded_outputs.push(k);
+        }
+    }
+    let max_batch_tokens = parameter(config, MAX_BATCH_TOKENS)
+        .map(|v| match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{MAX_BATCH_TOKENS} must be a positive integer, got '{v}'")),
+        })
+        .transpose()?;
+    let min_efficiency_percent = parameter(config, MIN_PADDING_EFFICIENCY)
+        .map(|v| match v.parse::<f64>() {
+            Ok(x) if (0.0..=1.0).contains(&x) => Ok((x * 100.0).round() as u32),
+            _ => Err(format!(
+                "{MIN_PADDING_EFFICIENCY} must be a number between 0 and 1, got '{v}'"
+            )),
+        })
+        .transpose()?
+        .unwrap_or(DEFAULT_MIN_PADDING_EFFICIENCY);
+    Ok(Some(Padding {
+        inputs: padded,
+        outputs: padded_outputs,
+        max_batch_tokens,
+        min_efficiency_percent,
+    }))
+}
+
+/// One pad element of `datatype`, little-endian, from its text.
+fn pad_bytes(datatype: DataType, text: &str) -> Option<Vec<u8>> {
+    let int = || text.parse::<i128>().ok();
+    Some(match datatype {
+        DataType::Bool => vec![u8::from(match text {
+            "0" | "false" => false,
+            "1" | "true" => true,
+            _ => return None,
+        })],
+        DataType::U8 => u8::try_from(int()?).ok()?.to_le_bytes().to_vec(),
+        DataType::U16 => u16::try_from(int()?).ok()?.to_le_bytes().to_vec(),
+        DataType::U32 => u32::try_from(int()?).ok()?.to_le_bytes().to_vec(),
+        DataType::U64 => u64::try_from(int()?).ok()?.to_le_bytes().to_vec(),
+        DataType::I8 => i8::try_from(int()?).ok()?.to_le_bytes().to_vec(),
+        DataType::I16 => i16::try_from(int()?).ok()?.to_le_bytes().to_vec(),
+        DataType::I32 => i32::try_from(int()?).ok()?.to_le_bytes().to_vec(),
+        DataType::I64 => i64::try_from(int()?).ok()?.to_le_bytes().to_vec(),
+        DataType::F16 => half::f16::from_f64(text.parse().ok()?).to_le_bytes().to_vec(),
+        DataType::Bf16 => half::bf16::from_f64(text.parse().ok()?).to_le_bytes().to_vec(),
+        DataType::F32 => text.parse::<f32>().ok()?.to_le_bytes().to_vec(),
+        DataType::F64 => text.parse::<f64>().ok()?.to_le_bytes().to_vec(),
+        DataType::Bytes => return None,
     })
 }
 
@@ -177,6 +424,8 @@ fn io_spec(
         reshape: reshape.cloned(),
         optional,
         verify_shape: false,
+        ragged: false,
+        labels: None,
     })
 }
 
@@ -327,5 +576,99 @@ mod tests {
         }
         let (config, _) = parse_config("version_policy { specific { versions: [3] } }").unwrap();
         assert!(select_versions(&config, vec![(1, ())]).is_err());
+    }
+
+    const PADDED: &str = r#"
+        max_batch_size: 32
+        input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },
+                { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]
+        output [ { name: "last_hidden_state" data_type: TYPE_FP32 dims: [ -1, 32 ] },
+                 { name: "pooled" data_type: TYPE_FP32 dims: [ 32 ] } ]
+        dynamic_batching { }
+        parameters [ { key: "accel.padded_inputs" value: { string_value: "input_ids=0, attention_mask=0" } },
+                     { key: "accel.padded_outputs" value: { string_value: "last_hidden_state" } },
+                     { key: "accel.max_batch_tokens" value: { string_value: "4096" } } ]
+    "#;
+
+    #[test]
+    fn padded_batching_parameters() {
+        let (config, _) = parse_config(PADDED).unwrap();
+        let spec = to_spec(&config, 1, "candle").unwrap();
+        let p = spec.variable.padding.unwrap();
+        assert_eq!(p.inputs, vec![(0, vec![0; 8]), (1, vec![0; 8])]);
+        assert_eq!(p.outputs, vec![0]);
+        assert_eq!(p.max_batch_tokens, Some(4096));
+        assert_eq!(p.min_efficiency_percent, DEFAULT_MIN_PADDING_EFFICIENCY);
+        let bad = [
+            ("input_ids=0, nope=1", "last_hidden_state", "not an input"),
+            ("input_ids=0", "nope", "not an output"),
+            ("input_ids=x", "", "not a INT64 pad value"),
+            ("input_ids=0", "pooled", "between 1 and 1 variable"),
+            ("input_ids", "", "not name=pad_value"),
+        ];
+        for (inputs, outputs, needle) in bad {
+            let text = PADDED
+                .replace("input_ids=0, attention_mask=0", inputs)
+                .replace("\"last_hidden_state\" } }", &format!("\"{outputs}\" }} }}"));
+            let (config, _) = parse_config(&text).unwrap();
+            let err = to_spec(&config, 1, "candle").unwrap_err();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+        let unbatched = PADDED.replace("max_batch_size: 32", "max_batch_size: 0");
+        let (config, _) = parse_config(&unbatched).unwrap();
+        assert!(
+            to_spec(&config, 1, "candle")
+                .unwrap_err()
+                .contains("needs a model that batches")
+        );
+    }
+
+    #[test]
+    fn batch_inputs_and_outputs_are_checked() {
+        let base = r#"
+            max_batch_size: 8
+            input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]
+            output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
+            dynamic_batching { }
+        "#;
+        let ok = format!(
+            "{base} batch_input [ {{ kind: BATCH_ACCUMULATED_ELEMENT_COUNT target_name: \"IDX\" data_type: TYPE_INT32 source_input: \"INPUT\" }} ] \
+             batch_output [ {{ target_name: \"OUT\" kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: \"INPUT\" }} ]"
+        );
+        let (config, _) = parse_config(&ok).unwrap();
+        let spec = to_spec(&config, 1, "candle").unwrap();
+        assert!(spec.inputs[0].ragged);
+        assert_eq!(
+            spec.variable.batch_inputs[0].kind,
+            BatchInputKind::AccumulatedElementCount
+        );
+        assert_eq!(spec.variable.batch_outputs[0].targets, vec![0]);
+        let bad = [
+            (
+                "batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: \"I\" data_type: TYPE_INT64 source_input: \"INPUT\" } ]",
+                "TYPE_INT32 or TYPE_FP32",
+            ),
+            (
+                "batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: \"I\" data_type: TYPE_INT32 source_input: \"X\" } ]",
+                "unknown source input name 'X'",
+            ),
+            (
+                "batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: \"INPUT\" data_type: TYPE_INT32 source_input: \"INPUT\" } ]",
+                "already an input",
+            ),
+            (
+                "batch_output [ { target_name: \"NOPE\" source_input: \"INPUT\" } ]",
+                "unknown target output name 'NOPE'",
+            ),
+            (
+                "batch_output [ { target_name: [\"OUT\", \"OUT\"] source_input: \"INPUT\" } ]",
+                "only be specified once",
+            ),
+        ];
+        for (extra, needle) in bad {
+            let (config, _) = parse_config(&format!("{base} {extra}")).unwrap();
+            let err = to_spec(&config, 1, "candle").unwrap_err();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
     }
 }

@@ -74,6 +74,11 @@ pub(super) fn prepare(p: &Preparation<'_>, version: u64, file: &ModelFile) -> Re
     for output in &mut spec.outputs {
         output.verify_shape = trusted.contains(&output.name);
     }
+    for (spec, declared) in spec.outputs.iter_mut().zip(&config.output) {
+        if !declared.label_filename.is_empty() {
+            spec.labels = Some(read_labels(file.model_dir(), &declared.label_filename)?);
+        }
+    }
     let spec = Arc::new(spec);
     // The weights at least: the allocator's count can miss memory other threads allocated.
     let bytes = measured.unwrap_or(0).max(loaded.weight_bytes());
@@ -84,6 +89,24 @@ pub(super) fn prepare(p: &Preparation<'_>, version: u64, file: &ModelFile) -> Re
         spec,
         bytes,
     })
+}
+
+/// The most a labels file may hold: far beyond any real classifier's.
+const MAX_LABELS_BYTES: u64 = 64 << 20;
+
+/// An output's `label_filename` (relative to the model's directory, as in Triton): one label per
+/// line, blank lines included (Triton's `std::getline`), a trailing `\r` kept as Triton keeps it.
+fn read_labels(dir: &crate::core::ModelDir, name: &str) -> Result<Arc<[String]>, String> {
+    let file = dir.file(name).map_err(|e| format!("label_filename: {e}"))?;
+    let bytes = file
+        .read(MAX_LABELS_BYTES)
+        .map_err(|e| format!("label_filename: {e}"))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut labels: Vec<String> = text.split('\n').map(str::to_string).collect();
+    if text.ends_with('\n') {
+        labels.pop();
+    }
+    Ok(labels.into())
 }
 
 /// A READY model version: executor threads over a prepared model.

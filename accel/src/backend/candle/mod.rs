@@ -79,6 +79,35 @@ impl Backend for CandleBackend {
     }
 }
 
+/// ONNX's element type of string tensors.
+const ONNX_STRING: i32 = 8;
+
+/// The candle engine has no string tensors: a graph whose inputs, outputs or initializers are
+/// strings is refused at load with the engine that runs it.
+fn refuse_strings(model: &candle_onnx::onnx::ModelProto) -> Result<(), BackendError> {
+    use candle_onnx::onnx::type_proto::Value;
+    let Some(graph) = &model.graph else { return Ok(()) };
+    let typed = graph.input.iter().chain(&graph.output).find(|v| {
+        matches!(
+            v.r#type.as_ref().and_then(|t| t.value.as_ref()),
+            Some(Value::TensorType(t)) if t.elem_type == ONNX_STRING
+        )
+    });
+    let name = typed.map(|v| v.name.clone()).or_else(|| {
+        graph
+            .initializer
+            .iter()
+            .find(|t| t.data_type == ONNX_STRING)
+            .map(|t| t.name.clone())
+    });
+    match name {
+        Some(name) => Err(BackendError::UnsupportedDataType(format!(
+            "'{name}' is a string (BYTES) tensor, which the candle engine does not run; serve this model with backend: \"onnxruntime\""
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl CandleBackend {
     /// Loads a model from the bytes of `file` (read by the caller; external data is looked up next
     /// to `file`).
@@ -97,6 +126,7 @@ impl CandleBackend {
         file: &ModelFile,
         limits: &LoadLimits,
     ) -> Result<Box<dyn LoadedModel>, BackendError> {
+        refuse_strings(model)?;
         let device = self.load_device()?;
         let plan = Plan::compile(model, file, &device, limits)?;
         for input in &plan.inputs {
@@ -139,9 +169,8 @@ impl LoadedModel for CandleModel {
                 .ok_or_else(|| BackendError::InvalidModel(format!("the model file has no {what} '{name}'")))
         };
         let inputs = spec
-            .inputs
-            .iter()
-            .map(|i| position(&self.plan.inputs, &i.name, "input"))
+            .engine_inputs()
+            .map(|(name, _)| position(&self.plan.inputs, name, "input"))
             .collect::<Result<Vec<_>, _>>()?;
         let outputs = spec
             .outputs

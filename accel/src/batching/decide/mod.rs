@@ -2,6 +2,17 @@
 //! `GetDynamicBatch`): send as soon as a preferred batch size can be formed; send when the batch cannot
 //! grow (the next request would pass the largest preferred size or max_batch_size, or its shapes differ);
 //! send when the oldest request has waited `max_queue_delay`; otherwise wait until it will have.
+//!
+//! A padded model (requests of different lengths padded to the batch's longest) picks its batch
+//! instead of taking a prefix of the queue: the oldest request of the highest level always goes,
+//! joined by the requests of its level whose lengths keep real tokens / computed tokens at or above
+//! the model's efficiency target, within `max_batch_size` and the token budget; lower levels join
+//! only within the lengths already chosen. A request passed over is never passed over for longer
+//! than the requests ahead of it take, since the oldest always goes. Once the executors have timed
+//! enough batches (`CostModel`: execution time = overhead + per-token cost × computed tokens), a
+//! request also joins only if the padding it adds costs less than the execution it saves: on a GPU,
+//! where a batch costs little more than one request, that is nearly always; on a CPU, where compute
+//! grows with every padded token, only requests of nearly the same length share a batch.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +27,21 @@ pub(crate) struct Policy {
     /// Ascending.
     pub preferred: Vec<usize>,
     pub max_queue_delay: Duration,
+    /// Per model input: whether requests may differ in its shape (ragged or padded inputs).
+    pub free: Vec<bool>,
+    /// Present for a padded model.
+    pub padding: Option<PaddingPolicy>,
+}
+
+/// How a padded model's batches are chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PaddingPolicy {
+    /// Most computed tokens (rows × longest) per batch.
+    pub max_tokens: Option<usize>,
+    /// Least real / computed tokens, in percent, for a request to join a batch.
+    pub min_efficiency_percent: u32,
+    /// How many queued requests the choice looks at.
+    pub lookahead: usize,
 }
 
 impl Policy {
@@ -25,23 +51,90 @@ impl Policy {
 }
 
 /// What the scheduler should do now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Action {
     /// Send the first `n` requests (in dispatch order) as one batch.
     Dispatch(usize),
+    /// Send the requests at these positions (in dispatch order, ascending) as one batch.
+    Pick(Vec<usize>),
     /// Nothing to send before this instant, unless more requests arrive.
     WaitUntil(Instant),
     /// The queue is empty.
     Idle,
 }
 
+/// An online fit of a padded model's execution time against the tokens it computed, `t = a + b·x`,
+/// by least squares over recent batches (each sample's weight decays by [`CostModel::DECAY`] per
+/// new one). `a / b` is what an execution costs in tokens: merging a request is worth it when the
+/// padding it adds is fewer tokens than that.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CostModel {
+    w: f64,
+    x: f64,
+    y: f64,
+    xx: f64,
+    xy: f64,
+    samples: u64,
+}
+
+impl CostModel {
+    const DECAY: f64 = 0.95;
+    /// Batches timed before the fit is used.
+    const MIN_SAMPLES: u64 = 16;
+
+    pub(crate) fn record(&mut self, tokens: u64, seconds: f64) {
+        let (x, y) = (tokens as f64, seconds);
+        if !x.is_finite() || !y.is_finite() {
+            return;
+        }
+        let d = Self::DECAY;
+        self.w = self.w * d + 1.0;
+        self.x = self.x * d + x;
+        self.y = self.y * d + y;
+        self.xx = self.xx * d + x * x;
+        self.xy = self.xy * d + x * y;
+        self.samples += 1;
+    }
+
+    /// The execution's fixed cost in tokens (`a / b`), once there are enough samples of varied sizes.
+    pub(crate) fn overhead_tokens(&self) -> Option<f64> {
+        if self.samples < Self::MIN_SAMPLES {
+            return None;
+        }
+        let (mx, my) = (self.x / self.w, self.y / self.w);
+        let var = self.xx / self.w - mx * mx;
+        if var <= (mx * 0.01).powi(2) {
+            return None;
+        }
+        let b = (self.xy / self.w - mx * my) / var;
+        if b <= 0.0 || !b.is_finite() {
+            return None;
+        }
+        Some(((my - b * mx) / b).max(0.0))
+    }
+}
+
+#[cfg(test)]
 pub(crate) fn next_action(queue: &PriorityQueue, policy: &Policy, now: Instant) -> Action {
+    next_action_with(queue, policy, now, None)
+}
+
+/// [`next_action`] with a padded model's measured cost of an execution in tokens, if known.
+pub(crate) fn next_action_with(
+    queue: &PriorityQueue,
+    policy: &Policy,
+    now: Instant,
+    overhead_tokens: Option<f64>,
+) -> Action {
     let mut entries = queue.iter();
     let Some(first) = entries.next() else {
         return Action::Idle;
     };
     if !policy.dynamic {
         return Action::Dispatch(1);
+    }
+    if let Some(padding) = &policy.padding {
+        return padded(queue, policy, padding, now, overhead_tokens);
     }
     let max_preferred = policy.max_preferred();
     let mut rows = first.request.batch_size;
@@ -51,7 +144,7 @@ pub(crate) fn next_action(queue: &PriorityQueue, policy: &Policy, now: Instant) 
     let mut cannot_grow = false;
     for e in entries {
         let b = e.request.batch_size;
-        if !e.request.batches_with(&first.request) {
+        if !e.request.batches_with(&first.request, &policy.free) {
             cannot_grow = true;
             break;
         }
@@ -81,6 +174,103 @@ pub(crate) fn next_action(queue: &PriorityQueue, policy: &Policy, now: Instant) 
         return Action::Dispatch(count);
     }
     Action::WaitUntil(oldest + delay)
+}
+
+/// A padded model's decision (see the module's comment).
+fn padded(
+    queue: &PriorityQueue,
+    policy: &Policy,
+    padding: &PaddingPolicy,
+    now: Instant,
+    overhead_tokens: Option<f64>,
+) -> Action {
+    let Some(head) = queue.iter().next() else {
+        return Action::Idle;
+    };
+    let ndims = head.request.lengths.len();
+    // Candidates: position, rows, lengths, level.
+    let candidates: Vec<(usize, &crate::core::ValidatedRequest, usize)> = queue
+        .iter()
+        .enumerate()
+        .take(padding.lookahead.max(1))
+        .filter(|(_, e)| e.request.lengths.len() == ndims && e.request.batches_with(&head.request, &policy.free))
+        .map(|(k, e)| (k, &e.request, e.level))
+        .collect();
+    let fits = |rows: usize, max: &[usize]| {
+        rows <= policy.max_batch_size
+            && padding.max_tokens.is_none_or(|budget| {
+                max.iter()
+                    .try_fold(rows, |a, &d| a.checked_mul(d))
+                    .is_some_and(|c| c <= budget)
+            })
+    };
+    let cost = |rows: usize, max: &[usize]| max.iter().fold(rows, |a, &d| a.saturating_mul(d));
+    let efficient = |real: usize, rows: usize, max: &[usize]| {
+        (real as u128) * 100 >= (cost(rows, max) as u128) * u128::from(padding.min_efficiency_percent)
+    };
+    // Grow the batch from the head, taking at each step the candidate of the head's level that
+    // adds the fewest computed tokens; stop when none keeps the batch efficient and within bounds.
+    let mut chosen = vec![false; candidates.len()];
+    chosen[0] = true;
+    let mut rows = head.request.batch_size;
+    let mut real = rows * head.request.tokens();
+    let mut max: Vec<usize> = head.request.lengths.clone();
+    let mut cannot_grow = false;
+    let widened = |max: &[usize], r: &crate::core::ValidatedRequest| -> Vec<usize> {
+        max.iter().zip(&r.lengths).map(|(&a, &b)| a.max(b)).collect()
+    };
+    for same_level in [true, false] {
+        loop {
+            let mut best: Option<(usize, usize, Vec<usize>)> = None;
+            for (i, (_, r, level)) in candidates.iter().enumerate() {
+                if chosen[i] || (*level == head.level) != same_level {
+                    continue;
+                }
+                let m = widened(&max, r);
+                let n = rows + r.batch_size;
+                // Lower levels join only within the lengths already chosen.
+                if !same_level && m != max {
+                    continue;
+                }
+                if !fits(n, &m) || !efficient(real + r.batch_size * r.tokens(), n, &m) {
+                    if !fits(n, &m) {
+                        cannot_grow = true;
+                    }
+                    continue;
+                }
+                let added = cost(n, &m) - cost(rows, &max);
+                // The padding this adds must cost less than the execution it saves.
+                let pad = added.saturating_sub(r.batch_size * r.tokens());
+                if overhead_tokens.is_some_and(|o| pad as f64 > o) {
+                    continue;
+                }
+                if best.as_ref().is_none_or(|(_, a, _)| added < *a) {
+                    best = Some((i, added, m));
+                }
+            }
+            let Some((i, _, m)) = best else { break };
+            chosen[i] = true;
+            rows += candidates[i].1.batch_size;
+            real += candidates[i].1.batch_size * candidates[i].1.tokens();
+            max = m;
+        }
+    }
+    let picked: Vec<usize> = candidates
+        .iter()
+        .zip(&chosen)
+        .filter(|(_, c)| **c)
+        .map(|((k, _, _), _)| *k)
+        .collect();
+    let waited = now.saturating_duration_since(queue.oldest_enqueued().unwrap_or(now));
+    let delay = policy.max_queue_delay;
+    if delay.is_zero() || waited >= delay || cannot_grow || rows >= policy.max_batch_size {
+        return if picked.len() == picked.last().map_or(0, |l| l + 1) {
+            Action::Dispatch(picked.len())
+        } else {
+            Action::Pick(picked)
+        };
+    }
+    Action::WaitUntil(now + (delay - waited))
 }
 
 #[cfg(test)]

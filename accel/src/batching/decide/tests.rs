@@ -21,6 +21,8 @@ fn request(rows: usize, width: usize) -> ValidatedRequest {
             data: Bytes::from(vec![0u8; rows * width * 4]),
         })],
         outputs: None,
+        classification: Vec::new(),
+        lengths: Vec::new(),
         schedule: ScheduleOptions::default(),
     }
 }
@@ -77,6 +79,8 @@ fn policy(max: usize, preferred: &[usize], delay_us: u64) -> Policy {
         max_batch_size: max,
         preferred: preferred.to_vec(),
         max_queue_delay: Duration::from_micros(delay_us),
+        free: Vec::new(),
+        padding: None,
     }
 }
 
@@ -236,4 +240,124 @@ fn cancelled_requests_are_dropped() {
     h.receivers.remove(0); // the first client went away
     assert!(h.queue.expire(h.at(1)).is_empty());
     assert_eq!(h.queue.len(), 1);
+}
+
+/// A padded model's policy: the request's width is its length.
+fn padded_policy(max: usize, tokens: Option<usize>, delay_us: u64) -> Policy {
+    Policy {
+        free: vec![true],
+        padding: Some(super::PaddingPolicy {
+            max_tokens: tokens,
+            min_efficiency_percent: 80,
+            lookahead: 256,
+        }),
+        ..policy(max, &[], delay_us)
+    }
+}
+
+impl Harness {
+    fn push_len(&mut self, at_us: u64, len: usize, level: usize) {
+        assert!(self.push_at(at_us, 1, len, level, None));
+        let last = self.queue.len() - 1;
+        // The request's tokens are its width.
+        let mut taken = self.queue.take_positions(&[last]);
+        taken[0].request.lengths = vec![len];
+        self.queue.push(taken.remove(0));
+    }
+
+    fn lengths(&self, picked: &[usize]) -> Vec<usize> {
+        let all: Vec<usize> = self.queue.iter().map(|p| p.request.lengths[0]).collect();
+        picked.iter().map(|&k| all[k]).collect()
+    }
+}
+
+#[test]
+fn padded_batches_group_similar_lengths_and_always_take_the_oldest() {
+    let mut h = Harness::new(vec![QueuePolicy::default()]);
+    for len in [100, 10, 12, 11, 98, 13] {
+        h.push_len(0, len, 0);
+    }
+    let p = padded_policy(8, None, 0);
+    let Action::Pick(picked) = next_action(&h.queue, &p, h.at(0)) else {
+        panic!("a picked batch expected")
+    };
+    assert_eq!(
+        h.lengths(&picked),
+        vec![100, 98],
+        "the oldest and the one near its length"
+    );
+    let taken = h.queue.take_positions(&picked);
+    assert_eq!(taken.len(), 2);
+    // Next: the short ones together (10..13 pad to 13: 46/52 = 88%).
+    assert_eq!(next_action(&h.queue, &p, h.at(0)), Action::Dispatch(4));
+}
+
+#[test]
+fn padded_batches_respect_the_token_budget_and_max_batch_size() {
+    let mut h = Harness::new(vec![QueuePolicy::default()]);
+    for _ in 0..5 {
+        h.push_len(0, 100, 0);
+    }
+    assert_eq!(
+        next_action(&h.queue, &padded_policy(8, Some(250), 0), h.at(0)),
+        Action::Dispatch(2)
+    );
+    assert_eq!(
+        next_action(&h.queue, &padded_policy(3, None, 0), h.at(0)),
+        Action::Dispatch(3)
+    );
+    // The budget binds, so waiting would not help even with a delay.
+    assert_eq!(
+        next_action(&h.queue, &padded_policy(8, Some(250), 1000), h.at(0)),
+        Action::Dispatch(2)
+    );
+}
+
+#[test]
+fn padded_batches_wait_out_the_delay_and_keep_priorities() {
+    let levels = vec![QueuePolicy::default(), QueuePolicy::default()];
+    let mut h = Harness::new(levels);
+    h.push_len(0, 50, 0);
+    h.push_len(0, 10, 0);
+    h.push_len(0, 48, 1);
+    h.push_len(0, 60, 1);
+    // With room left and time to wait, it waits for the oldest's delay.
+    assert_eq!(
+        next_action(&h.queue, &padded_policy(8, None, 100), h.at(10)),
+        Action::WaitUntil(h.at(100))
+    );
+    // Then: level 1 joins only within the lengths level 0 chose (48 ≤ 50, not 60); 10 is too short.
+    let Action::Pick(picked) = next_action(&h.queue, &padded_policy(8, None, 100), h.at(100)) else {
+        panic!("a picked batch expected")
+    };
+    assert_eq!(h.lengths(&picked), vec![50, 48]);
+}
+
+#[test]
+fn a_measured_cost_keeps_only_padding_cheaper_than_an_execution() {
+    let mut model = super::CostModel::default();
+    assert_eq!(model.overhead_tokens(), None, "unknown before any batch");
+    // 1 ms per execution plus 10 µs per token: an execution costs 100 tokens.
+    for k in 0..40u64 {
+        let tokens = 50 + (k % 7) * 100;
+        model.record(tokens, 1e-3 + 1e-5 * tokens as f64);
+    }
+    let overhead = model.overhead_tokens().expect("fitted");
+    assert!((overhead - 100.0).abs() < 1.0, "{overhead}");
+    let mut h = Harness::new(vec![QueuePolicy::default()]);
+    for len in [100, 90, 40] {
+        h.push_len(0, len, 0);
+    }
+    let p = padded_policy(8, None, 0);
+    // Without the cost, the efficiency floor alone admits 90 (190/200) and not 40.
+    assert_eq!(next_action(&h.queue, &p, h.at(0)), Action::Dispatch(2));
+    // 90 pads by 10 tokens (< 100): it joins. With an execution worth 5 tokens, it does not.
+    assert_eq!(
+        super::next_action_with(&h.queue, &p, h.at(0), Some(overhead)),
+        Action::Dispatch(2)
+    );
+    assert_eq!(
+        super::next_action_with(&h.queue, &p, h.at(0), Some(5.0)),
+        Action::Dispatch(1)
+    );
 }

@@ -610,6 +610,8 @@ mod tests {
             reshape: None,
             optional: false,
             verify_shape: false,
+            ragged: false,
+            labels: None,
         };
         ModelSpec {
             name: "m".into(),
@@ -622,6 +624,7 @@ mod tests {
             scheduling: Scheduling::Direct,
             instance_count: 1,
             instance_kind: InstanceKind::Cpu,
+            variable: Default::default(),
         }
     }
 
