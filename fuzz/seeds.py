@@ -55,6 +55,14 @@ version_policy: { specific: { versions: [1, 3] } }
 default_model_filename: "model.onnx"
 """,
         "max_batch_size: -1\ninstance_group [ { count: 2147483647 } ]\n",
+        modelgen.padded_bert_config("bert", extra='parameters { key: "accel.min_padding_efficiency" value: { string_value: "0.5" } }\n'),
+        """max_batch_size: 16
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]
+batch_input [ { kind: BATCH_ITEM_SHAPE_FLATTEN target_name: "S" data_type: TYPE_INT32 source_input: "INPUT" } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
+batch_output [ { target_name: "OUT" kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "INPUT" } ]
+dynamic_batching { }
+""",
         "input [ { name: \"x\" dims: [ -2 ] } ]",
     ]
     for t in texts:
@@ -102,7 +110,10 @@ def grpc_requests() -> None:
                 getattr(t.contents, contents[0]).extend(contents[1])
         r.raw_input_contents.extend(raw)
         for o in outputs:
-            r.outputs.add(name=o)
+            name, count = o if isinstance(o, tuple) else (o, None)
+            out = r.outputs.add(name=name)
+            if count is not None:
+                out.parameters["classification"].int64_param = count
         for k, v in params.items():
             if isinstance(v, bool):
                 r.parameters[k].bool_param = v
@@ -122,6 +133,14 @@ def grpc_requests() -> None:
                                    ("c", "INT64", [1, 2, 2], ("int64_contents", [1, 2, 3, 4])),
                                    ("b", "BYTES", [1, 1], ("bytes_contents", [b"hi"]))]))
     write("grpc_request", request([("a", "FP32", [9, 3], None)], [np.zeros(27, np.float32).tobytes()], ["y", "y"]))
+    # For the padded model (INT64 "a" [-1], FP32 "c" [-1, 2]) and the ragged one (FP32 "a" [-1]):
+    # lengths, classification, strings.
+    write("grpc_request", request([("a", "INT64", [2, 5], None), ("c", "FP32", [2, 3, 2], None)],
+                                  [np.arange(10, dtype=np.int64).tobytes(), np.ones(12, np.float32).tobytes()],
+                                  [("y", 2), ("z", 1)]))
+    write("grpc_request", request([("a", "INT64", [1, 3], ("int64_contents", [1, 2, 3])),
+                                   ("b", "BYTES", [1, 2], ("bytes_contents", [b"", b"\xff"]))], [], ["y"]))
+    write("grpc_request", request([("a", "FP32", [1, 7], None)], [np.ones(7, np.float32).tobytes()], [("z", 3), "y"]))
 
 
 def onnx_models() -> None:

@@ -620,3 +620,39 @@ def test_ragged_single_request(grpc):
         assert r.as_numpy("SUM").tolist() == [[28.0]] and r.as_numpy("COUNT").tolist() == [[7.0]], engine
         y = grpc.infer(f"ragged_double_{engine}", [infer_input("INPUT", x)]).as_numpy("DOUBLE")
         np.testing.assert_array_equal(y, x * 2)
+
+
+def test_label_files_stay_inside_the_model_directory(tmp_path):
+    # label_filename is untrusted like every file a config names: a path out of the model's
+    # directory, or a link leading out, fails that model's load (naming no host path); a good
+    # labels file beside them serves.
+    root = tmp_path / "repo"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not a label\n")
+    cases = {"dotdot": "../../secret.txt", "absolute": str(secret), "linked": "labels.txt", "good": "labels.txt"}
+    for name, labels in cases.items():
+        modelgen.classifier(str(root / name / "1" / "model.onnx"), CLS_SEED)
+        modelgen.write_config(str(root / name), f"""backend: "candle"
+max_batch_size: 8
+input [ {{ name: "x" data_type: TYPE_FP32 dims: [ {D_IN} ] }} ]
+output [
+  {{ name: "OUT" data_type: TYPE_FP32 dims: [ {CLASSES} ] label_filename: {json.dumps(labels)} }},
+  {{ name: "RAW" data_type: TYPE_FP32 dims: [ {CLASSES} ] }}
+]
+""")
+    os.symlink(secret, root / "linked" / "labels.txt")
+    (root / "good" / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    s = Server(str(root), str(tmp_path / "accel.log"), extra_args=["--model-control-mode", "none"])
+    try:
+        c = s.client()
+        index = {m.name: m for m in c.get_model_repository_index().models}
+        for name in ("dotdot", "absolute", "linked"):
+            assert index[name].state == "UNAVAILABLE", (name, index[name])
+            assert "label_filename" in index[name].reason, index[name].reason
+            assert str(tmp_path) not in index[name].reason, index[name].reason
+        x = np.ones((1, D_IN), np.float32)
+        out = grpcclient.InferRequestedOutput("OUT", class_count=1)
+        top = c.infer("good", [infer_input("x", x)], outputs=[out]).as_numpy("OUT")
+        assert top[0, 0].decode().split(":", 2)[2] in LABELS
+    finally:
+        s.stop()

@@ -21,16 +21,6 @@ pub fn config_text(data: &[u8]) {
 /// A model both wire decoders are fuzzed against: batching, every kind of dimension, an optional
 /// input, a BYTES input, a reshape.
 pub fn spec() -> ModelSpec {
-    let io = |name: &str, datatype, dims: Vec<i64>, optional| IoSpec {
-        name: name.into(),
-        datatype,
-        dims,
-        reshape: None,
-        optional,
-        verify_shape: false,
-        ragged: false,
-        labels: None,
-    };
     let mut reshaped = io("c", DataType::I64, vec![2, 2], false);
     reshaped.reshape = Some(vec![4]);
     ModelSpec {
