@@ -30,6 +30,7 @@ pub enum Op {
     Relu,
     Sigmoid,
     Tanh,
+    Erf,
     /// `clamp(alpha * v + beta, 0, 1)`.
     HardSigmoid(f32, f32),
 }
@@ -72,6 +73,7 @@ pub fn chain_reference(ops: &[Op], root: &[f32]) -> Vec<f32> {
                     Op::Relu => c.max(0.0),
                     Op::Sigmoid => 1.0 / (1.0 + (-c).exp()),
                     Op::Tanh => c.tanh(),
+                    Op::Erf => activation::erf_reference(c),
                     Op::HardSigmoid(alpha, beta) => (alpha * c + beta).clamp(0.0, 1.0),
                 };
             }
@@ -115,6 +117,10 @@ fn apply(op: Op, xs: &[f32], cur: &mut [f32], tmp: &mut [f32]) {
             tmp.copy_from_slice(cur);
             activation::tanh_impl(tmp, cur);
         }
+        Op::Erf => {
+            tmp.copy_from_slice(cur);
+            activation::erf_impl(tmp, cur);
+        }
     }
 }
 
@@ -133,6 +139,14 @@ mod tests {
             Op::Div(Current, Scalar(6.0)),
         ];
         let silu = vec![Op::Sigmoid, Op::Mul(Root, Current)];
+        // GELU as PyTorch exports it: x * (erf(x / sqrt 2) + 1) * 0.5.
+        let gelu = vec![
+            Op::Div(Root, Scalar(std::f32::consts::SQRT_2)),
+            Op::Erf,
+            Op::Add(Current, Scalar(1.0)),
+            Op::Mul(Root, Current),
+            Op::Mul(Current, Scalar(0.5)),
+        ];
         let mixed = vec![
             Op::Sub(Scalar(1.0), Root),
             Op::Tanh,
@@ -144,7 +158,7 @@ mod tests {
         let mut rng = Rng(7);
         for len in [0, 1, 7, 2047, 2048, 2049, 10_001] {
             let x: Vec<f32> = rng.values(len).iter().map(|v| v * 8.0).collect();
-            for ops in [&hard_swish, &silu, &mixed] {
+            for ops in [&hard_swish, &silu, &gelu, &mixed] {
                 crate::simd::each_level(|level| {
                     let (got, want) = (chain(ops, &x), chain_reference(ops, &x));
                     assert_eq!(got.len(), len);

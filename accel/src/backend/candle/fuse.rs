@@ -89,6 +89,7 @@ pub(super) fn chain_op(
         "Relu" if unary => Op::Relu,
         "Sigmoid" if unary => Op::Sigmoid,
         "Tanh" if unary => Op::Tanh,
+        "Erf" if unary => Op::Erf,
         "HardSigmoid" if unary => Op::HardSigmoid(attr_f("alpha", 0.2), attr_f("beta", 0.5)),
         "Clip" if node.input[0] == current => {
             if opset < 11 {

@@ -82,7 +82,7 @@ pub(super) fn compile(ctx: &NodeCtx<'_>) -> Result<Option<Kernel>> {
         "Log" => float_unary(op, |x| x.log()),
         "Sqrt" => float_unary(op, |x| x.sqrt()),
         "Reciprocal" => float_unary(op, |x| x.recip()),
-        "Erf" => float_unary(op, |x| x.erf()),
+        "Erf" => float_unary(op, erf),
         "Sin" => float_unary(op, |x| x.sin()),
         "Cos" => float_unary(op, |x| x.cos()),
         "Floor" => float_unary(op, |x| x.floor()),
@@ -142,6 +142,14 @@ pub(super) fn sigmoid(x: &Tensor) -> Result<Tensor> {
     match map_f32(x, activation::sigmoid)? {
         Some(y) => Ok(y),
         None => candle_nn::ops::sigmoid(&x.contiguous()?),
+    }
+}
+
+/// Erf: accel-kernels' vectorised form on FP32 CPU tensors, candle's otherwise.
+fn erf(x: &Tensor) -> Result<Tensor> {
+    match map_f32(x, activation::erf)? {
+        Some(y) => Ok(y),
+        None => x.erf(),
     }
 }
 

@@ -96,6 +96,24 @@ pub(super) fn layer_norm(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     }))
 }
 
+/// Softmax over the last dimension of a contiguous FP32 CPU tensor with accel-kernels' vectorised
+/// exponential; `None` for other tensors (candle's then runs).
+fn softmax_cpu(t: &Tensor) -> Result<Option<Tensor>> {
+    use candle_core::{CpuStorage, DType, Storage};
+    if t.dtype() != DType::F32 || !t.device().is_cpu() || t.rank() == 0 {
+        return Ok(None);
+    }
+    let width = t.dims()[t.rank() - 1];
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let mut out = vec![0f32; end - start];
+    accel_kernels::activation::softmax_rows(&data[start..end], &mut out, width);
+    drop(storage);
+    Tensor::from_vec(out, t.shape(), t.device()).map(Some)
+}
+
 pub(super) fn softmax(ctx: &NodeCtx<'_>, log: bool) -> Kernel {
     let legacy = ctx.opset < 13;
     let ax = ctx.attrs().int("axis", if legacy { 1 } else { -1 });
@@ -107,6 +125,9 @@ pub(super) fn softmax(ctx: &NodeCtx<'_>, log: bool) -> Kernel {
         let d = axis(ax, x.rank())?;
         let last = |t: &Tensor| -> Result<Tensor> {
             let t = t.contiguous()?;
+            if !log && let Some(y) = softmax_cpu(&t)? {
+                return Ok(y);
+            }
             if log {
                 candle_nn::ops::log_softmax(&t, D::Minus1)
             } else {
