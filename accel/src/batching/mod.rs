@@ -173,7 +173,8 @@ impl Scheduler {
 }
 
 /// The fewest queued requests a padded model's batch choice looks at (it looks at four batches'
-/// worth when that is more, up to 4096).
+/// worth when that is more, up to 1024: the choice is quadratic in what it looks at, and runs
+/// under the queue's lock).
 const PADDED_LOOKAHEAD: usize = 256;
 
 /// The batching policy of a spec.
@@ -190,7 +191,7 @@ pub(crate) fn policy_of(spec: &ModelSpec) -> Policy {
             padding: spec.variable.padding.as_ref().map(|p| decide::PaddingPolicy {
                 max_tokens: p.max_batch_tokens,
                 min_efficiency_percent: p.min_efficiency_percent,
-                lookahead: PADDED_LOOKAHEAD.max(spec.max_batch_size.saturating_mul(4)).min(4096),
+                lookahead: PADDED_LOOKAHEAD.max(spec.max_batch_size.saturating_mul(4)).min(1024),
             }),
         },
         crate::core::Scheduling::Direct => Policy {
