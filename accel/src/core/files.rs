@@ -167,6 +167,17 @@ impl ModelFile {
         self.root.resolve(base, rel, relative)
     }
 
+    /// The file `relative` to this file's directory if anything is there (`None` when nothing at
+    /// all is); anything there that is not a regular file inside the model's directory is an error.
+    pub fn sibling_if_any(&self, relative: &str) -> Result<Option<ModelFile>, FileError> {
+        let rel = plain_relative(relative)?;
+        let base = self.path.parent().unwrap_or(&self.root.root);
+        match std::fs::symlink_metadata(base.join(rel)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            _ => self.root.resolve(base, rel, relative).map(Some),
+        }
+    }
+
     /// The model directory this file belongs to.
     pub fn model_dir(&self) -> &ModelDir {
         &self.root

@@ -130,8 +130,17 @@ impl Repository {
                 config.name
             )));
         }
-        let file = if config.default_model_filename.is_empty() {
-            DEFAULT_ONNX_FILE.to_string()
+        let mut config = config;
+        let file = if config.default_model_filename.is_empty() && config.backend == crate::backend::hf::BACKEND {
+            crate::backend::hf::CONFIG_JSON.to_string()
+        } else if config.default_model_filename.is_empty() {
+            // A version directory with no model.onnx but a Hugging Face layout is a huggingface model.
+            if config.backend.is_empty() && config.platform.is_empty() && is_hf_layout(&dir) {
+                config.backend = crate::backend::hf::BACKEND.to_string();
+                crate::backend::hf::CONFIG_JSON.to_string()
+            } else {
+                DEFAULT_ONNX_FILE.to_string()
+            }
         } else if is_file_name(&config.default_model_filename) {
             config.default_model_filename.clone()
         } else {
@@ -172,4 +181,27 @@ impl Repository {
             versions,
         })
     }
+}
+
+/// Whether some version directory of `dir` holds `config.json` and `tokenizer.json` and none holds
+/// `model.onnx` (a Hugging Face / sentence-transformers directory).
+fn is_hf_layout(dir: &ModelDir) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir.root()) else {
+        return false;
+    };
+    let mut hf = false;
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.parse::<u64>().is_err() {
+            continue;
+        }
+        let has = |file: &str| matches!(dir.lookup(&format!("{name}/{file}")), Ok(Some(_)));
+        if has(DEFAULT_ONNX_FILE) {
+            return false;
+        }
+        hf |= has(crate::backend::hf::CONFIG_JSON) && has("tokenizer.json");
+    }
+    hf
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::backend::Backend;
 use crate::backend::candle::CandleBackend;
+use crate::backend::hf::HfBackend;
 use crate::backend::onnxruntime::OrtBackend;
 
 /// The engine for ONNX models whose config names no backend (`--default-backend`).
@@ -22,6 +23,8 @@ pub enum DefaultBackend {
 #[derive(Debug)]
 pub(super) struct Engines {
     candle: CandleBackend,
+    /// Hugging Face directories, on the same device.
+    hf: HfBackend,
     /// ONNX Runtime, or why it is not available.
     onnxruntime: Result<OrtBackend, String>,
     default: DefaultBackend,
@@ -53,6 +56,7 @@ impl Engines {
         }
         Engines {
             candle: CandleBackend::on(device.clone()).with_limits(limits),
+            hf: HfBackend::on(device.clone()),
             onnxruntime,
             default,
         }
@@ -69,6 +73,7 @@ impl Engines {
     pub(super) fn select(&self, backend: &str, platform: &str) -> Result<&dyn Backend, String> {
         match (backend, platform) {
             ("candle", _) => Ok(&self.candle),
+            (crate::backend::hf::BACKEND, _) => Ok(&self.hf),
             ("onnxruntime", _) => self.onnxruntime(),
             ("", "onnxruntime_onnx" | "onnx_onnxv1" | "") => match self.default {
                 DefaultBackend::Candle => Ok(&self.candle),

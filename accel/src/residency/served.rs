@@ -67,7 +67,11 @@ pub(super) fn prepare(p: &Preparation<'_>, version: u64, file: &ModelFile) -> Re
     let mut config = config.clone();
     let trusted = complete_config(&mut config, name, loaded.signature(), default_max_batch_size)?;
     if config.platform.is_empty() {
-        config.platform = "onnxruntime_onnx".into();
+        config.platform = if backend.name() == crate::backend::hf::BACKEND {
+            crate::backend::hf::BACKEND.into()
+        } else {
+            "onnxruntime_onnx".into()
+        };
     }
     config.backend = backend.name().to_string();
     let mut spec = to_spec(&config, version, backend.name())?;

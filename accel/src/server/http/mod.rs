@@ -4,6 +4,7 @@
 //! `{"error": "..."}` with the status code of the error's kind.
 
 mod codec;
+mod openai;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +76,7 @@ pub(super) fn router(inference: Inference, body: BodyLimits) -> Router {
         .route("/v2/repository/models/{model}/load", post(load_model))
         .route("/v2/repository/models/{model}/unload", post(unload_model))
         .route("/v2/logging", get(get_logging).post(post_logging))
+        .route("/v1/embeddings", post(openai::embeddings))
         .route("/v2/trace/setting", get(trace).post(trace))
         .route("/v2/models/{model}/trace/setting", get(trace).post(trace))
         .route("/v2/systemsharedmemory/{*rest}", get(shm).post(shm))

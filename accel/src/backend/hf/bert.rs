@@ -1,0 +1,307 @@
+//! A BERT-family encoder (BERT and the MiniLM, BGE, E5 and GTE checkpoints that are BERTs) over
+//! candle tensors, with the weights as `BertModel`'s safetensors name them, and sentence-transformers'
+//! pooling. Linear weights are transposed once at load so that every product is one GEMM over all
+//! the batch's tokens; on the CPU, softmax and GELU run on accel-kernels' vectorised exponential.
+
+use std::collections::HashMap;
+
+use candle_core::{D, DType, Device, Module, Tensor};
+
+/// What `config.json` says of the encoder.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub(super) struct BertConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub type_vocab_size: usize,
+}
+
+fn default_eps() -> f64 {
+    1e-12
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+
+/// How token states become one embedding (sentence-transformers' `Pooling`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pooling {
+    Cls,
+    Mean,
+    Max,
+    /// The last real token's state.
+    LastToken,
+}
+
+struct Linear {
+    /// `[in, out]`, transposed from the checkpoint's `[out, in]` at load.
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inner = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x
+            .reshape((rows, inner))?
+            .matmul(&self.weight_t)?
+            .broadcast_add(&self.bias)?;
+        let mut out = dims[..dims.len() - 1].to_vec();
+        out.push(self.weight_t.dim(1)?);
+        y.reshape(out)
+    }
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+/// The encoder, its weights on one device.
+pub(super) struct Bert {
+    word: candle_nn::Embedding,
+    position: candle_nn::Embedding,
+    token_type: Option<candle_nn::Embedding>,
+    embeddings_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: usize,
+    pub hidden: usize,
+    pub max_positions: usize,
+}
+
+/// The tensors of a checkpoint, by name, with a prefix (`bert.` in `BertFor...` checkpoints).
+pub(super) struct Weights<'a> {
+    pub tensors: &'a HashMap<String, Tensor>,
+    pub prefix: &'a str,
+}
+
+impl Weights<'_> {
+    fn get(&self, name: &str) -> Result<Tensor, String> {
+        let full = format!("{}{name}", self.prefix);
+        self.tensors
+            .get(&full)
+            .or_else(|| self.tensors.get(name))
+            .cloned()
+            .ok_or_else(|| format!("the checkpoint has no tensor '{full}'"))
+    }
+
+    fn f32(&self, name: &str) -> Result<Tensor, String> {
+        self.get(name)?.to_dtype(DType::F32).map_err(|e| e.to_string())
+    }
+
+    fn linear(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear, String> {
+        let w = self.f32(&format!("{name}.weight"))?;
+        if w.dims() != [d_out, d_in] {
+            return Err(format!(
+                "'{name}.weight' has shape {:?}, not [{d_out}, {d_in}]",
+                w.dims()
+            ));
+        }
+        let bias = self.f32(&format!("{name}.bias"))?;
+        let weight_t = w.t().and_then(|t| t.contiguous()).map_err(|e| e.to_string())?;
+        Ok(Linear { weight_t, bias })
+    }
+
+    fn norm(&self, name: &str, eps: f64) -> Result<LayerNorm, String> {
+        Ok(LayerNorm {
+            weight: self.f32(&format!("{name}.weight"))?,
+            bias: self.f32(&format!("{name}.bias"))?,
+            eps: eps as f32,
+        })
+    }
+
+    fn embedding(&self, name: &str, hidden: usize) -> Result<candle_nn::Embedding, String> {
+        let w = self.f32(&format!("{name}.weight"))?;
+        if w.rank() != 2 || w.dim(1).ok() != Some(hidden) {
+            return Err(format!("'{name}.weight' has shape {:?}, not [_, {hidden}]", w.dims()));
+        }
+        Ok(candle_nn::Embedding::new(w, hidden))
+    }
+}
+
+impl Bert {
+    pub(super) fn load(config: &BertConfig, w: &Weights<'_>) -> Result<Bert, String> {
+        let h = config.hidden_size;
+        if config.num_attention_heads == 0 || !h.is_multiple_of(config.num_attention_heads) {
+            return Err(format!(
+                "hidden_size {h} is not a multiple of num_attention_heads {}",
+                config.num_attention_heads
+            ));
+        }
+        if !matches!(config.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh") {
+            return Err(format!("hidden_act '{}' is not supported (gelu is)", config.hidden_act));
+        }
+        if config.num_hidden_layers > 256 || h > 1 << 16 || config.intermediate_size > 1 << 18 {
+            return Err("the encoder's sizes are beyond what Accel serves".into());
+        }
+        let eps = config.layer_norm_eps;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            let i = config.intermediate_size;
+            layers.push(Layer {
+                query: w.linear(&format!("{p}.attention.self.query"), h, h)?,
+                key: w.linear(&format!("{p}.attention.self.key"), h, h)?,
+                value: w.linear(&format!("{p}.attention.self.value"), h, h)?,
+                attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
+                intermediate: w.linear(&format!("{p}.intermediate.dense"), h, i)?,
+                output: w.linear(&format!("{p}.output.dense"), i, h)?,
+                output_norm: w.norm(&format!("{p}.output.LayerNorm"), eps)?,
+            });
+        }
+        let position = w.embedding("embeddings.position_embeddings", h)?;
+        let max_positions = position.embeddings().dim(0).map_err(|e| e.to_string())?;
+        Ok(Bert {
+            word: w.embedding("embeddings.word_embeddings", h)?,
+            position,
+            token_type: if config.type_vocab_size > 0 {
+                Some(w.embedding("embeddings.token_type_embeddings", h)?)
+            } else {
+                None
+            },
+            embeddings_norm: w.norm("embeddings.LayerNorm", eps)?,
+            layers,
+            heads: config.num_attention_heads,
+            hidden: h,
+            max_positions,
+        })
+    }
+
+    /// Token states `[n, len, hidden]` of `ids` `[n, len]` (u32), with `mask` `[n, len]` (f32, 1 for
+    /// real tokens) and `types` `[n, len]` (u32).
+    pub(super) fn forward(&self, ids: &Tensor, mask: &Tensor, types: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, len) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, len as u32, ids.device())?;
+        let mut x = self
+            .word
+            .forward(ids)?
+            .broadcast_add(&self.position.forward(&positions)?)?;
+        if let Some(t) = &self.token_type {
+            x = x.add(&t.forward(types)?)?;
+        }
+        let mut x = self.embeddings_norm.forward(&x)?;
+        let dh = self.hidden / self.heads;
+        let scale = 1.0 / (dh as f64).sqrt();
+        // (1 - mask) * -10000 as [n, 1, 1, len]: padded keys get no weight.
+        let bias = ((mask.ones_like()? - mask)? * -10000.0)?.reshape((n, 1, 1, len))?;
+        for layer in &self.layers {
+            let split = |t: Tensor| t.reshape((n, len, self.heads, dh))?.transpose(1, 2)?.contiguous();
+            let q = split(layer.query.forward(&x)?)?;
+            let k = split(layer.key.forward(&x)?)?;
+            let v = split(layer.value.forward(&x)?)?;
+            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&bias)?;
+            let probs = softmax(&scores)?;
+            let context = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((n, len, self.hidden))?;
+            let attended = layer.attention_out.forward(&context)?;
+            x = layer.attention_norm.forward(&attended.add(&x)?)?;
+            let inner = gelu(&layer.intermediate.forward(&x)?)?;
+            let out = layer.output.forward(&inner)?;
+            x = layer.output_norm.forward(&out.add(&x)?)?;
+        }
+        Ok(x)
+    }
+}
+
+/// Pools token states `[n, len, hidden]` with `mask` `[n, len]` (f32) into `[n, hidden]`.
+pub(super) fn pool(states: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_core::Result<Tensor> {
+    let m = mask.unsqueeze(2)?;
+    match pooling {
+        Pooling::Cls => states.narrow(1, 0, 1)?.squeeze(1),
+        Pooling::Mean => {
+            let summed = states.broadcast_mul(&m)?.sum(1)?;
+            let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+            summed.broadcast_div(&count)
+        }
+        Pooling::Max => {
+            // Padded positions can never be the maximum.
+            let floor = ((m.ones_like()? - &m)? * -1e9)?;
+            states.broadcast_add(&floor)?.max(1)
+        }
+        Pooling::LastToken => {
+            let (n, _, hidden) = states.dims3()?;
+            let last = (mask.sum(1)? - 1.0)?.clamp(0.0, f64::MAX)?.to_dtype(DType::U32)?;
+            let index = last.reshape((n, 1, 1))?.broadcast_as((n, 1, hidden))?.contiguous()?;
+            states.gather(&index, 1)?.squeeze(1)
+        }
+    }
+}
+
+/// Rows scaled to unit L2 norm (sentence-transformers' `Normalize`).
+pub(super) fn normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    x.broadcast_div(&norm)
+}
+
+/// The FP32 data of a contiguous CPU tensor, for accel-kernels.
+fn cpu_f32(t: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> candle_core::Result<Option<Tensor>> {
+    use candle_core::{CpuStorage, Storage};
+    if t.dtype() != DType::F32 || !matches!(t.device(), Device::Cpu) {
+        return Ok(None);
+    }
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let mut out = vec![0f32; end - start];
+    f(&data[start..end], &mut out);
+    drop(storage);
+    Tensor::from_vec(out, t.shape(), t.device()).map(Some)
+}
+
+fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let width = x.dim(D::Minus1)?;
+    match cpu_f32(x, |a, o| accel_kernels::activation::softmax_rows(a, o, width))? {
+        Some(y) => Ok(y),
+        None => candle_nn::ops::softmax_last_dim(&x.contiguous()?),
+    }
+}
+
+/// GELU with the exact error function (BERT's `gelu`), in one pass on the CPU.
+fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    use accel_kernels::elementwise::{Op, Operand};
+    let ops = [
+        Op::Div(Operand::Root, Operand::Scalar(std::f32::consts::SQRT_2)),
+        Op::Erf,
+        Op::Add(Operand::Current, Operand::Scalar(1.0)),
+        Op::Mul(Operand::Root, Operand::Current),
+        Op::Mul(Operand::Current, Operand::Scalar(0.5)),
+    ];
+    match cpu_f32(x, |a, o| o.copy_from_slice(&accel_kernels::elementwise::chain(&ops, a)))? {
+        Some(y) => Ok(y),
+        None => x.gelu_erf(),
+    }
+}

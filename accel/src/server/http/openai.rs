@@ -1,0 +1,189 @@
+//! OpenAI's `POST /v1/embeddings` for embedding models (the API LangChain, LlamaIndex and the
+//! `openai` SDK call; TEI and vLLM serve it), mapped onto the same inference path as v2 requests:
+//! `input` (a string or a list of strings) becomes the model's BYTES `text` input, the `embedding`
+//! output comes back as floats or base64 (little-endian FP32, what the SDK decodes), `usage` counts
+//! the tokens the model read. Errors are OpenAI-shaped: `{"error": {"message", "type", "param",
+//! "code"}}`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Rest, read_body};
+use crate::backend::hf::{EMBEDDING_OUTPUT, TEXT_INPUT, TOKENS_OUTPUT};
+use crate::core::{Code, DataType, Error, InferRequest, RequestedOutput, Tensor};
+
+/// The most strings one request may carry (OpenAI's own limit).
+const MAX_INPUTS: usize = 2048;
+
+#[derive(Deserialize)]
+struct EmbeddingsRequest {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<u64>,
+}
+
+fn openai_error(status: StatusCode, kind: &str, message: impl Into<String>, param: Option<&str>) -> Response {
+    let code = match status {
+        StatusCode::NOT_FOUND => json!("model_not_found"),
+        _ => Value::Null,
+    };
+    (
+        status,
+        Json(json!({ "error": { "message": message.into(), "type": kind, "param": param, "code": code } })),
+    )
+        .into_response()
+}
+
+fn invalid(message: impl Into<String>, param: &str) -> Response {
+    openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", message, Some(param))
+}
+
+fn from_error(e: Error) -> Response {
+    let status = crate::server::status::http_status(e.code());
+    let kind = match e.code() {
+        Code::InvalidArgument | Code::NotFound => "invalid_request_error",
+        Code::ResourceExhausted | Code::Unavailable => "server_error",
+        _ => "api_error",
+    };
+    openai_error(status, kind, e.to_string(), None)
+}
+
+/// `input` as strings: a string, or a list of strings (token arrays are refused).
+fn texts(input: &Value) -> Result<Vec<&str>, Response> {
+    let list: Vec<&Value> = match input {
+        Value::String(_) => vec![input],
+        Value::Array(items) => items.iter().collect(),
+        _ => return Err(invalid("'input' must be a string or an array of strings", "input")),
+    };
+    if list.is_empty() {
+        return Err(invalid("'input' must not be empty", "input"));
+    }
+    if list.len() > MAX_INPUTS {
+        return Err(invalid(
+            format!("'input' has {} items; at most {MAX_INPUTS}", list.len()),
+            "input",
+        ));
+    }
+    list.iter()
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| invalid("'input' must be strings (token arrays are not supported)", "input"))
+        })
+        .collect()
+}
+
+pub(super) async fn embeddings(State(s): State<Rest>, body: Body) -> Result<Response, Response> {
+    let body = read_body(body, s.body).await?;
+    let request: EmbeddingsRequest = serde_json::from_slice(&body)
+        .map_err(|e| invalid(format!("the body is not an embeddings request: {e}"), "body"))?;
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(invalid(
+                format!("encoding_format '{other}' is not supported (float, base64)"),
+                "encoding_format",
+            ));
+        }
+    };
+    let strings = texts(&request.input)?;
+    let ticket = s.inference.begin(&request.model, "").await.map_err(from_error)?;
+    let spec = ticket.spec().clone();
+    let embedding_model = spec.inputs.len() == 1
+        && spec.inputs[0].name == TEXT_INPUT
+        && spec.inputs[0].datatype == DataType::Bytes
+        && spec.output(EMBEDDING_OUTPUT).is_some();
+    if !embedding_model {
+        let message = format!(
+            "model '{}' is not an embedding model (one BYTES input '{TEXT_INPUT}', an output '{EMBEDDING_OUTPUT}')",
+            request.model
+        );
+        return Err(from_error(ticket.failed(Error::invalid_argument(message))));
+    }
+    let dim = spec
+        .output(EMBEDDING_OUTPUT)
+        .and_then(|o| o.dims.last().copied())
+        .unwrap_or(-1);
+    if let Some(d) = request.dimensions
+        && d as i64 != dim
+    {
+        return Err(invalid(
+            format!(
+                "model '{}' makes {dim}-dimensional embeddings; 'dimensions' {d} is not supported",
+                request.model
+            ),
+            "dimensions",
+        ));
+    }
+    let mut data = BytesMut::new();
+    for t in &strings {
+        data.put_u32_le(t.len() as u32);
+        data.put_slice(t.as_bytes());
+    }
+    let mut outputs = vec![RequestedOutput {
+        name: EMBEDDING_OUTPUT.into(),
+        parameters: Vec::new(),
+    }];
+    if spec.output(TOKENS_OUTPUT).is_some() {
+        outputs.push(RequestedOutput {
+            name: TOKENS_OUTPUT.into(),
+            parameters: Vec::new(),
+        });
+    }
+    let infer = InferRequest {
+        model_name: request.model.clone(),
+        inputs: vec![Tensor {
+            name: TEXT_INPUT.into(),
+            datatype: DataType::Bytes,
+            shape: vec![strings.len(), 1],
+            data: data.freeze(),
+        }],
+        outputs,
+        ..Default::default()
+    };
+    let response = ticket.run(infer).await.map_err(from_error)?;
+    let find = |name: &str| response.outputs.iter().find(|t| t.name == name);
+    let embeddings = find(EMBEDDING_OUTPUT).ok_or_else(|| from_error(Error::new(Code::Internal, "no embeddings")))?;
+    let tokens: i64 = find(TOKENS_OUTPUT)
+        .map(|t| {
+            t.data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .sum()
+        })
+        .unwrap_or(0);
+    let width = embeddings.shape.get(1).copied().unwrap_or(0);
+    let row_bytes = width * 4;
+    let items: Vec<Value> = (0..strings.len())
+        .map(|i| {
+            let row: Bytes = embeddings.data.slice(i * row_bytes..(i + 1) * row_bytes);
+            let embedding = if base64 {
+                json!(base64::engine::general_purpose::STANDARD.encode(&row))
+            } else {
+                json!(
+                    row.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect::<Vec<f32>>()
+                )
+            };
+            json!({ "object": "embedding", "index": i, "embedding": embedding })
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": items,
+        "model": request.model,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    }))
+    .into_response())
+}

