@@ -96,7 +96,7 @@ pub(super) async fn embeddings(State(s): State<Rest>, body: Body) -> Result<Resp
             ));
         }
     };
-    let strings = texts(&request.input)?;
+    let strings = texts(&request.input).map_err(|m| invalid(m, "input"))?;
     let ticket = s.inference.begin(&request.model, "").await.map_err(from_error)?;
     let spec = ticket.spec().clone();
     let embedding_model = spec.inputs.len() == 1
