@@ -59,25 +59,22 @@ fn from_error(e: Error) -> Response {
 }
 
 /// `input` as strings: a string, or a list of strings (token arrays are refused).
-fn texts(input: &Value) -> Result<Vec<&str>, Response> {
+fn texts(input: &Value) -> Result<Vec<&str>, String> {
     let list: Vec<&Value> = match input {
         Value::String(_) => vec![input],
         Value::Array(items) => items.iter().collect(),
-        _ => return Err(invalid("'input' must be a string or an array of strings", "input")),
+        _ => return Err("'input' must be a string or an array of strings".into()),
     };
     if list.is_empty() {
-        return Err(invalid("'input' must not be empty", "input"));
+        return Err("'input' must not be empty".into());
     }
     if list.len() > MAX_INPUTS {
-        return Err(invalid(
-            format!("'input' has {} items; at most {MAX_INPUTS}", list.len()),
-            "input",
-        ));
+        return Err(format!("'input' has {} items; at most {MAX_INPUTS}", list.len()));
     }
     list.iter()
         .map(|v| {
             v.as_str()
-                .ok_or_else(|| invalid("'input' must be strings (token arrays are not supported)", "input"))
+                .ok_or_else(|| "'input' must be strings (token arrays are not supported)".to_string())
         })
         .collect()
 }
