@@ -193,3 +193,53 @@ def test_openai_sdk_embeddings(hf_server, reference):
     assert e.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="minilm", input="x", dimensions=128)
+
+
+def test_several_encoders_under_a_budget_evict_and_come_back(minilm_dir, tmp_path):
+    # Three encoders sharing the checkpoint but not their heads (mean + Normalize, CLS + Normalize,
+    # mean without Normalize), a budget that holds two: callers cycling over all three get each
+    # model's own answers while models are evicted to the host tier and brought back; nothing fails.
+    from conftest import scrape, total
+
+    root = tmp_path / "repo"
+    variants = {"enc_mean": None, "enc_cls": "cls", "enc_raw": "raw"}
+    for name, change in variants.items():
+        d = root / name / "1"
+        shutil.copytree(minilm_dir, d)
+        if change == "cls":
+            pooling = json.loads((d / "1_Pooling" / "config.json").read_text())
+            pooling.update(pooling_mode_cls_token=True, pooling_mode_mean_tokens=False)
+            (d / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+        if change == "raw":
+            modules = [m for m in json.loads((d / "modules.json").read_text()) if not m["type"].endswith("Normalize")]
+            (d / "modules.json").write_text(json.dumps(modules))
+    refs = {name: hf_reference.Encoder(str(root / name / "1")) for name in variants}
+    s = Server(str(root), str(tmp_path / "accel.log"), extra_args=["--memory-budget", str(230 << 20), "--memory-reserve", "0"])
+    try:
+        texts = ["a short query", "a somewhat longer passage about serving many embedding models on one device"]
+        want = {(m, t): refs[m].embed(t) for m in variants for t in texts}
+        errors = []
+
+        def worker(k):
+            c = s.client()
+            try:
+                for i in range(8):
+                    m = list(variants)[(k + i) % 3]
+                    t = texts[(k * 7 + i) % 2]
+                    got = c.infer(m, [text_input([t])]).as_numpy("embedding")[0]
+                    if cosine(got, want[(m, t)]) < 0.9999 or abs(np.linalg.norm(got) - np.linalg.norm(want[(m, t)])) > 1e-3:
+                        errors.append((m, t, cosine(got, want[(m, t)])))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        samples = scrape(s)
+        assert total(samples, "accel_model_evictions_total") > 0, "the budget holds two of the three"
+        assert total(samples, "accel_model_reloads_total") > 0, "evicted encoders came back from the host tier"
+    finally:
+        s.stop()
