@@ -243,3 +243,19 @@ def test_several_encoders_under_a_budget_evict_and_come_back(minilm_dir, tmp_pat
         assert total(samples, "accel_model_reloads_total") > 0, "evicted encoders came back from the host tier"
     finally:
         s.stop()
+
+
+def test_an_execution_over_the_memory_limit_is_refused_before_it_runs(minilm_dir, tmp_path):
+    root = tmp_path / "repo"
+    shutil.copytree(minilm_dir, root / "minilm" / "1")
+    s = Server(str(root), str(tmp_path / "accel.log"), extra_args=["--max-execution-memory", str(16 << 20)])
+    try:
+        c = s.client()
+        long = " ".join(f"token{i}" for i in range(300))
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("minilm", [text_input([long] * 8)])
+        assert e.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "--max-execution-memory" in e.value.message()
+        assert c.infer("minilm", [text_input(["short enough"])]).as_numpy("embedding").shape == (1, 384)
+    finally:
+        s.stop()

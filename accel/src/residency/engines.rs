@@ -56,7 +56,7 @@ impl Engines {
         }
         Engines {
             candle: CandleBackend::on(device.clone()).with_limits(limits),
-            hf: HfBackend::on(device.clone()),
+            hf: HfBackend::on(device.clone()).with_limits(limits),
             onnxruntime,
             default,
         }

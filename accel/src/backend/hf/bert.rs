@@ -95,6 +95,7 @@ pub(super) struct Bert {
     heads: usize,
     pub hidden: usize,
     pub max_positions: usize,
+    intermediate: usize,
 }
 
 /// The tensors of a checkpoint, by name, with a prefix (`bert.` in `BertFor...` checkpoints).
@@ -193,12 +194,28 @@ impl Bert {
             heads: config.num_attention_heads,
             hidden: h,
             max_positions,
+            intermediate: config.intermediate_size,
         })
+    }
+
+    /// An upper bound of the bytes one pass over `n` rows of `len` tokens holds at once: the
+    /// attention scores and probabilities, and a few activations of the widest layer.
+    pub(super) fn pass_bytes(&self, n: usize, len: usize) -> u64 {
+        let scores = (n * self.heads) as u64 * (len * len) as u64 * 4 * 3;
+        let activations = (n * len) as u64 * self.hidden.max(self.intermediate) as u64 * 4 * 6;
+        scores.saturating_add(activations)
     }
 
     /// Token states `[n, len, hidden]` of `ids` `[n, len]` (u32), with `mask` `[n, len]` (f32, 1 for
     /// real tokens) and `types` `[n, len]` (u32).
-    pub(super) fn forward(&self, ids: &Tensor, mask: &Tensor, types: &Tensor) -> candle_core::Result<Tensor> {
+    /// `stop` is asked before each layer; `Some(reason)` ends the pass with that error.
+    pub(super) fn forward(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        types: &Tensor,
+        stop: &dyn Fn() -> Option<candle_core::Error>,
+    ) -> candle_core::Result<Tensor> {
         let (n, len) = ids.dims2()?;
         let positions = Tensor::arange(0u32, len as u32, ids.device())?;
         let mut x = self
@@ -214,6 +231,9 @@ impl Bert {
         // (1 - mask) * -10000 as [n, 1, 1, len]: padded keys get no weight.
         let bias = ((mask.ones_like()? - mask)? * -10000.0)?.reshape((n, 1, 1, len))?;
         for layer in &self.layers {
+            if let Some(e) = stop() {
+                return Err(e);
+            }
             let split = |t: Tensor| t.reshape((n, len, self.heads, dh))?.transpose(1, 2)?.contiguous();
             let q = split(layer.query.forward(&x)?)?;
             let k = split(layer.key.forward(&x)?)?;

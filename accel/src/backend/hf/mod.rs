@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor as CTensor};
 use tokenizers::Tokenizer;
 
 use self::bert::{Bert, BertConfig, Pooling, Weights};
-use super::{Backend, BackendError, Batch, LoadLimits, LoadedModel, ModelInstance};
+use super::{Backend, BackendError, Batch, ExecLimits, LoadLimits, LoadedModel, ModelInstance};
 use crate::core::{DataType, GraphIo, ModelFile, ModelSpec, Signature, Tensor};
 
 /// The engine's name in config.pbtxt.
@@ -40,11 +40,22 @@ const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 #[derive(Debug, Clone)]
 pub struct HfBackend {
     device: Device,
+    limits: ExecLimits,
 }
 
 impl HfBackend {
     pub fn on(device: Device) -> HfBackend {
-        HfBackend { device }
+        HfBackend {
+            device,
+            limits: ExecLimits::default(),
+        }
+    }
+
+    /// What bounds one execution: a batch whose attention would hold more than `max_bytes` is
+    /// refused before it runs.
+    pub fn with_limits(mut self, limits: ExecLimits) -> HfBackend {
+        self.limits = limits;
+        self
     }
 }
 
@@ -252,6 +263,7 @@ impl Backend for HfBackend {
                 normalize,
                 max_len,
                 device: self.device.clone(),
+                limits: self.limits,
             }),
             signature,
             weight_bytes,
@@ -267,6 +279,7 @@ struct Encoder {
     normalize: bool,
     max_len: usize,
     device: Device,
+    limits: ExecLimits,
 }
 
 struct HfModel {
@@ -362,6 +375,13 @@ impl ModelInstance for HfInstance {
             .map(|x| x.get_ids().len().min(e.max_len) as i64)
             .collect();
         let len = counts.iter().copied().max().unwrap_or(0).max(1) as usize;
+        let bytes = e.bert.pass_bytes(n, len);
+        if bytes > e.limits.max_bytes {
+            return Err(BackendError::ResourceExhausted(format!(
+                "{n} texts of up to {len} tokens would hold about {bytes} bytes at once, more than one execution may (--max-execution-memory {})",
+                e.limits.max_bytes
+            )));
+        }
         let mut ids = vec![0u32; n * len];
         let mut types = vec![0u32; n * len];
         let mut mask = vec![0f32; n * len];
@@ -374,7 +394,19 @@ impl ModelInstance for HfInstance {
         let ids = CTensor::from_vec(ids, (n, len), &e.device).map_err(exec)?;
         let types = CTensor::from_vec(types, (n, len), &e.device).map_err(exec)?;
         let mask = CTensor::from_vec(mask, (n, len), &e.device).map_err(exec)?;
-        let states = e.bert.forward(&ids, &mask, &types).map_err(exec)?;
+        let stop = || {
+            batch
+                .cancel
+                .is_cancelled()
+                .then(|| candle_core::Error::Msg("every client of the batch has gone".into()))
+        };
+        let states = e.bert.forward(&ids, &mask, &types, &stop).map_err(|err| {
+            if batch.cancel.is_cancelled() {
+                BackendError::Cancelled(err.to_string())
+            } else {
+                exec(err)
+            }
+        })?;
         let mut pooled = bert::pool(&states, &mask, e.pooling).map_err(exec)?;
         if e.normalize {
             pooled = bert::normalize(&pooled).map_err(exec)?;
