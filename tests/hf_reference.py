@@ -25,8 +25,16 @@ class Encoder:
             self.config = json.load(f)
         self.w = {k: v.astype(np.float64) for k, v in load_file(os.path.join(directory, "model.safetensors")).items()
                   if v.dtype != np.int64}
-        if any(k.startswith("bert.") for k in self.w):
-            self.w = {k.removeprefix("bert."): v for k, v in self.w.items()}
+        for prefix in ("bert.", "roberta.", "distilbert."):
+            if any(k.startswith(prefix) for k in self.w):
+                self.w = {k.removeprefix(prefix): v for k, v in self.w.items()}
+        self.family = {"roberta": "roberta", "xlm-roberta": "roberta", "distilbert": "distilbert"}.get(
+            self.config["model_type"], "bert")
+        if self.family == "distilbert":
+            c = self.config
+            self.config = {**c, "num_attention_heads": c["n_heads"], "num_hidden_layers": c["n_layers"]}
+            self._distil_names()
+        self.offset = self.config.get("pad_token_id", 1) + 1 if self.family == "roberta" else 0
         self.tokenizer = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
         self.tokenizer.no_padding()
         max_len = self.config["max_position_embeddings"]
@@ -36,7 +44,8 @@ class Encoder:
                 max_len = json.load(f).get("max_seq_length", max_len)
         elif self.tokenizer.truncation:
             max_len = self.tokenizer.truncation["max_length"]
-        self.max_len = min(max_len, self.config["max_position_embeddings"])
+        self.max_len = min(max_len, self.config["max_position_embeddings"] - (
+            self.config.get("pad_token_id", 1) + 1 if self.config["model_type"] in ("roberta", "xlm-roberta") else 0))
         self.tokenizer.enable_truncation(self.max_len)
         self.pooling, self.normalize = "mean", False
         modules = os.path.join(directory, "modules.json")
@@ -55,6 +64,20 @@ class Encoder:
             self.pooling = ("cls" if p.get("pooling_mode_cls_token") else "max" if p.get("pooling_mode_max_tokens")
                             else "mean")
 
+    def _distil_names(self):
+        """DistilBERT's weights under BERT's names."""
+        renames = {"attention.q_lin": "attention.self.query", "attention.k_lin": "attention.self.key",
+                   "attention.v_lin": "attention.self.value", "attention.out_lin": "attention.output.dense",
+                   "sa_layer_norm": "attention.output.LayerNorm", "ffn.lin1": "intermediate.dense",
+                   "ffn.lin2": "output.dense", "output_layer_norm": "output.LayerNorm"}
+        out = {}
+        for k, v in self.w.items():
+            k = k.replace("transformer.layer.", "encoder.layer.")
+            for a, b in renames.items():
+                k = k.replace(a, b)
+            out[k] = v
+        self.w = out
+
     def tokens(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
 
@@ -70,8 +93,9 @@ class Encoder:
         enc = self.tokenizer.encode(text)
         ids, types = np.array(enc.ids), np.array(enc.type_ids)
         n = len(ids)
-        x = self.w["embeddings.word_embeddings.weight"][ids] + self.w["embeddings.position_embeddings.weight"][:n]
-        if "embeddings.token_type_embeddings.weight" in self.w:
+        positions = self.w["embeddings.position_embeddings.weight"][self.offset:self.offset + n]
+        x = self.w["embeddings.word_embeddings.weight"][ids] + positions
+        if "embeddings.token_type_embeddings.weight" in self.w and self.family != "distilbert":
             x = x + self.w["embeddings.token_type_embeddings.weight"][types]
         x = self._ln(x, "embeddings.LayerNorm")
         heads = self.config["num_attention_heads"]
@@ -96,3 +120,88 @@ class Encoder:
         if self.normalize:
             e = e / max(np.linalg.norm(e), 1e-12)
         return e
+
+
+def random_checkpoint(directory: str, model_type: str, seed: int = 0, hidden: int = 32, layers: int = 2,
+                      heads: int = 4, ffn: int = 64, prefix: str = "", pooling: str = "mean",
+                      normalize: bool = True) -> str:
+    """A small random-weight checkpoint of `model_type` (bert, roberta, xlm-roberta, distilbert) as
+    the Hub lays it out: config.json, model.safetensors, a WordPiece tokenizer.json built with the
+    `tokenizers` package, and sentence-transformers' modules.json / 1_Pooling / sentence_bert_config."""
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer as Tok
+    from tokenizers import models, normalizers, pre_tokenizers, processors
+
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
+        "the", "model", "serves", "many", "embeddings", "##s", "##ing", "text", "of", "and"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tok(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.save(os.path.join(directory, "tokenizer.json"))
+    positions = 66 if model_type in ("roberta", "xlm-roberta") else 64
+    w = {}
+
+    def t(name, *shape, scale=0.2):
+        w[prefix + name] = (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def norm(name):
+        w[prefix + name + ".weight"] = (1 + rng.standard_normal(hidden) * 0.1).astype(np.float32)
+        w[prefix + name + ".bias"] = (rng.standard_normal(hidden) * 0.1).astype(np.float32)
+
+    t("embeddings.word_embeddings.weight", len(vocab), hidden, scale=0.5)
+    t("embeddings.position_embeddings.weight", positions, hidden, scale=0.5)
+    norm("embeddings.LayerNorm")
+    if model_type == "distilbert":
+        config = {"model_type": "distilbert", "architectures": ["DistilBertModel"], "dim": hidden, "n_layers": layers,
+                  "n_heads": heads, "hidden_dim": ffn, "max_position_embeddings": positions, "activation": "gelu",
+                  "vocab_size": len(vocab)}
+        for l in range(layers):
+            p = f"transformer.layer.{l}"
+            for m in ("q_lin", "k_lin", "v_lin", "out_lin"):
+                t(f"{p}.attention.{m}.weight", hidden, hidden)
+                t(f"{p}.attention.{m}.bias", hidden, scale=0.05)
+            norm(f"{p}.sa_layer_norm")
+            t(f"{p}.ffn.lin1.weight", ffn, hidden)
+            t(f"{p}.ffn.lin1.bias", ffn, scale=0.05)
+            t(f"{p}.ffn.lin2.weight", hidden, ffn)
+            t(f"{p}.ffn.lin2.bias", hidden, scale=0.05)
+            norm(f"{p}.output_layer_norm")
+    else:
+        arch = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel"}[model_type]
+        config = {"model_type": model_type, "architectures": [arch], "hidden_size": hidden, "num_hidden_layers": layers,
+                  "num_attention_heads": heads, "intermediate_size": ffn, "max_position_embeddings": positions,
+                  "type_vocab_size": 2 if model_type == "bert" else 1, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+                  "vocab_size": len(vocab), "pad_token_id": 0 if model_type == "bert" else 1}
+        t("embeddings.token_type_embeddings.weight", config["type_vocab_size"], hidden, scale=0.5)
+        for l in range(layers):
+            p = f"encoder.layer.{l}"
+            for m in ("self.query", "self.key", "self.value", "output.dense"):
+                t(f"{p}.attention.{m}.weight", hidden, hidden)
+                t(f"{p}.attention.{m}.bias", hidden, scale=0.05)
+            norm(f"{p}.attention.output.LayerNorm")
+            t(f"{p}.intermediate.dense.weight", ffn, hidden)
+            t(f"{p}.intermediate.dense.bias", ffn, scale=0.05)
+            t(f"{p}.output.dense.weight", hidden, ffn)
+            t(f"{p}.output.dense.bias", hidden, scale=0.05)
+            norm(f"{p}.output.LayerNorm")
+    save_file(w, os.path.join(directory, "model.safetensors"))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    with open(os.path.join(directory, "modules.json"), "w") as f:
+        json.dump(modules, f)
+    os.makedirs(os.path.join(directory, "1_Pooling"), exist_ok=True)
+    with open(os.path.join(directory, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling == "cls",
+                   "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": pooling == "max"}, f)
+    with open(os.path.join(directory, "sentence_bert_config.json"), "w") as f:
+        json.dump({"max_seq_length": 48}, f)
+    return directory

@@ -259,3 +259,34 @@ def test_an_execution_over_the_memory_limit_is_refused_before_it_runs(minilm_dir
         assert c.infer("minilm", [text_input(["short enough"])]).as_numpy("embedding").shape == (1, 384)
     finally:
         s.stop()
+
+
+ARCHITECTURES = [
+    ("bert", "", "mean"), ("bert", "bert.", "cls"), ("roberta", "", "mean"), ("xlm-roberta", "roberta.", "max"),
+    ("distilbert", "", "mean"), ("distilbert", "distilbert.", "cls"),
+]
+
+
+def test_each_architecture_against_the_numpy_reference(tmp_path):
+    # Small random-weight checkpoints of every family the engine runs, with each pooling, written as
+    # the Hub lays them out (prefixed weights as *For... checkpoints save them too).
+    root = tmp_path / "repo"
+    names = []
+    for k, (model_type, prefix, pooling) in enumerate(ARCHITECTURES):
+        name = f"{model_type}_{pooling}_{k}"
+        hf_reference.random_checkpoint(str(root / name / "1"), model_type, seed=k, prefix=prefix, pooling=pooling,
+                                       normalize=k % 2 == 0)
+        names.append(name)
+    s = Server(str(root), str(tmp_path / "accel.log"), extra_args=["--model-control-mode", "none"])
+    try:
+        c = s.client()
+        texts = ["", "the model serves many embeddings", "text of the model and text",
+                 " ".join(["embeddings"] * 80)]  # truncated at max_seq_length 48
+        for name in names:
+            ref = hf_reference.Encoder(str(root / name / "1"))
+            got = c.infer(name, [text_input(texts)]).as_numpy("embedding")
+            for t, g in zip(texts, got):
+                want = ref.embed(t)
+                assert np.abs(g - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), (name, t[:20])
+    finally:
+        s.stop()

@@ -1,13 +1,15 @@
-//! A BERT-family encoder (BERT and the MiniLM, BGE, E5 and GTE checkpoints that are BERTs) over
-//! candle tensors, with the weights as `BertModel`'s safetensors name them, and sentence-transformers'
-//! pooling. Linear weights are transposed once at load so that every product is one GEMM over all
+//! A BERT-family encoder over candle tensors — BERT (and the MiniLM, BGE, E5 and GTE checkpoints
+//! that are BERTs), RoBERTa / XLM-RoBERTa (BERT with positions offset past the padding index) and
+//! DistilBERT (BERT without token types, under other weight names) — with the weights as their
+//! `*Model` safetensors name them, and sentence-transformers' pooling. Linear weights are transposed once at load so that every product is one GEMM over all
 //! the batch's tokens; on the CPU, softmax and GELU run on accel-kernels' vectorised exponential.
 
 use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, Module, Tensor};
 
-/// What `config.json` says of the encoder.
+/// What `config.json` says of the encoder (BERT's and RoBERTa's keys; DistilBERT's are read into
+/// the same fields by [`BertConfig::parse`]).
 #[derive(Clone, Debug, serde::Deserialize)]
 pub(super) struct BertConfig {
     pub hidden_size: usize,
@@ -21,6 +23,71 @@ pub(super) struct BertConfig {
     pub hidden_act: String,
     #[serde(default)]
     pub type_vocab_size: usize,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(skip)]
+    pub family: Family,
+}
+
+/// The encoder families, by their `model_type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Family {
+    #[default]
+    Bert,
+    /// RoBERTa and XLM-RoBERTa: position ids start after the padding index.
+    Roberta,
+    DistilBert,
+}
+
+#[derive(serde::Deserialize)]
+struct DistilBertConfig {
+    dim: usize,
+    n_layers: usize,
+    n_heads: usize,
+    hidden_dim: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "default_act")]
+    activation: String,
+}
+
+impl BertConfig {
+    /// The config of a `model_type` this module runs, or `None` for another one.
+    pub(super) fn parse(model_type: &str, json: serde_json::Value) -> Option<Result<BertConfig, String>> {
+        let family = match model_type {
+            "bert" => Family::Bert,
+            "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
+            "distilbert" => Family::DistilBert,
+            _ => return None,
+        };
+        Some(if family == Family::DistilBert {
+            serde_json::from_value::<DistilBertConfig>(json)
+                .map(|d| BertConfig {
+                    hidden_size: d.dim,
+                    num_hidden_layers: d.n_layers,
+                    num_attention_heads: d.n_heads,
+                    intermediate_size: d.hidden_dim,
+                    max_position_embeddings: d.max_position_embeddings,
+                    layer_norm_eps: 1e-12,
+                    hidden_act: d.activation,
+                    type_vocab_size: 0,
+                    pad_token_id: None,
+                    family,
+                })
+                .map_err(|e| e.to_string())
+        } else {
+            serde_json::from_value::<BertConfig>(json)
+                .map(|c| BertConfig { family, ..c })
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// The first position id of a sequence: RoBERTa's start after its padding index.
+    pub(super) fn position_offset(&self) -> usize {
+        match self.family {
+            Family::Roberta => self.pad_token_id.unwrap_or(1) as usize + 1,
+            _ => 0,
+        }
+    }
 }
 
 fn default_eps() -> f64 {
@@ -95,6 +162,7 @@ pub(super) struct Bert {
     heads: usize,
     pub hidden: usize,
     pub max_positions: usize,
+    position_offset: usize,
     intermediate: usize,
 }
 
@@ -166,25 +234,44 @@ impl Bert {
         let eps = config.layer_norm_eps;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
             let i = config.intermediate_size;
-            layers.push(Layer {
-                query: w.linear(&format!("{p}.attention.self.query"), h, h)?,
-                key: w.linear(&format!("{p}.attention.self.key"), h, h)?,
-                value: w.linear(&format!("{p}.attention.self.value"), h, h)?,
-                attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
-                attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
-                intermediate: w.linear(&format!("{p}.intermediate.dense"), h, i)?,
-                output: w.linear(&format!("{p}.output.dense"), i, h)?,
-                output_norm: w.norm(&format!("{p}.output.LayerNorm"), eps)?,
+            layers.push(if config.family == Family::DistilBert {
+                let p = format!("transformer.layer.{l}");
+                Layer {
+                    query: w.linear(&format!("{p}.attention.q_lin"), h, h)?,
+                    key: w.linear(&format!("{p}.attention.k_lin"), h, h)?,
+                    value: w.linear(&format!("{p}.attention.v_lin"), h, h)?,
+                    attention_out: w.linear(&format!("{p}.attention.out_lin"), h, h)?,
+                    attention_norm: w.norm(&format!("{p}.sa_layer_norm"), eps)?,
+                    intermediate: w.linear(&format!("{p}.ffn.lin1"), h, i)?,
+                    output: w.linear(&format!("{p}.ffn.lin2"), i, h)?,
+                    output_norm: w.norm(&format!("{p}.output_layer_norm"), eps)?,
+                }
+            } else {
+                let p = format!("encoder.layer.{l}");
+                Layer {
+                    query: w.linear(&format!("{p}.attention.self.query"), h, h)?,
+                    key: w.linear(&format!("{p}.attention.self.key"), h, h)?,
+                    value: w.linear(&format!("{p}.attention.self.value"), h, h)?,
+                    attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                    attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
+                    intermediate: w.linear(&format!("{p}.intermediate.dense"), h, i)?,
+                    output: w.linear(&format!("{p}.output.dense"), i, h)?,
+                    output_norm: w.norm(&format!("{p}.output.LayerNorm"), eps)?,
+                }
             });
         }
         let position = w.embedding("embeddings.position_embeddings", h)?;
-        let max_positions = position.embeddings().dim(0).map_err(|e| e.to_string())?;
+        let offset = config.position_offset();
+        let max_positions = position
+            .embeddings()
+            .dim(0)
+            .map_err(|e| e.to_string())?
+            .saturating_sub(offset);
         Ok(Bert {
             word: w.embedding("embeddings.word_embeddings", h)?,
             position,
-            token_type: if config.type_vocab_size > 0 {
+            token_type: if config.type_vocab_size > 0 && config.family != Family::DistilBert {
                 Some(w.embedding("embeddings.token_type_embeddings", h)?)
             } else {
                 None
@@ -194,6 +281,7 @@ impl Bert {
             heads: config.num_attention_heads,
             hidden: h,
             max_positions,
+            position_offset: offset,
             intermediate: config.intermediate_size,
         })
     }
@@ -217,7 +305,8 @@ impl Bert {
         stop: &dyn Fn() -> Option<candle_core::Error>,
     ) -> candle_core::Result<Tensor> {
         let (n, len) = ids.dims2()?;
-        let positions = Tensor::arange(0u32, len as u32, ids.device())?;
+        let start = self.position_offset as u32;
+        let positions = Tensor::arange(start, start + len as u32, ids.device())?;
         let mut x = self
             .word
             .forward(ids)?

@@ -176,29 +176,38 @@ impl Backend for HfBackend {
 
     fn load(&self, file: &ModelFile, limits: &LoadLimits) -> Result<Box<dyn LoadedModel>, BackendError> {
         let json = read_json(file)?;
-        let model_type = json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        let model_type = json
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
         let architecture = json
             .get("architectures")
             .and_then(|a| a.as_array())
             .and_then(|a| a.first())
             .and_then(|a| a.as_str())
-            .unwrap_or("");
-        if model_type != "bert"
-            || !matches!(
-                architecture,
-                "" | "BertModel" | "BertForMaskedLM" | "BertForPreTraining"
-            )
-        {
-            return Err(BackendError::UnsupportedOperator(format!(
-                "architecture '{}' (model_type '{model_type}'): the huggingface backend serves BERT-family encoders (model_type bert, BertModel) as embedding models",
+            .unwrap_or("")
+            .to_string();
+        let unsupported = || {
+            BackendError::UnsupportedOperator(format!(
+                "architecture '{}' (model_type '{model_type}'): the huggingface backend serves BERT, RoBERTa, XLM-RoBERTa and DistilBERT encoders (their *Model checkpoints) as embedding models",
                 if architecture.is_empty() {
                     "unnamed"
                 } else {
-                    architecture
+                    &architecture
                 }
-            )));
+            ))
+        };
+        let head_free = architecture.is_empty()
+            || architecture.ends_with("Model")
+            || architecture.ends_with("ForMaskedLM")
+            || architecture.ends_with("ForPreTraining");
+        if !head_free {
+            return Err(unsupported());
         }
-        let config: BertConfig = serde_json::from_value(json).map_err(|e| invalid(file, e))?;
+        let config = BertConfig::parse(&model_type, json)
+            .ok_or_else(unsupported)?
+            .map_err(|e| invalid(file, e))?;
         let tokenizer_file = required(file, "tokenizer.json")?;
         let tokenizer_bytes = tokenizer_file
             .read(MAX_TOKENIZER_BYTES)
@@ -221,11 +230,11 @@ impl Backend for HfBackend {
             .values()
             .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
             .sum();
-        let prefix = if tensors.keys().any(|k| k.starts_with("bert.")) {
-            "bert."
-        } else {
-            ""
-        };
+        // `*For...` checkpoints keep the encoder under its family's prefix.
+        let prefix = ["bert.", "roberta.", "distilbert."]
+            .into_iter()
+            .find(|p| tensors.keys().any(|k| k.starts_with(p)))
+            .unwrap_or("");
         let bert = Bert::load(
             &config,
             &Weights {
