@@ -28,6 +28,7 @@ class Encoder:
         for prefix in ("bert.", "roberta.", "distilbert."):
             if any(k.startswith(prefix) for k in self.w):
                 self.w = {k.removeprefix(prefix): v for k, v in self.w.items()}
+        self.classifier = self.config.get("architectures", [""])[0].endswith("ForSequenceClassification")
         self.family = {"roberta": "roberta", "xlm-roberta": "roberta", "distilbert": "distilbert"}.get(
             self.config["model_type"], "bert")
         if self.family == "distilbert":
@@ -89,8 +90,8 @@ class Encoder:
     def _lin(self, x, name):
         return x @ self.w[name + ".weight"].T + self.w[name + ".bias"]
 
-    def states(self, text: str) -> np.ndarray:
-        enc = self.tokenizer.encode(text)
+    def states(self, text: str, pair: str | None = None) -> np.ndarray:
+        enc = self.tokenizer.encode(text, pair) if pair is not None else self.tokenizer.encode(text)
         ids, types = np.array(enc.ids), np.array(enc.type_ids)
         n = len(ids)
         positions = self.w["embeddings.position_embeddings.weight"][self.offset:self.offset + n]
@@ -114,6 +115,16 @@ class Encoder:
             x = self._ln(self._lin(h, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
         return x
 
+    def logits(self, text: str, pair: str | None = None) -> np.ndarray:
+        """A *ForSequenceClassification head over the first token."""
+        first = self.states(text, pair)[0]
+        lin = lambda x, name: x @ self.w[name + ".weight"].T + self.w[name + ".bias"]  # noqa: E731
+        if self.family == "bert":
+            return lin(np.tanh(lin(first, "pooler.dense")), "classifier")
+        if self.family == "roberta":
+            return lin(np.tanh(lin(first, "classifier.dense")), "classifier.out_proj")
+        return lin(np.maximum(lin(first, "pre_classifier"), 0), "classifier")
+
     def embed(self, text: str) -> np.ndarray:
         x = self.states(text)
         e = {"cls": lambda: x[0], "max": lambda: x.max(0), "mean": lambda: x.mean(0)}[self.pooling]()
@@ -124,7 +135,7 @@ class Encoder:
 
 def random_checkpoint(directory: str, model_type: str, seed: int = 0, hidden: int = 32, layers: int = 2,
                       heads: int = 4, ffn: int = 64, prefix: str = "", pooling: str = "mean",
-                      normalize: bool = True) -> str:
+                      normalize: bool = True, labels: list[str] | None = None) -> str:
     """A small random-weight checkpoint of `model_type` (bert, roberta, xlm-roberta, distilbert) as
     the Hub lays it out: config.json, model.safetensors, a WordPiece tokenizer.json built with the
     `tokenizers` package, and sentence-transformers' modules.json / 1_Pooling / sentence_bert_config."""
@@ -140,7 +151,10 @@ def random_checkpoint(directory: str, model_type: str, seed: int = 0, hidden: in
     tok = Tok(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+    # BERT's second segment has token type 1; RoBERTa's tokenizers give every token type 0.
+    second = 1 if model_type == "bert" else 0
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       pair=f"[CLS] $A [SEP] $B:{second} [SEP]:{second}",
                                                        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     tok.save(os.path.join(directory, "tokenizer.json"))
     positions = 66 if model_type in ("roberta", "xlm-roberta") else 64
@@ -189,6 +203,18 @@ def random_checkpoint(directory: str, model_type: str, seed: int = 0, hidden: in
             t(f"{p}.output.dense.weight", hidden, ffn)
             t(f"{p}.output.dense.bias", hidden, scale=0.05)
             norm(f"{p}.output.LayerNorm")
+    if labels is not None:
+        n = len(labels)
+        config["architectures"] = [config["architectures"][0].replace("Model", "ForSequenceClassification")]
+        config["id2label"] = {str(i): l for i, l in enumerate(labels)}
+        config["label2id"] = {l: i for i, l in enumerate(labels)}
+        head = {"bert": [("pooler.dense", hidden, prefix), ("classifier", n, "")],
+                "roberta": [("classifier.dense", hidden, ""), ("classifier.out_proj", n, "")],
+                "xlm-roberta": [("classifier.dense", hidden, ""), ("classifier.out_proj", n, "")],
+                "distilbert": [("pre_classifier", hidden, ""), ("classifier", n, "")]}[model_type]
+        for name, out, p in head:
+            w[p + name + ".weight"] = (rng.standard_normal((out, hidden)) * 0.3).astype(np.float32)
+            w[p + name + ".bias"] = (rng.standard_normal(out) * 0.1).astype(np.float32)
     save_file(w, os.path.join(directory, "model.safetensors"))
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f)

@@ -290,3 +290,35 @@ def test_each_architecture_against_the_numpy_reference(tmp_path):
                 assert np.abs(g - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), (name, t[:20])
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("model_type,prefix", [("bert", "bert."), ("xlm-roberta", "roberta."), ("distilbert", "distilbert.")])
+def test_sequence_classifiers_and_rerankers(tmp_path, model_type, prefix):
+    # *ForSequenceClassification checkpoints: logits for single texts and for pairs (a cross-encoder
+    # reranker), against the numpy reference; id2label feeds the classification extension.
+    labels = ["negative", "neutral", "positive"]
+    root = tmp_path / "repo"
+    hf_reference.random_checkpoint(str(root / "clf" / "1"), model_type, seed=5, prefix=prefix, labels=labels)
+    ref = hf_reference.Encoder(str(root / "clf" / "1"))
+    s = Server(str(root), str(tmp_path / "accel.log"), extra_args=["--model-control-mode", "none"])
+    try:
+        c = s.client()
+        meta = c.get_model_metadata("clf", as_json=True)
+        assert [i["name"] for i in meta["inputs"]] == ["text", "text_pair"]
+        assert meta["outputs"][0]["name"] == "logits" and meta["outputs"][0]["shape"] == ["-1", "3"]
+        texts = ["the model serves text", "many embeddings of text", ""]
+        got = c.infer("clf", [text_input(texts)]).as_numpy("logits")
+        for t, g in zip(texts, got):
+            np.testing.assert_allclose(g, ref.logits(t), rtol=1e-4, atol=1e-4)
+        queries, passages = ["the model", "text"], ["serves many embeddings", "the text of the model"]
+        pair = grpcclient.InferInput("text_pair", [2, 1], "BYTES")
+        pair.set_data_from_numpy(np.array([[p.encode()] for p in passages], dtype=np.object_))
+        scores = c.infer("clf", [text_input(queries), pair]).as_numpy("logits")
+        for q, p, g in zip(queries, passages, scores):
+            np.testing.assert_allclose(g, ref.logits(q, p), rtol=1e-4, atol=1e-4)
+        top = c.infer("clf", [text_input(texts[:1])],
+                      outputs=[grpcclient.InferRequestedOutput("logits", class_count=1)]).as_numpy("logits")
+        value, index, label = top[0, 0].decode().split(":")
+        assert int(index) == int(np.argmax(ref.logits(texts[0]))) and label == labels[int(index)]
+    finally:
+        s.stop()

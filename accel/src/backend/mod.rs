@@ -209,6 +209,12 @@ pub trait LoadedModel: Send + Sync + Debug {
     /// Bytes held by the weights.
     fn weight_bytes(&self) -> u64;
 
+    /// The labels of an output, when the model file names them (a classifier's `id2label`): what
+    /// the classification extension prints when the config gives no `label_filename`.
+    fn output_labels(&self, _output: &str) -> Option<Arc<[String]>> {
+        None
+    }
+
     /// Creates an instance that executes batches for `spec` (the completed config of this model).
     fn instance(&self, spec: &ModelSpec) -> Result<Box<dyn ModelInstance>, BackendError>;
 }

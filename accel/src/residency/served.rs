@@ -65,7 +65,18 @@ pub(super) fn prepare(p: &Preparation<'_>, version: u64, file: &ModelFile) -> Re
         _ => measured,
     };
     let mut config = config.clone();
+    let declared_inputs = !config.input.is_empty();
     let trusted = complete_config(&mut config, name, loaded.signature(), default_max_batch_size)?;
+    if !declared_inputs && backend.name() == crate::backend::hf::BACKEND {
+        // A classifier's second text is for pairs (rerankers): single texts leave it out.
+        for input in config
+            .input
+            .iter_mut()
+            .filter(|i| i.name == crate::backend::hf::TEXT_PAIR_INPUT)
+        {
+            input.optional = true;
+        }
+    }
     if config.platform.is_empty() {
         config.platform = if backend.name() == crate::backend::hf::BACKEND {
             crate::backend::hf::BACKEND.into()
@@ -79,9 +90,11 @@ pub(super) fn prepare(p: &Preparation<'_>, version: u64, file: &ModelFile) -> Re
         output.verify_shape = trusted.contains(&output.name);
     }
     for (spec, declared) in spec.outputs.iter_mut().zip(&config.output) {
-        if !declared.label_filename.is_empty() {
-            spec.labels = Some(read_labels(file.model_dir(), &declared.label_filename)?);
-        }
+        spec.labels = if declared.label_filename.is_empty() {
+            loaded.output_labels(&spec.name)
+        } else {
+            Some(read_labels(file.model_dir(), &declared.label_filename)?)
+        };
     }
     let spec = Arc::new(spec);
     // The weights at least: the allocator's count can miss memory other threads allocated.

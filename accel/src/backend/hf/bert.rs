@@ -108,14 +108,14 @@ pub(super) enum Pooling {
     LastToken,
 }
 
-struct Linear {
+pub(super) struct Linear {
     /// `[in, out]`, transposed from the checkpoint's `[out, in]` at load.
     weight_t: Tensor,
     bias: Tensor,
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let inner = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
@@ -186,7 +186,7 @@ impl Weights<'_> {
         self.get(name)?.to_dtype(DType::F32).map_err(|e| e.to_string())
     }
 
-    fn linear(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear, String> {
+    pub(super) fn linear(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear, String> {
         let w = self.f32(&format!("{name}.weight"))?;
         if w.dims() != [d_out, d_in] {
             return Err(format!(
@@ -312,7 +312,11 @@ impl Bert {
             .forward(ids)?
             .broadcast_add(&self.position.forward(&positions)?)?;
         if let Some(t) = &self.token_type {
-            x = x.add(&t.forward(types)?)?;
+            // A tokenizer may number segments past the model's table (a pair template on a
+            // RoBERTa, whose table has one row): those read the last row rather than fail.
+            let rows = t.embeddings().dim(0)?.max(1) as u32;
+            let types = types.clamp(0u32, rows - 1)?;
+            x = x.add(&t.forward(&types)?)?;
         }
         let mut x = self.embeddings_norm.forward(&x)?;
         let dh = self.hidden / self.heads;

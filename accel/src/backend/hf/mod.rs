@@ -17,7 +17,7 @@ use bytes::Bytes;
 use candle_core::{Device, Tensor as CTensor};
 use tokenizers::Tokenizer;
 
-use self::bert::{Bert, BertConfig, Pooling, Weights};
+use self::bert::{Bert, BertConfig, Family, Linear, Pooling, Weights};
 use super::{Backend, BackendError, Batch, ExecLimits, LoadLimits, LoadedModel, ModelInstance};
 use crate::core::{DataType, GraphIo, ModelFile, ModelSpec, Signature, Tensor};
 
@@ -30,6 +30,9 @@ pub const CONFIG_JSON: &str = "config.json";
 pub const TEXT_INPUT: &str = "text";
 pub const EMBEDDING_OUTPUT: &str = "embedding";
 pub const TOKENS_OUTPUT: &str = "token_count";
+/// A classifier's (or cross-encoder reranker's) second text and its scores.
+pub const TEXT_PAIR_INPUT: &str = "text_pair";
+pub const LOGITS_OUTPUT: &str = "logits";
 
 /// The most a JSON file of the directory (config, pooling, modules) may hold.
 const MAX_JSON_BYTES: u64 = 4 << 20;
@@ -198,13 +201,15 @@ impl Backend for HfBackend {
                 }
             ))
         };
+        let classifier = architecture.ends_with("ForSequenceClassification");
         let head_free = architecture.is_empty()
             || architecture.ends_with("Model")
             || architecture.ends_with("ForMaskedLM")
             || architecture.ends_with("ForPreTraining");
-        if !head_free {
+        if !head_free && !classifier {
             return Err(unsupported());
         }
+        let labels = labels_of(&json);
         let config = BertConfig::parse(&model_type, json)
             .ok_or_else(unsupported)?
             .map_err(|e| invalid(file, e))?;
@@ -243,19 +248,36 @@ impl Backend for HfBackend {
             },
         )
         .map_err(|e| invalid(file, e))?;
+        let weights = Weights {
+            tensors: &tensors,
+            prefix,
+        };
+        let head = if classifier {
+            classifier_head(&config, &weights, bert.hidden, labels).map_err(|e| invalid(file, e))?
+        } else {
+            Head::Embedding { pooling, normalize }
+        };
         drop(tensors);
         let max_len = max_len.min(bert.max_positions);
+        let text = |name: &str| GraphIo {
+            name: name.into(),
+            datatype: DataType::Bytes,
+            dims: Some(vec![None, Some(1)]),
+        };
+        let (inputs, main) = match &head {
+            Head::Embedding { .. } => (vec![text(TEXT_INPUT)], (EMBEDDING_OUTPUT, bert.hidden)),
+            Head::Classifier { labels, .. } => (
+                vec![text(TEXT_INPUT), text(TEXT_PAIR_INPUT)],
+                (LOGITS_OUTPUT, labels.len()),
+            ),
+        };
         let signature = Signature {
-            inputs: vec![GraphIo {
-                name: TEXT_INPUT.into(),
-                datatype: DataType::Bytes,
-                dims: Some(vec![None, Some(1)]),
-            }],
+            inputs,
             outputs: vec![
                 GraphIo {
-                    name: EMBEDDING_OUTPUT.into(),
+                    name: main.0.into(),
                     datatype: DataType::F32,
-                    dims: Some(vec![None, Some(bert.hidden)]),
+                    dims: Some(vec![None, Some(main.1)]),
                 },
                 GraphIo {
                     name: TOKENS_OUTPUT.into(),
@@ -268,8 +290,7 @@ impl Backend for HfBackend {
             inner: Arc::new(Encoder {
                 bert,
                 tokenizer,
-                pooling,
-                normalize,
+                head,
                 max_len,
                 device: self.device.clone(),
                 limits: self.limits,
@@ -280,12 +301,97 @@ impl Backend for HfBackend {
     }
 }
 
+/// What turns token states into the model's answer.
+enum Head {
+    /// Pooled (and maybe normalised) embeddings.
+    Embedding { pooling: Pooling, normalize: bool },
+    /// `*ForSequenceClassification`: the first token through a dense layer and its activation,
+    /// then the classifier: logits, one per label.
+    Classifier {
+        pre: Linear,
+        relu: bool,
+        out: Linear,
+        labels: Vec<String>,
+    },
+}
+
+impl Head {
+    /// The answer `[n, width]` and its width.
+    fn apply(&self, states: &CTensor, mask: &CTensor) -> candle_core::Result<(CTensor, usize)> {
+        match self {
+            Head::Embedding { pooling, normalize } => {
+                let mut pooled = bert::pool(states, mask, *pooling)?;
+                if *normalize {
+                    pooled = bert::normalize(&pooled)?;
+                }
+                let width = pooled.dim(1)?;
+                Ok((pooled, width))
+            }
+            Head::Classifier { pre, relu, out, labels } => {
+                let first = states.narrow(1, 0, 1)?.squeeze(1)?;
+                let h = pre.forward(&first)?;
+                let h = if *relu { h.relu()? } else { h.tanh()? };
+                Ok((out.forward(&h)?, labels.len()))
+            }
+        }
+    }
+}
+
+/// The labels `config.json` names (`id2label`, by index), or `LABEL_i` for `num_labels` of them.
+fn labels_of(json: &serde_json::Value) -> Vec<String> {
+    if let Some(map) = json.get("id2label").and_then(|m| m.as_object()) {
+        let mut labels: Vec<(usize, String)> = map
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string())))
+            .filter(|(k, _)| *k < 1 << 16)
+            .collect();
+        labels.sort();
+        let n = labels.last().map_or(0, |(k, _)| k + 1);
+        let mut out: Vec<String> = (0..n).map(|i| format!("LABEL_{i}")).collect();
+        for (k, l) in labels {
+            out[k] = l;
+        }
+        return out;
+    }
+    let n = json
+        .get("num_labels")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(2)
+        .min(1 << 16) as usize;
+    (0..n).map(|i| format!("LABEL_{i}")).collect()
+}
+
+/// A `*ForSequenceClassification` head, under its family's names.
+fn classifier_head(config: &BertConfig, w: &Weights<'_>, hidden: usize, labels: Vec<String>) -> Result<Head, String> {
+    let n = labels.len();
+    if n == 0 {
+        return Err("the classifier has no labels (id2label or num_labels)".into());
+    }
+    let (pre, relu, out) = match config.family {
+        Family::Bert => (
+            w.linear("pooler.dense", hidden, hidden)?,
+            false,
+            w.linear("classifier", hidden, n)?,
+        ),
+        Family::Roberta => (
+            w.linear("classifier.dense", hidden, hidden)?,
+            false,
+            w.linear("classifier.out_proj", hidden, n)?,
+        ),
+        Family::DistilBert => (
+            w.linear("pre_classifier", hidden, hidden)?,
+            true,
+            w.linear("classifier", hidden, n)?,
+        ),
+    };
+    Ok(Head::Classifier { pre, relu, out, labels })
+}
+
 /// A loaded sentence encoder, shared by its instances.
 struct Encoder {
     bert: Bert,
     tokenizer: Tokenizer,
-    pooling: Pooling,
-    normalize: bool,
+    head: Head,
     max_len: usize,
     device: Device,
     limits: ExecLimits,
@@ -314,20 +420,33 @@ impl LoadedModel for HfModel {
         self.weight_bytes
     }
 
-    fn instance(&self, spec: &ModelSpec) -> Result<Box<dyn ModelInstance>, BackendError> {
-        if spec.inputs.len() != 1 || spec.inputs[0].name != TEXT_INPUT || spec.inputs[0].datatype != DataType::Bytes {
-            return Err(BackendError::InvalidModel(format!(
-                "a huggingface model has one input, BYTES '{TEXT_INPUT}'"
-            )));
+    fn output_labels(&self, name: &str) -> Option<Arc<[String]>> {
+        match &self.inner.head {
+            Head::Classifier { labels, .. } if name == LOGITS_OUTPUT => Some(labels.clone().into()),
+            _ => None,
         }
+    }
+
+    fn instance(&self, spec: &ModelSpec) -> Result<Box<dyn ModelInstance>, BackendError> {
+        for (k, i) in spec.inputs.iter().enumerate() {
+            let expected = self.signature.inputs.get(k).map(|g| g.name.as_str());
+            if expected != Some(i.name.as_str()) || i.datatype != DataType::Bytes {
+                return Err(BackendError::InvalidModel(format!(
+                    "this huggingface model's inputs are BYTES {:?}, in that order; not '{}'",
+                    self.signature.inputs.iter().map(|g| &g.name).collect::<Vec<_>>(),
+                    i.name
+                )));
+            }
+        }
+        let main = self.signature.outputs[0].name.as_str();
         let outputs = spec
             .outputs
             .iter()
             .map(|o| match o.name.as_str() {
-                EMBEDDING_OUTPUT => Ok(false),
                 TOKENS_OUTPUT => Ok(true),
+                name if name == main => Ok(false),
                 other => Err(BackendError::InvalidModel(format!(
-                    "a huggingface embedding model has outputs '{EMBEDDING_OUTPUT}' and '{TOKENS_OUTPUT}', not '{other}'"
+                    "this huggingface model's outputs are '{main}' and '{TOKENS_OUTPUT}', not '{other}'"
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -340,44 +459,59 @@ impl LoadedModel for HfModel {
 
 struct HfInstance {
     encoder: Arc<Encoder>,
-    /// Per spec output: whether it is the token counts (else the embeddings).
+    /// Per spec output: whether it is the token counts (else the embeddings or logits).
     outputs: Vec<bool>,
 }
 
-/// The UTF-8 strings of a batch's BYTES input (validated: the prefixes tile each part).
-fn strings(batch: &Batch) -> Result<Vec<&str>, BackendError> {
-    let input = batch
-        .inputs
-        .first()
-        .and_then(Option::as_ref)
-        .ok_or_else(|| BackendError::InvalidInput(format!("input '{TEXT_INPUT}' is missing")))?;
+/// The UTF-8 strings of a batch's BYTES input `index` (validated: the prefixes tile each part), or
+/// `None` when an optional input is left out.
+fn strings<'a>(batch: &'a Batch, index: usize, name: &str) -> Result<Option<Vec<&'a str>>, BackendError> {
+    let Some(input) = batch.inputs.get(index).and_then(Option::as_ref) else {
+        return Ok(None);
+    };
     let mut out = Vec::new();
     for part in &input.parts {
         let mut rest = &part[..];
         while let Some((len, tail)) = rest.split_first_chunk::<4>() {
             let n = (u32::from_le_bytes(*len) as usize).min(tail.len());
             let text = std::str::from_utf8(&tail[..n]).map_err(|e| {
-                BackendError::InvalidInput(format!(
-                    "input '{TEXT_INPUT}': element {} is not UTF-8 text ({e})",
-                    out.len()
-                ))
+                BackendError::InvalidInput(format!("input '{name}': element {} is not UTF-8 text ({e})", out.len()))
             })?;
             out.push(text);
             rest = &tail[n..];
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 impl ModelInstance for HfInstance {
     fn execute(&mut self, batch: &Batch) -> Result<Vec<Tensor>, BackendError> {
         let e = &*self.encoder;
-        let texts = strings(batch)?;
+        let texts = strings(batch, 0, TEXT_INPUT)?
+            .ok_or_else(|| BackendError::InvalidInput(format!("input '{TEXT_INPUT}' is missing")))?;
+        let pairs = strings(batch, 1, TEXT_PAIR_INPUT)?;
         let n = texts.len();
         let exec = |err: candle_core::Error| BackendError::Execution(err.to_string());
         let encodings = e
             .tokenizer
-            .encode_batch(texts, true)
+            .encode_batch(
+                match pairs {
+                    Some(pairs) if pairs.len() == n => texts
+                        .into_iter()
+                        .zip(pairs)
+                        .map(|(a, b)| tokenizers::EncodeInput::Dual(a.into(), b.into()))
+                        .collect(),
+                    Some(pairs) => {
+                        return Err(BackendError::InvalidInput(format!(
+                            "{} texts but {} '{TEXT_PAIR_INPUT}' texts",
+                            n,
+                            pairs.len()
+                        )));
+                    }
+                    None => texts.into_iter().map(tokenizers::EncodeInput::from).collect(),
+                },
+                true,
+            )
             .map_err(|err| BackendError::InvalidInput(format!("input '{TEXT_INPUT}': {err}")))?;
         let counts: Vec<i64> = encodings
             .iter()
@@ -416,11 +550,13 @@ impl ModelInstance for HfInstance {
                 exec(err)
             }
         })?;
-        let mut pooled = bert::pool(&states, &mask, e.pooling).map_err(exec)?;
-        if e.normalize {
-            pooled = bert::normalize(&pooled).map_err(exec)?;
-        }
-        let values: Vec<f32> = pooled
+        let (out, width) = e.head.apply(&states, &mask).map_err(exec)?;
+        let main = if matches!(e.head, Head::Embedding { .. }) {
+            EMBEDDING_OUTPUT
+        } else {
+            LOGITS_OUTPUT
+        };
+        let values: Vec<f32> = out
             .to_dtype(candle_core::DType::F32)
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1())
@@ -438,9 +574,9 @@ impl ModelInstance for HfInstance {
                     }
                 } else {
                     Tensor {
-                        name: EMBEDDING_OUTPUT.into(),
+                        name: main.into(),
                         datatype: DataType::F32,
-                        shape: vec![n, e.bert.hidden],
+                        shape: vec![n, width],
                         data: Bytes::from(bytemuck::cast_slice::<f32, u8>(&values).to_vec()),
                     }
                 }
