@@ -301,6 +301,31 @@ impl Backend for HfBackend {
     }
 }
 
+/// The least real / computed tokens a group of texts is padded at.
+const GROUP_EFFICIENCY: f64 = 0.8;
+
+/// `order` (text indices sorted by token count) cut into runs whose padding to their longest keeps
+/// real / computed tokens at or above [`GROUP_EFFICIENCY`].
+fn length_groups(order: &[usize], counts: &[i64]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut real = 0i64;
+    for &i in order {
+        let len = counts[i].max(1);
+        let would = (real + len) as f64 / (len * (current.len() as i64 + 1)) as f64;
+        if !current.is_empty() && would < GROUP_EFFICIENCY {
+            groups.push(std::mem::take(&mut current));
+            real = 0;
+        }
+        current.push(i);
+        real += len;
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
 /// What turns token states into the model's answer.
 enum Head {
     /// Pooled (and maybe normalised) embeddings.
@@ -525,42 +550,58 @@ impl ModelInstance for HfInstance {
                 e.limits.max_bytes
             )));
         }
-        let mut ids = vec![0u32; n * len];
-        let mut types = vec![0u32; n * len];
-        let mut mask = vec![0f32; n * len];
-        for (row, enc) in encodings.iter().enumerate() {
-            let take = enc.get_ids().len().min(len);
-            ids[row * len..row * len + take].copy_from_slice(&enc.get_ids()[..take]);
-            types[row * len..row * len + take].copy_from_slice(&enc.get_type_ids()[..take]);
-            mask[row * len..row * len + take].fill(1.0);
-        }
-        let ids = CTensor::from_vec(ids, (n, len), &e.device).map_err(exec)?;
-        let types = CTensor::from_vec(types, (n, len), &e.device).map_err(exec)?;
-        let mask = CTensor::from_vec(mask, (n, len), &e.device).map_err(exec)?;
         let stop = || {
             batch
                 .cancel
                 .is_cancelled()
                 .then(|| candle_core::Error::Msg("every client of the batch has gone".into()))
         };
-        let states = e.bert.forward(&ids, &mask, &types, &stop).map_err(|err| {
-            if batch.cancel.is_cancelled() {
-                BackendError::Cancelled(err.to_string())
-            } else {
-                exec(err)
+        // The batch's texts in groups of similar length, each padded only to its own longest: on
+        // a CPU every padded token costs as much as a real one.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| counts[i]);
+        let mut width = 0;
+        let mut rows: Vec<Vec<f32>> = vec![Vec::new(); n];
+        for group in length_groups(&order, &counts) {
+            let glen = group.iter().map(|&i| counts[i] as usize).max().unwrap_or(1).max(1);
+            let g = group.len();
+            let mut ids = vec![0u32; g * glen];
+            let mut types = vec![0u32; g * glen];
+            let mut mask = vec![0f32; g * glen];
+            for (row, &i) in group.iter().enumerate() {
+                let enc = &encodings[i];
+                let take = enc.get_ids().len().min(glen);
+                ids[row * glen..row * glen + take].copy_from_slice(&enc.get_ids()[..take]);
+                types[row * glen..row * glen + take].copy_from_slice(&enc.get_type_ids()[..take]);
+                mask[row * glen..row * glen + take].fill(1.0);
             }
-        })?;
-        let (out, width) = e.head.apply(&states, &mask).map_err(exec)?;
+            let ids = CTensor::from_vec(ids, (g, glen), &e.device).map_err(exec)?;
+            let types = CTensor::from_vec(types, (g, glen), &e.device).map_err(exec)?;
+            let mask = CTensor::from_vec(mask, (g, glen), &e.device).map_err(exec)?;
+            let states = e.bert.forward(&ids, &mask, &types, &stop).map_err(|err| {
+                if batch.cancel.is_cancelled() {
+                    BackendError::Cancelled(err.to_string())
+                } else {
+                    exec(err)
+                }
+            })?;
+            let (out, w) = e.head.apply(&states, &mask).map_err(exec)?;
+            width = w;
+            let values: Vec<f32> = out
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .map_err(exec)?;
+            for (row, &i) in group.iter().enumerate() {
+                rows[i] = values[row * w..(row + 1) * w].to_vec();
+            }
+        }
+        let values: Vec<f32> = rows.concat();
         let main = if matches!(e.head, Head::Embedding { .. }) {
             EMBEDDING_OUTPUT
         } else {
             LOGITS_OUTPUT
         };
-        let values: Vec<f32> = out
-            .to_dtype(candle_core::DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1())
-            .map_err(exec)?;
         Ok(batch
             .outputs
             .iter()
@@ -582,5 +623,35 @@ impl ModelInstance for HfInstance {
                 }
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_groups_keep_padding_bounded_and_every_text_once() {
+        let counts = [10i64, 100, 12, 90, 11, 95, 3];
+        let mut order: Vec<usize> = (0..counts.len()).collect();
+        order.sort_by_key(|&i| counts[i]);
+        let groups = length_groups(&order, &counts);
+        let mut seen: Vec<usize> = groups.concat();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..counts.len()).collect::<Vec<_>>());
+        for g in &groups {
+            let max = g.iter().map(|&i| counts[i]).max().unwrap_or(1);
+            let real: i64 = g.iter().map(|&i| counts[i]).sum();
+            assert!(
+                real as f64 >= GROUP_EFFICIENCY * (max * g.len() as i64) as f64 || g.len() == 1,
+                "{g:?}"
+            );
+        }
+        // The short ones together, the long ones together.
+        assert!(
+            groups
+                .iter()
+                .any(|g| g.len() == 3 && g.iter().all(|&i| counts[i] >= 90))
+        );
     }
 }
