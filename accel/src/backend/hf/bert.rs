@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{D, DType, Module, Tensor};
+
+use crate::backend::candle::map_f32 as cpu_f32;
 
 /// What `config.json` says of the encoder (BERT's and RoBERTa's keys; DistilBERT's are read into
 /// the same fields by [`BertConfig::parse`]).
@@ -376,23 +378,6 @@ pub(super) fn pool(states: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_c
 pub(super) fn normalize(x: &Tensor) -> candle_core::Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
     x.broadcast_div(&norm)
-}
-
-/// The FP32 data of a contiguous CPU tensor, for accel-kernels.
-fn cpu_f32(t: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> candle_core::Result<Option<Tensor>> {
-    use candle_core::{CpuStorage, Storage};
-    if t.dtype() != DType::F32 || !matches!(t.device(), Device::Cpu) {
-        return Ok(None);
-    }
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-        return Ok(None);
-    };
-    let mut out = vec![0f32; end - start];
-    f(&data[start..end], &mut out);
-    drop(storage);
-    Tensor::from_vec(out, t.shape(), t.device()).map(Some)
 }
 
 fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {

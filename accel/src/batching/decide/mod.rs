@@ -110,7 +110,10 @@ impl CostModel {
         if b <= 0.0 || !b.is_finite() {
             return None;
         }
-        Some(((my - b * mx) / b).max(0.0))
+        // Every execution has a fixed cost: a fit without one is noise (a hiccup on a shared
+        // machine), not a reason to stop batching.
+        let a = my - b * mx;
+        (a > 0.0).then_some(a / b)
     }
 }
 

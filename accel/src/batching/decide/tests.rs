@@ -344,6 +344,12 @@ fn a_measured_cost_keeps_only_padding_cheaper_than_an_execution() {
     }
     let overhead = model.overhead_tokens().expect("fitted");
     assert!((overhead - 100.0).abs() < 1.0, "{overhead}");
+    // A fit with no fixed cost is not trusted.
+    let mut flat = super::CostModel::default();
+    for k in 0..40u64 {
+        flat.record(10 + k, 1e-5 * (10 + k) as f64 - 1e-6);
+    }
+    assert_eq!(flat.overhead_tokens(), None);
     let mut h = Harness::new(vec![QueuePolicy::default()]);
     for len in [100, 90, 40] {
         h.push_len(0, len, 0);

@@ -162,7 +162,7 @@ pub(super) fn tanh(x: &Tensor) -> Result<Tensor> {
 }
 
 /// `f` over the elements of an FP32 tensor on the CPU (made contiguous), or `None` for other tensors.
-fn map_f32(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Result<Option<Tensor>> {
+pub(crate) fn map_f32(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Result<Option<Tensor>> {
     if x.dtype() != DType::F32 || !x.device().is_cpu() {
         return Ok(None);
     }

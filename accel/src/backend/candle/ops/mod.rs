@@ -5,6 +5,7 @@
 
 mod conv;
 mod elementwise;
+pub(crate) use elementwise::map_f32;
 mod matmul;
 pub(super) mod norm;
 mod pool;
