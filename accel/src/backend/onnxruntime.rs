@@ -614,15 +614,11 @@ mod strings {
     /// The batch's length-prefixed elements as a string tensor (validated: the prefixes tile each part).
     pub(super) fn to_ort(input: &BatchInput) -> Result<DynValue, BackendError> {
         let fail = |e: String| BackendError::Execution(format!("ONNX Runtime string input: {e}"));
-        let mut elements: Vec<&[u8]> = Vec::new();
-        for part in &input.parts {
-            let mut rest = &part[..];
-            while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-                let n = (u32::from_le_bytes(*len) as usize).min(tail.len());
-                elements.push(&tail[..n]);
-                rest = &tail[n..];
-            }
-        }
+        let elements: Vec<&[u8]> = input
+            .parts
+            .iter()
+            .flat_map(|p| crate::core::bytes_elements(p))
+            .collect();
         let expected: usize = input.shape.iter().product();
         if elements.len() != expected {
             return Err(fail(format!("{} elements for shape {:?}", elements.len(), input.shape)));

@@ -7,7 +7,8 @@ use bytes::Bytes;
 
 use crate::backend::{Batch, BatchInput, Cancel};
 use crate::core::{
-    BatchInputKind, BatchInputSpec, DataType, IoSpec, ModelSpec, Tensor, ValidatedRequest, classify, element_count,
+    BatchInputKind, BatchInputSpec, DataType, IoSpec, ModelSpec, Tensor, ValidatedRequest, bytes_elements, classify,
+    element_count,
 };
 
 /// Resolves a config `reshape` (which may hold one -1) for `elements` elements.
@@ -274,14 +275,13 @@ fn batch_input(b: &BatchInputSpec, entries: &[&ValidatedRequest]) -> BatchInput 
 /// Byte offsets of the first `n + 1` element boundaries of a raw BYTES buffer (validated or
 /// produced by an engine: a length running past the end is cut at the end).
 fn bytes_offsets(data: &[u8]) -> Vec<usize> {
-    let mut offsets = vec![0];
     let mut at = 0;
-    while at + 4 <= data.len() {
-        let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
-        at = (at + 4).saturating_add(len).min(data.len());
-        offsets.push(at);
-    }
-    offsets
+    std::iter::once(0)
+        .chain(bytes_elements(data).map(|e| {
+            at += 4 + e.len();
+            at
+        }))
+        .collect()
 }
 
 /// Gives each request its rows of each output it asked for, in the order it asked: row ranges

@@ -19,5 +19,5 @@ pub use model::{
     QueuePolicy, Scheduling, Signature, TimeoutAction, VariableBatching,
 };
 pub use request::{InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, ScheduleOptions};
-pub use tensor::{Tensor, element_count};
+pub use tensor::{Tensor, bytes_elements, element_count};
 pub use validate::{ValidatedRequest, validate};

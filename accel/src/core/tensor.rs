@@ -31,3 +31,36 @@ impl Tensor {
 pub fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
+
+/// The elements of a raw `BYTES` buffer, each a 4-byte little-endian length followed by that many
+/// bytes, in order. A length running past the end yields what is left and ends the walk, and 1-3
+/// trailing bytes are not an element: validation refuses both (`validate::count_bytes_elements`),
+/// so on a validated buffer this is every element exactly.
+pub fn bytes_elements(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let n = (u32::from_le_bytes(*len) as usize).min(tail.len());
+        let (element, after) = tail.split_at(n);
+        rest = after;
+        Some(element)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bytes_elements_walk_the_length_prefixes() {
+        let mut data = Vec::new();
+        for s in [&b""[..], b"ab", b"xyz"] {
+            data.extend((s.len() as u32).to_le_bytes());
+            data.extend(s);
+        }
+        let all: Vec<&[u8]> = super::bytes_elements(&data).collect();
+        assert_eq!(all, [&b""[..], b"ab", b"xyz"]);
+        // A length past the end yields the rest; trailing bytes short of a prefix are nothing.
+        let cut: Vec<&[u8]> = super::bytes_elements(&[9, 0, 0, 0, b'q']).collect();
+        assert_eq!(cut, [&b"q"[..]]);
+        assert_eq!(super::bytes_elements(&[1, 0]).count(), 0);
+    }
+}

@@ -235,32 +235,45 @@ impl Bert {
         }
         let eps = config.layer_norm_eps;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        // Each layer's weights: (layer prefix, query, key, value, attention output, its norm,
+        // intermediate, output, its norm), under the family's names.
+        let names: [&str; 9] = if config.family == Family::DistilBert {
+            [
+                "transformer.layer",
+                "attention.q_lin",
+                "attention.k_lin",
+                "attention.v_lin",
+                "attention.out_lin",
+                "sa_layer_norm",
+                "ffn.lin1",
+                "ffn.lin2",
+                "output_layer_norm",
+            ]
+        } else {
+            [
+                "encoder.layer",
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "attention.output.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
+            ]
+        };
+        let i = config.intermediate_size;
         for l in 0..config.num_hidden_layers {
-            let i = config.intermediate_size;
-            layers.push(if config.family == Family::DistilBert {
-                let p = format!("transformer.layer.{l}");
-                Layer {
-                    query: w.linear(&format!("{p}.attention.q_lin"), h, h)?,
-                    key: w.linear(&format!("{p}.attention.k_lin"), h, h)?,
-                    value: w.linear(&format!("{p}.attention.v_lin"), h, h)?,
-                    attention_out: w.linear(&format!("{p}.attention.out_lin"), h, h)?,
-                    attention_norm: w.norm(&format!("{p}.sa_layer_norm"), eps)?,
-                    intermediate: w.linear(&format!("{p}.ffn.lin1"), h, i)?,
-                    output: w.linear(&format!("{p}.ffn.lin2"), i, h)?,
-                    output_norm: w.norm(&format!("{p}.output_layer_norm"), eps)?,
-                }
-            } else {
-                let p = format!("encoder.layer.{l}");
-                Layer {
-                    query: w.linear(&format!("{p}.attention.self.query"), h, h)?,
-                    key: w.linear(&format!("{p}.attention.self.key"), h, h)?,
-                    value: w.linear(&format!("{p}.attention.self.value"), h, h)?,
-                    attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
-                    attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
-                    intermediate: w.linear(&format!("{p}.intermediate.dense"), h, i)?,
-                    output: w.linear(&format!("{p}.output.dense"), i, h)?,
-                    output_norm: w.norm(&format!("{p}.output.LayerNorm"), eps)?,
-                }
+            let at = |k: usize| format!("{}.{l}.{}", names[0], names[k]);
+            layers.push(Layer {
+                query: w.linear(&at(1), h, h)?,
+                key: w.linear(&at(2), h, h)?,
+                value: w.linear(&at(3), h, h)?,
+                attention_out: w.linear(&at(4), h, h)?,
+                attention_norm: w.norm(&at(5), eps)?,
+                intermediate: w.linear(&at(6), h, i)?,
+                output: w.linear(&at(7), i, h)?,
+                output_norm: w.norm(&at(8), eps)?,
             });
         }
         let position = w.embedding("embeddings.position_embeddings", h)?;

@@ -220,7 +220,8 @@ impl Backend for HfBackend {
         let mut tokenizer = Tokenizer::from_bytes(&tokenizer_bytes).map_err(|e| invalid(&tokenizer_file, e))?;
         drop(tokenizer_bytes);
         limits.check_deadline()?;
-        let (pooling, normalize) = pooling_of(file)?;
+        // Before the weights are read: a bad pooling file fails the load cheaply.
+        let pooling = if classifier { None } else { Some(pooling_of(file)?) };
         let max_len = max_length(file, &tokenizer, &config)?;
         tokenizer.with_padding(None);
         tokenizer
@@ -252,10 +253,9 @@ impl Backend for HfBackend {
             tensors: &tensors,
             prefix,
         };
-        let head = if classifier {
-            classifier_head(&config, &weights, bert.hidden, labels).map_err(|e| invalid(file, e))?
-        } else {
-            Head::Embedding { pooling, normalize }
+        let head = match pooling {
+            Some((pooling, normalize)) => Head::Embedding { pooling, normalize },
+            None => classifier_head(&config, &weights, bert.hidden, labels).map_err(|e| invalid(file, e))?,
         };
         drop(tensors);
         let max_len = max_len.min(bert.max_positions);
@@ -494,19 +494,17 @@ fn strings<'a>(batch: &'a Batch, index: usize, name: &str) -> Result<Option<Vec<
     let Some(input) = batch.inputs.get(index).and_then(Option::as_ref) else {
         return Ok(None);
     };
-    let mut out = Vec::new();
-    for part in &input.parts {
-        let mut rest = &part[..];
-        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-            let n = (u32::from_le_bytes(*len) as usize).min(tail.len());
-            let text = std::str::from_utf8(&tail[..n]).map_err(|e| {
-                BackendError::InvalidInput(format!("input '{name}': element {} is not UTF-8 text ({e})", out.len()))
-            })?;
-            out.push(text);
-            rest = &tail[n..];
-        }
-    }
-    Ok(Some(out))
+    input
+        .parts
+        .iter()
+        .flat_map(|p| crate::core::bytes_elements(p))
+        .enumerate()
+        .map(|(k, element)| {
+            std::str::from_utf8(element)
+                .map_err(|e| BackendError::InvalidInput(format!("input '{name}': element {k} is not UTF-8 text ({e})")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 impl ModelInstance for HfInstance {

@@ -540,11 +540,8 @@ impl Serialize for JsonData<'_> {
             DataType::F32 => each!(4, |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             DataType::F64 => each!(8, |c: &[u8]| f64::from_le_bytes(arr(c))),
             DataType::Bytes => {
-                let mut rest = d;
-                while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-                    let n = (u32::from_le_bytes(*len) as usize).min(tail.len());
-                    seq.serialize_element(&String::from_utf8_lossy(&tail[..n]))?;
-                    rest = &tail[n..];
+                for element in crate::core::bytes_elements(d) {
+                    seq.serialize_element(&String::from_utf8_lossy(element))?;
                 }
             }
         }
