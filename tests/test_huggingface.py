@@ -91,12 +91,22 @@ def test_metadata_is_completed_from_the_directory(hf_server):
     client = hf_server.client()
     meta = client.get_model_metadata("minilm", as_json=True)
     assert meta["platform"] == "huggingface"
-    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [("text", "BYTES", ["-1", "1"])]
+    # Text, or token ids from clients that tokenize themselves (KServe's HF transformer).
+    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
+        ("text", "BYTES", ["-1", "1"]), ("input_ids", "INT64", ["-1", "-1"]),
+        ("attention_mask", "INT64", ["-1", "-1"]), ("token_type_ids", "INT64", ["-1", "-1"])]
     assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
-        ("embedding", "FP32", ["-1", "384"]), ("token_count", "INT64", ["-1", "1"])]
+        ("embedding", "FP32", ["-1", "384"]), ("token_count", "INT64", ["-1", "1"]),
+        ("token_embeddings", "FP32", ["-1", "-1", "384"])]
     config = client.get_model_config("minilm", as_json=True)["config"]
     assert config["backend"] == "huggingface"
     assert int(config["max_batch_size"]) > 0 and "dynamic_batching" in config
+    assert all(i.get("optional") for i in config["input"]), "text or token ids: each may be left out"
+    # Padded, token-budgeted batching is on by default.
+    params = {k: v["string_value"] for k, v in config["parameters"].items()}
+    assert params["accel.padded_inputs"] == "input_ids=0, attention_mask=0, token_type_ids=0"
+    assert params["accel.padded_outputs"] == "token_embeddings"
+    assert int(params["accel.max_batch_tokens"]) == 16384
 
 
 def test_embeddings_match_the_reference_over_grpc_and_http(hf_server, reference):
@@ -147,6 +157,13 @@ def test_concurrent_mixed_lengths_equal_each_sentence_alone(hf_server, reference
     after = client.get_inference_statistics("minilm_configured").model_stats[0]
     assert after.inference_count - before.inference_count == len(texts)
     assert after.execution_count - before.execution_count < len(texts), "sentences of different lengths shared executions"
+    # Tokenized before the queue: the padded batching of token ids counted them.
+    from conftest import scrape
+
+    samples = scrape(hf_server)
+    real = [v for (n, labels), v in samples.items() if n == "accel_batch_tokens_total"
+            and dict(labels).get("model") == "minilm_configured" and dict(labels).get("kind") == "real"]
+    assert real and real[0] >= sum(len(t.split()) for t in texts), "every text's tokens were counted"
 
 
 def test_bad_text_is_invalid_argument_and_the_server_unharmed(hf_server):
@@ -193,6 +210,117 @@ def test_openai_sdk_embeddings(hf_server, reference):
     assert e.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="minilm", input="x", dimensions=128)
+
+
+def test_openai_lists_longer_than_a_batch_are_served_in_order(hf_server, reference):
+    # LangChain sends up to 1,000 texts per call; each becomes its own request, so a list longer than
+    # max_batch_size is served and batched with every other caller's.
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://{hf_server.http_url}/v1", api_key="unused")
+    texts = [f"passage number {i} " + "about serving " * (i % 7) for i in range(100)]
+    got = client.embeddings.create(model="minilm", input=texts)
+    assert [d.index for d in got.data] == list(range(100))
+    for i in (0, 13, 99):
+        assert cosine(np.asarray(got.data[i].embedding), reference.embed(texts[i])) >= 0.9999
+
+
+def ids_inputs(rows, mask=True, types=True, dtype=np.int64):
+    """Right-padded token ids as KServe's Hugging Face transformer sends them."""
+    n, length = len(rows), max(len(r) for r in rows)
+    ids = np.zeros((n, length), dtype=dtype)
+    att = np.zeros((n, length), dtype=dtype)
+    for k, r in enumerate(rows):
+        ids[k, :len(r)] = r
+        att[k, :len(r)] = 1
+    tensors = [("input_ids", ids)] + ([("attention_mask", att)] if mask else []) + (
+        [("token_type_ids", np.zeros_like(ids))] if types else [])
+    out = []
+    for name, value in tensors:
+        inp = grpcclient.InferInput(name, list(value.shape), "INT64" if dtype == np.int64 else "INT32")
+        inp.set_data_from_numpy(value)
+        out.append(inp)
+    return out
+
+
+def test_token_ids_from_clients_that_tokenize(hf_server, reference):
+    # Tokenized by the client (the `tokenizers` package), sent as INT64 input_ids / attention_mask /
+    # token_type_ids, right-padded: the same embeddings as the text.
+    texts = SENTENCES[1:6]
+    rows = [reference.tokens(t) for t in texts]
+    client = hf_server.client()
+    from_text = client.infer("minilm", [text_input(texts)]).as_numpy("embedding")
+    for mask, types in ((True, True), (True, False), (False, False)):
+        if not mask:
+            # Without a mask every position is a token: one row per request.
+            got = np.stack([client.infer("minilm", ids_inputs([r], mask=False, types=types)).as_numpy("embedding")[0]
+                            for r in rows])
+        else:
+            got = client.infer("minilm", ids_inputs(rows, mask=mask, types=types)).as_numpy("embedding")
+        for g, w in zip(got, from_text):
+            assert np.abs(g - w).max() < 1e-5, (mask, types)
+    counts = client.infer("minilm", ids_inputs(rows)).as_numpy("token_count").ravel().tolist()
+    assert counts == [len(r) for r in rows]
+
+
+def test_token_embeddings_come_back_cut_to_each_request(hf_server, reference):
+    texts = ["hello", "The quick brown fox jumps over the lazy dog."]
+    client = hf_server.client()
+    out = client.infer("minilm", [text_input(texts)], outputs=[grpcclient.InferRequestedOutput("token_embeddings")])
+    states = out.as_numpy("token_embeddings")
+    lengths = [len(reference.tokens(t)) for t in texts]
+    assert states.shape == (2, max(lengths), 384), "the request's own longest, not the batch's"
+    for k, t in enumerate(texts):
+        want = reference.states(t)
+        got = states[k, :lengths[k]]
+        cos = [cosine(a, b) for a, b in zip(got, want)]
+        assert min(cos) >= 0.9999, (t, min(cos))
+        assert not states[k, lengths[k]:].any(), "zeros past the row's tokens"
+
+
+def invalid(client, inputs, *, parameters=None, model="minilm"):
+    with pytest.raises(InferenceServerException) as e:
+        client.infer(model, inputs, parameters=parameters)
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT", e.value.message()
+    return e.value.message()
+
+
+def test_truncation_can_be_refused_per_request(hf_server, reference):
+    client = hf_server.client()
+    long_text = SENTENCES[-1]
+    got = client.infer("minilm", [text_input([long_text])], parameters={"truncate": True})
+    assert got.as_numpy("token_count")[0, 0] == 256, "truncated at max_seq_length"
+    message = invalid(client, [text_input([long_text])], parameters={"truncate": False})
+    assert "longer than the model's 256 tokens" in message and "truncate" in message
+    # A short text is served either way; a parameter of the wrong type is refused.
+    assert client.infer("minilm", [text_input(["short"])], parameters={"truncate": False}).as_numpy("embedding").shape == (1, 384)
+    assert "must be a bool" in invalid(client, [text_input(["x"])], parameters={"truncate": "no"})
+
+
+def test_bad_token_ids_and_input_combinations_are_invalid_argument(hf_server, reference):
+    client = hf_server.client()
+    rows = [reference.tokens("hello there")]
+    assert "not both" in invalid(client, [text_input(["hello"])] + ids_inputs(rows))
+    assert "no 'text'" in invalid(client, ids_inputs(rows)[1:])  # a mask alone
+    assert "vocabulary" in invalid(client, ids_inputs([[101, 10 ** 6, 102]]))
+    assert "vocabulary" in invalid(client, ids_inputs([[101, -5, 102]]))
+    assert "256" in invalid(client, ids_inputs([[101] * 300]))
+    # A mask that is not ones then zeros, or a row without any token.
+    ids, mask, types = ids_inputs([[101, 7592, 102]])
+    mask.set_data_from_numpy(np.array([[1, 0, 1]], dtype=np.int64))
+    assert "right padding" in invalid(client, [ids, mask, types])
+    mask.set_data_from_numpy(np.array([[0, 0, 0]], dtype=np.int64))
+    assert "right padding" in invalid(client, [ids, mask, types])
+    short_mask = grpcclient.InferInput("attention_mask", [1, 2], "INT64")
+    short_mask.set_data_from_numpy(np.ones((1, 2), dtype=np.int64))
+    assert "shape" in invalid(client, [ids, short_mask])
+    # INT32 ids are the wrong datatype for this model.
+    message = invalid(client, ids_inputs(rows, dtype=np.int32))
+    assert "INT32" in message and "INT64" in message
+    mask_with_text = grpcclient.InferInput("attention_mask", [1, 1], "INT64")
+    mask_with_text.set_data_from_numpy(np.ones((1, 1), dtype=np.int64))
+    assert "go with 'input_ids'" in invalid(client, [text_input(["hello"]), mask_with_text])
+    assert client.infer("minilm", [text_input(["still serving"])]).as_numpy("embedding").shape == (1, 384)
 
 
 def test_several_encoders_under_a_budget_evict_and_come_back(minilm_dir, tmp_path):
@@ -304,7 +432,7 @@ def test_sequence_classifiers_and_rerankers(tmp_path, model_type, prefix):
     try:
         c = s.client()
         meta = c.get_model_metadata("clf", as_json=True)
-        assert [i["name"] for i in meta["inputs"]] == ["text", "text_pair"]
+        assert [i["name"] for i in meta["inputs"]] == ["text", "text_pair", "input_ids", "attention_mask", "token_type_ids"]
         assert meta["outputs"][0]["name"] == "logits" and meta["outputs"][0]["shape"] == ["-1", "3"]
         texts = ["the model serves text", "many embeddings of text", ""]
         got = c.infer("clf", [text_input(texts)]).as_numpy("logits")

@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::core::{Code, DataType, ModelFile, ModelSpec, Signature, Tensor};
+use crate::core::{Code, DataType, ModelFile, ModelSpec, Parameters, Signature, Tensor, ValidatedRequest};
 
 /// Why a model could not be loaded or a batch could not be executed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -217,6 +217,42 @@ pub trait LoadedModel: Send + Sync + Debug {
 
     /// Creates an instance that executes batches for `spec` (the completed config of this model).
     fn instance(&self, spec: &ModelSpec) -> Result<Box<dyn ModelInstance>, BackendError>;
+
+    /// The inputs a request may leave out, whatever the config says (alternatives the engine
+    /// chooses between, such as text or token ids).
+    fn optional_inputs(&self) -> &[&'static str] {
+        &[]
+    }
+
+    /// Config `parameters` the engine sets when the config does not (its padded batching), for a
+    /// model that batches.
+    fn default_parameters(&self, _max_batch_size: usize) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// What each request goes through before it is queued, when the engine has such work.
+    fn preparer(&self) -> Option<Arc<dyn Prepare>> {
+        None
+    }
+}
+
+/// Per-request work an engine does before a request joins its model's queue (a tokenizer turning
+/// text into token ids): run by the server off the async runtime and off the executor threads, so
+/// that preparing the next requests overlaps the current batch's execution, and batching then sees
+/// what the engine really computes (token counts for padded batching).
+pub trait Prepare: Send + Sync + Debug {
+    /// Whether preparing `request` is heavy enough to belong on a blocking thread (else it runs
+    /// inline).
+    fn is_heavy(&self, request: &ValidatedRequest) -> bool;
+
+    /// `request` rewritten into the inputs the engine executes, and checked; `parameters` are the
+    /// request's own.
+    fn prepare(
+        &self,
+        spec: &ModelSpec,
+        request: ValidatedRequest,
+        parameters: &Parameters,
+    ) -> Result<ValidatedRequest, BackendError>;
 }
 
 /// An executor of batches. Each lives on one executor thread, so `execute` takes `&mut self`.

@@ -20,4 +20,4 @@ pub use model::{
 };
 pub use request::{InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, ScheduleOptions};
 pub use tensor::{Tensor, bytes_elements, element_count};
-pub use validate::{ValidatedRequest, validate};
+pub use validate::{ValidatedRequest, padded_lengths, validate};

@@ -128,33 +128,8 @@ pub fn validate(spec: &ModelSpec, request: InferRequest) -> Result<ValidatedRequ
         Some(indices)
     };
 
-    let lengths = match &spec.variable.padding {
-        Some(padding) => {
-            let (first, _) = padding.inputs[0];
-            let lengths: Vec<usize> = match &slots[first] {
-                Some(t) => t.shape[usize::from(spec.batches())..]
-                    .iter()
-                    .zip(&spec.inputs[first].dims)
-                    .filter(|(_, want)| **want == -1)
-                    .map(|(&got, _)| got)
-                    .collect(),
-                None => Vec::new(),
-            };
-            let rows = batch.as_ref().map_or(1, |(_, rows)| *rows);
-            let cost = lengths.iter().try_fold(rows, |acc, &d| acc.checked_mul(d));
-            if let Some(max) = padding.max_batch_tokens
-                && cost.is_none_or(|c| c > max)
-            {
-                return Err(ValidationError::Request(format!(
-                    "input '{}': {rows} rows of {lengths:?} are more tokens than the model's {} {max}",
-                    spec.inputs[first].name,
-                    super::model::MAX_BATCH_TOKENS,
-                )));
-            }
-            lengths
-        }
-        None => Vec::new(),
-    };
+    let rows = batch.as_ref().map_or(1, |(_, rows)| *rows);
+    let lengths = padded_lengths(spec, &slots, rows)?;
 
     Ok(ValidatedRequest {
         id: request.id,
@@ -165,6 +140,36 @@ pub fn validate(spec: &ModelSpec, request: InferRequest) -> Result<ValidatedRequ
         lengths,
         schedule,
     })
+}
+
+/// For a padded model: the sizes of the first padded input's variable dimensions, checked against
+/// the model's token budget (`rows` rows of them); empty for another model or when that input is
+/// left out.
+pub fn padded_lengths(spec: &ModelSpec, slots: &[Option<Tensor>], rows: usize) -> Result<Vec<usize>, ValidationError> {
+    let Some(padding) = &spec.variable.padding else {
+        return Ok(Vec::new());
+    };
+    let (first, _) = padding.inputs[0];
+    let lengths: Vec<usize> = match slots.get(first).and_then(Option::as_ref) {
+        Some(t) => t.shape[usize::from(spec.batches())..]
+            .iter()
+            .zip(&spec.inputs[first].dims)
+            .filter(|(_, want)| **want == -1)
+            .map(|(&got, _)| got)
+            .collect(),
+        None => Vec::new(),
+    };
+    let cost = lengths.iter().try_fold(rows, |acc, &d| acc.checked_mul(d));
+    if let Some(max) = padding.max_batch_tokens
+        && cost.is_none_or(|c| c > max)
+    {
+        return Err(ValidationError::Request(format!(
+            "input '{}': {rows} rows of {lengths:?} are more tokens than the model's {} {max}",
+            spec.inputs[first].name,
+            super::model::MAX_BATCH_TOKENS,
+        )));
+    }
+    Ok(lengths)
 }
 
 /// The class count a requested output's `classification` parameter asks for (Triton's rules and

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use accel_proto::inference::ModelConfig;
 use parking_lot::Mutex;
 
-use crate::backend::{Backend, LoadLimits, LoadedModel};
+use crate::backend::{Backend, LoadLimits, LoadedModel, Prepare};
 use crate::batching::{QueueLimits, Scheduler, SchedulerThreads};
 use crate::core::{ModelFile, ModelSpec};
 use crate::device::memory::DeviceMemory;
@@ -65,16 +65,23 @@ pub(super) fn prepare(p: &Preparation<'_>, version: u64, file: &ModelFile) -> Re
         _ => measured,
     };
     let mut config = config.clone();
-    let declared_inputs = !config.input.is_empty();
     let trusted = complete_config(&mut config, name, loaded.signature(), default_max_batch_size)?;
-    if !declared_inputs && backend.name() == crate::backend::hf::BACKEND {
-        // A classifier's second text is for pairs (rerankers): single texts leave it out.
-        for input in config
-            .input
-            .iter_mut()
-            .filter(|i| i.name == crate::backend::hf::TEXT_PAIR_INPUT)
-        {
-            input.optional = true;
+    let optional = loaded.optional_inputs();
+    for input in config.input.iter_mut().filter(|i| optional.contains(&i.name.as_str())) {
+        input.optional = true;
+    }
+    let dynamic = matches!(
+        config.scheduling_choice,
+        Some(accel_proto::inference::model_config::SchedulingChoice::DynamicBatching(
+            _
+        ))
+    );
+    if config.max_batch_size > 0 && dynamic {
+        for (key, value) in loaded.default_parameters(config.max_batch_size as usize) {
+            config
+                .parameters
+                .entry(key)
+                .or_insert(accel_proto::inference::ModelParameter { string_value: value });
         }
     }
     if config.platform.is_empty() {
@@ -133,6 +140,8 @@ pub struct ServedModel {
     pub config: ModelConfig,
     pub scheduler: Scheduler,
     pub stats: Arc<ModelStats>,
+    /// What each request goes through before it is queued (a tokenizer), when the engine has it.
+    pub prepare: Option<Arc<dyn Prepare>>,
     pub(super) prepared: Arc<PreparedVersion>,
     threads: Mutex<Option<SchedulerThreads>>,
     /// Alive until the executor threads have been joined (and their instances freed).
@@ -155,6 +164,7 @@ impl ServedModel {
             config: prepared.config.clone(),
             scheduler,
             stats,
+            prepare: prepared.loaded.preparer(),
             prepared,
             threads: Mutex::new(Some(threads)),
             running: Mutex::new(Some(Arc::new(()))),

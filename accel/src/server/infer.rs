@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::core::{Error, InferRequest, InferResponse, ModelSpec, validate};
+use tokio::sync::Semaphore;
+
+use crate::batching::SubmitError;
+use crate::core::{Code, Error, InferRequest, InferResponse, ModelSpec, ValidatedRequest, validate};
 use crate::metrics::FailureReason;
 use crate::residency::{Lease, Registry};
 
@@ -17,6 +20,9 @@ use super::lifecycle::{Admission, Lifecycle};
 pub struct Inference {
     pub registry: Arc<Registry>,
     pub lifecycle: Arc<Lifecycle>,
+    /// Blocking threads preparing requests (tokenizing) at once: one per core, so that preparation
+    /// never queues more work than the machine runs.
+    preparing: Arc<Semaphore>,
 }
 
 /// An admitted request whose model is resident: decode it against [`Ticket::spec`], then run it.
@@ -25,11 +31,17 @@ pub struct Ticket {
     _admission: Admission,
     lease: Lease,
     received: Instant,
+    preparing: Arc<Semaphore>,
 }
 
 impl Inference {
     pub fn new(registry: Arc<Registry>, lifecycle: Arc<Lifecycle>) -> Self {
-        Inference { registry, lifecycle }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Inference {
+            registry,
+            lifecycle,
+            preparing: Arc::new(Semaphore::new(cores)),
+        }
     }
 
     /// Whether the server takes requests: models loaded at start and not draining.
@@ -46,6 +58,7 @@ impl Inference {
             _admission: admission,
             lease,
             received,
+            preparing: self.preparing.clone(),
         })
     }
 
@@ -83,10 +96,15 @@ impl Ticket {
         e
     }
 
-    /// Validates and runs the decoded request.
-    pub async fn run(self, request: InferRequest) -> Result<InferResponse, Error> {
+    /// Validates, prepares and runs the decoded request. A ticket may run several requests (the
+    /// OpenAI route sends each text as its own, so that batching sees them apart).
+    pub async fn run(&self, request: InferRequest) -> Result<InferResponse, Error> {
         let id = request.id.clone();
-        let validated = validate(&self.lease.spec, request).map_err(|e| self.failed(e.into()))?;
+        let parameters = self.lease.prepare.is_some().then(|| request.parameters.clone());
+        let mut validated = validate(&self.lease.spec, request).map_err(|e| self.failed(e.into()))?;
+        if let Some(parameters) = parameters {
+            validated = self.prepare(validated, parameters).await.map_err(|e| self.failed(e))?;
+        }
         let outputs = self.lease.scheduler.infer(validated, self.received).await?;
         Ok(InferResponse {
             model_name: self.lease.spec.name.clone(),
@@ -94,5 +112,42 @@ impl Ticket {
             id,
             outputs,
         })
+    }
+
+    /// The engine's preparation of a request (tokenizing its text): inline when it is cheap, else on
+    /// a blocking thread, at most one per core at once.
+    async fn prepare(
+        &self,
+        request: ValidatedRequest,
+        parameters: crate::core::Parameters,
+    ) -> Result<ValidatedRequest, Error> {
+        let Some(prepare) = self.lease.prepare.clone() else {
+            return Ok(request);
+        };
+        let spec = self.lease.spec.clone();
+        let failed = |source| {
+            Error::from(SubmitError::Backend {
+                model: spec.name.clone(),
+                source,
+            })
+        };
+        if !prepare.is_heavy(&request) {
+            return prepare.prepare(&spec, request, &parameters).map_err(failed);
+        }
+        let permit = self
+            .preparing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::new(Code::Unavailable, "the server is shutting down"))?;
+        let task_spec = spec.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            // Held by the work itself: a client that goes away does not free its slot early.
+            let _permit = permit;
+            prepare.prepare(&task_spec, request, &parameters)
+        })
+        .await
+        .map_err(|e| Error::new(Code::Internal, format!("preparing the request failed: {e}")))?;
+        prepared.map_err(failed)
     }
 }

@@ -163,6 +163,8 @@ pub(super) struct Bert {
     layers: Vec<Layer>,
     heads: usize,
     pub hidden: usize,
+    /// Rows of the word embeddings: token ids are below it.
+    pub vocab: usize,
     pub max_positions: usize,
     position_offset: usize,
     intermediate: usize,
@@ -283,8 +285,11 @@ impl Bert {
             .dim(0)
             .map_err(|e| e.to_string())?
             .saturating_sub(offset);
+        let word = w.embedding("embeddings.word_embeddings", h)?;
+        let vocab = word.embeddings().dim(0).map_err(|e| e.to_string())?;
         Ok(Bert {
-            word: w.embedding("embeddings.word_embeddings", h)?,
+            word,
+            vocab,
             position,
             token_type: if config.type_vocab_size > 0 && config.family != Family::DistilBert {
                 Some(w.embedding("embeddings.token_type_embeddings", h)?)

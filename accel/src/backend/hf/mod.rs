@@ -2,9 +2,13 @@
 //! with `config.json`, `model.safetensors` (or a sharded `model.safetensors.index.json`) and
 //! `tokenizer.json`, plus the sentence-transformers files when present (`modules.json`,
 //! `1_Pooling/config.json`, `sentence_bert_config.json`), exactly as `SentenceTransformer.save()`
-//! and the Hub write them. Text comes in as BYTES (one string per row), is tokenized here with the
-//! `tokenizers` crate, padded to the batch's longest, encoded, pooled and (when the directory says
-//! so) normalised: embeddings come out as FP32 `[n, dim]`.
+//! and the Hub write them. Text comes in as BYTES (one string per row) and is tokenized with the
+//! `tokenizers` crate before the request is queued (the [`Prepare`] step, on the server's blocking
+//! threads), or comes tokenized as INT64 `input_ids` (`attention_mask`, `token_type_ids`) from
+//! clients that tokenize themselves; either way the queue holds token ids, batched by the padded,
+//! token-budgeted batching every model has. The encoder runs on candle; embeddings come out pooled
+//! and (when the directory says so) normalised as FP32 `[n, dim]`, a classifier's logits as
+//! `[n, labels]`, and token-level states as `token_embeddings` when asked for.
 //!
 //! Every file is read through the model's `ModelFile` (confined to its directory, bounded in size).
 
@@ -18,8 +22,10 @@ use candle_core::{Device, Tensor as CTensor};
 use tokenizers::Tokenizer;
 
 use self::bert::{Bert, BertConfig, Family, Linear, Pooling, Weights};
-use super::{Backend, BackendError, Batch, ExecLimits, LoadLimits, LoadedModel, ModelInstance};
-use crate::core::{DataType, GraphIo, ModelFile, ModelSpec, Signature, Tensor};
+use super::{Backend, BackendError, Batch, ExecLimits, LoadLimits, LoadedModel, ModelInstance, Prepare};
+use crate::core::{
+    DataType, GraphIo, ModelFile, ModelSpec, ParamValue, Parameters, Signature, Tensor, ValidatedRequest,
+};
 
 /// The engine's name in config.pbtxt.
 pub const BACKEND: &str = "huggingface";
@@ -33,6 +39,21 @@ pub const TOKENS_OUTPUT: &str = "token_count";
 /// A classifier's (or cross-encoder reranker's) second text and its scores.
 pub const TEXT_PAIR_INPUT: &str = "text_pair";
 pub const LOGITS_OUTPUT: &str = "logits";
+/// Token ids from clients that tokenize (KServe's Hugging Face transformer), INT64 `[n, len]`,
+/// right-padded; what text becomes before it is queued.
+pub const IDS_INPUT: &str = "input_ids";
+pub const MASK_INPUT: &str = "attention_mask";
+pub const TYPES_INPUT: &str = "token_type_ids";
+/// The last layer's token states, FP32 `[n, len, hidden]` (zeros past each row's tokens).
+pub const STATES_OUTPUT: &str = "token_embeddings";
+/// The request parameter that, set to false, refuses text longer than the model's maximum
+/// instead of truncating it (TEI's `truncate`).
+pub const TRUNCATE_PARAMETER: &str = "truncate";
+/// Every input is optional: a request gives text or token ids.
+const INPUTS: [&str; 5] = [TEXT_INPUT, TEXT_PAIR_INPUT, IDS_INPUT, MASK_INPUT, TYPES_INPUT];
+/// The token budget of a batch when the config sets none (TEI's `max_batch_tokens`), at least one
+/// row of the longest input.
+const DEFAULT_MAX_BATCH_TOKENS: usize = 16384;
 
 /// The most a JSON file of the directory (config, pooling, modules) may hold.
 const MAX_JSON_BYTES: u64 = 4 << 20;
@@ -259,31 +280,28 @@ impl Backend for HfBackend {
         };
         drop(tensors);
         let max_len = max_len.min(bert.max_positions);
-        let text = |name: &str| GraphIo {
+        let io = |name: &str, datatype, dims: Vec<Option<usize>>| GraphIo {
             name: name.into(),
-            datatype: DataType::Bytes,
-            dims: Some(vec![None, Some(1)]),
+            datatype,
+            dims: Some(dims),
         };
-        let (inputs, main) = match &head {
-            Head::Embedding { .. } => (vec![text(TEXT_INPUT)], (EMBEDDING_OUTPUT, bert.hidden)),
-            Head::Classifier { labels, .. } => (
-                vec![text(TEXT_INPUT), text(TEXT_PAIR_INPUT)],
-                (LOGITS_OUTPUT, labels.len()),
-            ),
+        let text = |name: &str| io(name, DataType::Bytes, vec![None, Some(1)]);
+        let ids = |name: &str| io(name, DataType::I64, vec![None, None]);
+        let mut inputs = vec![text(TEXT_INPUT)];
+        let main = match &head {
+            Head::Embedding { .. } => (EMBEDDING_OUTPUT, bert.hidden),
+            Head::Classifier { labels, .. } => {
+                inputs.push(text(TEXT_PAIR_INPUT));
+                (LOGITS_OUTPUT, labels.len())
+            }
         };
+        inputs.extend([ids(IDS_INPUT), ids(MASK_INPUT), ids(TYPES_INPUT)]);
         let signature = Signature {
             inputs,
             outputs: vec![
-                GraphIo {
-                    name: main.0.into(),
-                    datatype: DataType::F32,
-                    dims: Some(vec![None, Some(main.1)]),
-                },
-                GraphIo {
-                    name: TOKENS_OUTPUT.into(),
-                    datatype: DataType::I64,
-                    dims: Some(vec![None, Some(1)]),
-                },
+                io(main.0, DataType::F32, vec![None, Some(main.1)]),
+                io(TOKENS_OUTPUT, DataType::I64, vec![None, Some(1)]),
+                io(STATES_OUTPUT, DataType::F32, vec![None, None, Some(bert.hidden)]),
             ],
         };
         Ok(Box::new(HfModel {
@@ -453,94 +471,363 @@ impl LoadedModel for HfModel {
     }
 
     fn instance(&self, spec: &ModelSpec) -> Result<Box<dyn ModelInstance>, BackendError> {
-        for (k, i) in spec.inputs.iter().enumerate() {
-            let expected = self.signature.inputs.get(k).map(|g| g.name.as_str());
-            if expected != Some(i.name.as_str()) || i.datatype != DataType::Bytes {
+        for i in &spec.inputs {
+            let ours = self.signature.inputs.iter().find(|g| g.name == i.name);
+            if ours.is_none_or(|g| g.datatype != i.datatype) {
                 return Err(BackendError::InvalidModel(format!(
-                    "this huggingface model's inputs are BYTES {:?}, in that order; not '{}'",
-                    self.signature.inputs.iter().map(|g| &g.name).collect::<Vec<_>>(),
-                    i.name
+                    "this huggingface model's inputs are {}; not '{}' ({})",
+                    described(&self.signature.inputs),
+                    i.name,
+                    i.datatype
                 )));
             }
         }
+        let slot = |name: &str| {
+            spec.inputs.iter().position(|i| i.name == name).ok_or_else(|| {
+                BackendError::InvalidModel(format!(
+                    "a config that lists this huggingface model's inputs must list '{name}' too (text is tokenized into it)"
+                ))
+            })
+        };
+        let slots = [slot(IDS_INPUT)?, slot(MASK_INPUT)?, slot(TYPES_INPUT)?];
         let main = self.signature.outputs[0].name.as_str();
         let outputs = spec
             .outputs
             .iter()
             .map(|o| match o.name.as_str() {
-                TOKENS_OUTPUT => Ok(true),
-                name if name == main => Ok(false),
+                TOKENS_OUTPUT => Ok(Output::Tokens),
+                STATES_OUTPUT => Ok(Output::States),
+                name if name == main => Ok(Output::Main),
                 other => Err(BackendError::InvalidModel(format!(
-                    "this huggingface model's outputs are '{main}' and '{TOKENS_OUTPUT}', not '{other}'"
+                    "this huggingface model's outputs are {}, not '{other}'",
+                    described(&self.signature.outputs)
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Box::new(HfInstance {
             encoder: self.inner.clone(),
+            slots,
             outputs,
         }))
+    }
+
+    fn optional_inputs(&self) -> &[&'static str] {
+        &INPUTS
+    }
+
+    fn default_parameters(&self, _max_batch_size: usize) -> Vec<(String, String)> {
+        use crate::core::model::{MAX_BATCH_TOKENS, PADDED_INPUTS, PADDED_OUTPUTS};
+        vec![
+            (
+                PADDED_INPUTS.into(),
+                format!("{IDS_INPUT}=0, {MASK_INPUT}=0, {TYPES_INPUT}=0"),
+            ),
+            (PADDED_OUTPUTS.into(), STATES_OUTPUT.into()),
+            (
+                MAX_BATCH_TOKENS.into(),
+                DEFAULT_MAX_BATCH_TOKENS.max(self.inner.max_len).to_string(),
+            ),
+        ]
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn Prepare>> {
+        Some(Arc::new(Tokenize(self.inner.clone())))
+    }
+}
+
+fn described(list: &[GraphIo]) -> String {
+    list.iter()
+        .map(|g| format!("'{}' ({})", g.name, g.datatype))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What one of the instance's outputs is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    /// The embeddings or the logits.
+    Main,
+    Tokens,
+    States,
+}
+
+/// The tokenizer step: a request's text becomes `input_ids`, `attention_mask` and
+/// `token_type_ids` (INT64 `[n, len]`, right-padded to the request's longest); token ids a client
+/// sent are checked instead.
+struct Tokenize(Arc<Encoder>);
+
+impl std::fmt::Debug for Tokenize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenize").field("max_len", &self.0.max_len).finish()
+    }
+}
+
+fn refused(message: impl Into<String>) -> BackendError {
+    BackendError::InvalidInput(message.into())
+}
+
+/// The UTF-8 strings of a BYTES tensor (validated: its prefixes tile it).
+fn strings<'a>(tensor: &'a Tensor, name: &str) -> Result<Vec<&'a str>, BackendError> {
+    crate::core::bytes_elements(&tensor.data)
+        .enumerate()
+        .map(|(k, element)| {
+            std::str::from_utf8(element)
+                .map_err(|e| refused(format!("input '{name}': element {k} is not UTF-8 text ({e})")))
+        })
+        .collect()
+}
+
+/// INT64 values of a tensor.
+fn int64s(tensor: &Tensor) -> Vec<i64> {
+    tensor
+        .data
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect()
+}
+
+fn int64_tensor(name: &str, shape: [usize; 2], values: &[i64]) -> Tensor {
+    Tensor {
+        name: name.into(),
+        datatype: DataType::I64,
+        shape: shape.to_vec(),
+        data: Bytes::from(bytemuck::cast_slice::<i64, u8>(values).to_vec()),
+    }
+}
+
+impl Tokenize {
+    /// Token ids, mask and types `[n, len]` of the request's texts.
+    fn tokenize(&self, text: &Tensor, pair: Option<&Tensor>, truncate: bool) -> Result<[Tensor; 3], BackendError> {
+        let e = &*self.0;
+        let texts = strings(text, TEXT_INPUT)?;
+        let pairs = pair.map(|p| strings(p, TEXT_PAIR_INPUT)).transpose()?;
+        if let Some(pairs) = &pairs
+            && pairs.len() != texts.len()
+        {
+            return Err(refused(format!(
+                "{} texts but {} '{TEXT_PAIR_INPUT}' texts: a pair model takes one second text per text",
+                texts.len(),
+                pairs.len()
+            )));
+        }
+        let mut encodings = Vec::with_capacity(texts.len());
+        for (k, text) in texts.iter().enumerate() {
+            let input: tokenizers::EncodeInput<'_> = match &pairs {
+                Some(pairs) => tokenizers::EncodeInput::Dual((*text).into(), pairs[k].into()),
+                None => (*text).into(),
+            };
+            let encoding = e
+                .tokenizer
+                .encode(input, true)
+                .map_err(|err| refused(format!("input '{TEXT_INPUT}': element {k}: {err}")))?;
+            if !truncate && !encoding.get_overflowing().is_empty() {
+                return Err(refused(format!(
+                    "input '{TEXT_INPUT}': element {k} is longer than the model's {} tokens, and parameter '{TRUNCATE_PARAMETER}' is false",
+                    e.max_len
+                )));
+            }
+            encodings.push(encoding);
+        }
+        let n = encodings.len();
+        let len = encodings
+            .iter()
+            .map(|x| x.get_ids().len().min(e.max_len))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut ids = vec![0i64; n * len];
+        let mut mask = vec![0i64; n * len];
+        let mut types = vec![0i64; n * len];
+        for (row, enc) in encodings.iter().enumerate() {
+            let take = enc.get_ids().len().min(len);
+            let at = row * len;
+            for (j, (&id, &ty)) in enc.get_ids()[..take].iter().zip(enc.get_type_ids()).enumerate() {
+                ids[at + j] = i64::from(id);
+                types[at + j] = i64::from(ty);
+                mask[at + j] = 1;
+            }
+        }
+        Ok([
+            int64_tensor(IDS_INPUT, [n, len], &ids),
+            int64_tensor(MASK_INPUT, [n, len], &mask),
+            int64_tensor(TYPES_INPUT, [n, len], &types),
+        ])
+    }
+
+    /// The client's token ids checked: within the vocabulary and the model's length, the mask ones
+    /// then zeros (right padding) with at least one token per row; a missing mask is all ones, missing
+    /// types are zeros.
+    fn check_ids(&self, ids: Tensor, mask: Option<Tensor>, types: Option<Tensor>) -> Result<[Tensor; 3], BackendError> {
+        let e = &*self.0;
+        let (n, len) = match ids.shape[..] {
+            [n, len] => (n, len),
+            _ => return Err(refused(format!("input '{IDS_INPUT}' must be [rows, tokens]"))),
+        };
+        if len == 0 || len > e.max_len {
+            return Err(refused(format!(
+                "input '{IDS_INPUT}' has {len} tokens per row; this model takes 1 to {}",
+                e.max_len
+            )));
+        }
+        for other in [&mask, &types].into_iter().flatten() {
+            if other.shape != ids.shape {
+                return Err(refused(format!(
+                    "input '{}' has shape {:?}, not that of '{IDS_INPUT}' {:?}",
+                    other.name, other.shape, ids.shape
+                )));
+            }
+        }
+        let values = int64s(&ids);
+        if let Some((k, v)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(0..e.bert.vocab as i64).contains(*v))
+        {
+            return Err(refused(format!(
+                "input '{IDS_INPUT}': element {k} is token id {v}, outside this model's vocabulary of {}",
+                e.bert.vocab
+            )));
+        }
+        let mask = match mask {
+            Some(mask) => {
+                let m = int64s(&mask);
+                for (row, r) in m.chunks(len).enumerate() {
+                    let ones = r.iter().take_while(|&&v| v == 1).count();
+                    if ones == 0 || r[ones..].iter().any(|&v| v != 0) {
+                        return Err(refused(format!(
+                            "input '{MASK_INPUT}': row {row} must be ones then zeros (right padding), with at least one token"
+                        )));
+                    }
+                }
+                mask
+            }
+            None => int64_tensor(MASK_INPUT, [n, len], &vec![1; n * len]),
+        };
+        let types = match types {
+            Some(t) if int64s(&t).iter().any(|&v| v < 0) => {
+                return Err(refused(format!("input '{TYPES_INPUT}' has a negative segment id")));
+            }
+            Some(t) => t,
+            None => int64_tensor(TYPES_INPUT, [n, len], &vec![0; n * len]),
+        };
+        Ok([ids, mask, types])
+    }
+}
+
+impl Prepare for Tokenize {
+    fn is_heavy(&self, request: &ValidatedRequest) -> bool {
+        // Only text is tokenized; token ids are checked inline.
+        request.inputs.iter().flatten().any(|t| t.datatype == DataType::Bytes)
+    }
+
+    fn prepare(
+        &self,
+        spec: &ModelSpec,
+        mut request: ValidatedRequest,
+        parameters: &Parameters,
+    ) -> Result<ValidatedRequest, BackendError> {
+        let truncate = match parameters.iter().find(|(k, _)| k == TRUNCATE_PARAMETER) {
+            None => true,
+            Some((_, ParamValue::Bool(b))) => *b,
+            Some((_, other)) => {
+                return Err(refused(format!(
+                    "parameter '{TRUNCATE_PARAMETER}' must be a bool, got {other:?}"
+                )));
+            }
+        };
+        let slot = |name: &str| spec.inputs.iter().position(|i| i.name == name);
+        let mut take = |name: &str| slot(name).and_then(|k| request.inputs[k].take());
+        let (text, pair) = (take(TEXT_INPUT), take(TEXT_PAIR_INPUT));
+        let (ids, mask, types) = (take(IDS_INPUT), take(MASK_INPUT), take(TYPES_INPUT));
+        let tensors = match (text, ids) {
+            (Some(text), None) => {
+                if mask.is_some() || types.is_some() {
+                    return Err(refused(format!(
+                        "'{MASK_INPUT}' and '{TYPES_INPUT}' go with '{IDS_INPUT}', not with '{TEXT_INPUT}'"
+                    )));
+                }
+                self.tokenize(&text, pair.as_ref(), truncate)?
+            }
+            (None, Some(ids)) if pair.is_none() => self.check_ids(ids, mask, types)?,
+            (Some(_), Some(_)) => {
+                return Err(refused(format!(
+                    "give either '{TEXT_INPUT}' (BYTES) or '{IDS_INPUT}' (INT64), not both"
+                )));
+            }
+            (None, _) => {
+                return Err(refused(format!(
+                    "the request has no '{TEXT_INPUT}' (BYTES text) and no '{IDS_INPUT}' (INT64 token ids){}",
+                    if pair.is_some() {
+                        format!("; '{TEXT_PAIR_INPUT}' is the second text of a '{TEXT_INPUT}'")
+                    } else {
+                        String::new()
+                    }
+                )));
+            }
+        };
+        for tensor in tensors {
+            let k = slot(&tensor.name)
+                .ok_or_else(|| BackendError::InvalidModel(format!("the model has no input '{}'", tensor.name)))?;
+            request.inputs[k] = Some(tensor);
+        }
+        request.lengths = crate::core::padded_lengths(spec, &request.inputs, request.batch_size)
+            .map_err(|e| refused(e.to_string()))?;
+        Ok(request)
     }
 }
 
 struct HfInstance {
     encoder: Arc<Encoder>,
-    /// Per spec output: whether it is the token counts (else the embeddings or logits).
-    outputs: Vec<bool>,
+    /// The batch's slots of `input_ids`, `attention_mask`, `token_type_ids`.
+    slots: [usize; 3],
+    /// What each spec output is.
+    outputs: Vec<Output>,
 }
 
-/// The UTF-8 strings of a batch's BYTES input `index` (validated: the prefixes tile each part), or
-/// `None` when an optional input is left out.
-fn strings<'a>(batch: &'a Batch, index: usize, name: &str) -> Result<Option<Vec<&'a str>>, BackendError> {
-    let Some(input) = batch.inputs.get(index).and_then(Option::as_ref) else {
-        return Ok(None);
-    };
-    input
-        .parts
-        .iter()
-        .flat_map(|p| crate::core::bytes_elements(p))
-        .enumerate()
-        .map(|(k, element)| {
-            std::str::from_utf8(element)
-                .map_err(|e| BackendError::InvalidInput(format!("input '{name}': element {k} is not UTF-8 text ({e})")))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+impl HfInstance {
+    /// A prepared INT64 `[n, len]` input of the batch.
+    fn ids_input(&self, batch: &Batch, k: usize) -> Result<(Vec<i64>, usize, usize), BackendError> {
+        let input = batch
+            .inputs
+            .get(self.slots[k])
+            .and_then(Option::as_ref)
+            .ok_or_else(|| BackendError::Execution(format!("input '{}' was not prepared", INPUTS[k + 2])))?;
+        let (n, len) = match input.shape[..] {
+            [n, len] => (n, len),
+            _ => return Err(BackendError::Execution(format!("input '{}' is not 2-D", INPUTS[k + 2]))),
+        };
+        let data = input.contiguous();
+        let values: Vec<i64> = data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        if values.len() != n * len {
+            return Err(BackendError::Execution(format!(
+                "input '{}' has the wrong size",
+                INPUTS[k + 2]
+            )));
+        }
+        Ok((values, n, len))
+    }
 }
 
 impl ModelInstance for HfInstance {
     fn execute(&mut self, batch: &Batch) -> Result<Vec<Tensor>, BackendError> {
         let e = &*self.encoder;
-        let texts = strings(batch, 0, TEXT_INPUT)?
-            .ok_or_else(|| BackendError::InvalidInput(format!("input '{TEXT_INPUT}' is missing")))?;
-        let pairs = strings(batch, 1, TEXT_PAIR_INPUT)?;
-        let n = texts.len();
+        let (ids, n, len) = self.ids_input(batch, 0)?;
+        let (mask, ..) = self.ids_input(batch, 1)?;
+        let (types, ..) = self.ids_input(batch, 2)?;
+        if ids.iter().any(|&v| !(0..e.bert.vocab as i64).contains(&v)) {
+            return Err(BackendError::Execution(
+                "a token id outside the vocabulary reached the engine".into(),
+            ));
+        }
         let exec = |err: candle_core::Error| BackendError::Execution(err.to_string());
-        let encodings = e
-            .tokenizer
-            .encode_batch(
-                match pairs {
-                    Some(pairs) if pairs.len() == n => texts
-                        .into_iter()
-                        .zip(pairs)
-                        .map(|(a, b)| tokenizers::EncodeInput::Dual(a.into(), b.into()))
-                        .collect(),
-                    Some(pairs) => {
-                        return Err(BackendError::InvalidInput(format!(
-                            "{} texts but {} '{TEXT_PAIR_INPUT}' texts",
-                            n,
-                            pairs.len()
-                        )));
-                    }
-                    None => texts.into_iter().map(tokenizers::EncodeInput::from).collect(),
-                },
-                true,
-            )
-            .map_err(|err| BackendError::InvalidInput(format!("input '{TEXT_INPUT}': {err}")))?;
-        let counts: Vec<i64> = encodings
-            .iter()
-            .map(|x| x.get_ids().len().min(e.max_len) as i64)
+        // Right-padded rows: each row's tokens are its leading ones.
+        let counts: Vec<i64> = mask
+            .chunks(len.max(1))
+            .map(|r| r.iter().take_while(|&&v| v != 0).count() as i64)
             .collect();
-        let len = counts.iter().copied().max().unwrap_or(0).max(1) as usize;
         let bytes = e.bert.pass_bytes(n, len);
         if bytes > e.limits.max_bytes {
             return Err(BackendError::ResourceExhausted(format!(
@@ -548,13 +835,23 @@ impl ModelInstance for HfInstance {
                 e.limits.max_bytes
             )));
         }
+        let want_states = batch
+            .outputs
+            .iter()
+            .any(|&k| self.outputs.get(k) == Some(&Output::States));
+        let hidden = e.bert.hidden;
+        let mut states_out = if want_states {
+            vec![0f32; n * len * hidden]
+        } else {
+            Vec::new()
+        };
         let stop = || {
             batch
                 .cancel
                 .is_cancelled()
                 .then(|| candle_core::Error::Msg("every client of the batch has gone".into()))
         };
-        // The batch's texts in groups of similar length, each padded only to its own longest: on
+        // The batch's rows in groups of similar length, each padded only to its own longest: on
         // a CPU every padded token costs as much as a real one.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| counts[i]);
@@ -563,27 +860,28 @@ impl ModelInstance for HfInstance {
         for group in length_groups(&order, &counts) {
             let glen = group.iter().map(|&i| counts[i] as usize).max().unwrap_or(1).max(1);
             let g = group.len();
-            let mut ids = vec![0u32; g * glen];
-            let mut types = vec![0u32; g * glen];
-            let mut mask = vec![0f32; g * glen];
+            let mut gids = vec![0u32; g * glen];
+            let mut gtypes = vec![0u32; g * glen];
+            let mut gmask = vec![0f32; g * glen];
             for (row, &i) in group.iter().enumerate() {
-                let enc = &encodings[i];
-                let take = enc.get_ids().len().min(glen);
-                ids[row * glen..row * glen + take].copy_from_slice(&enc.get_ids()[..take]);
-                types[row * glen..row * glen + take].copy_from_slice(&enc.get_type_ids()[..take]);
-                mask[row * glen..row * glen + take].fill(1.0);
+                let take = (counts[i] as usize).min(glen);
+                for j in 0..take {
+                    gids[row * glen + j] = ids[i * len + j] as u32;
+                    gtypes[row * glen + j] = types[i * len + j].clamp(0, i64::from(u32::MAX)) as u32;
+                    gmask[row * glen + j] = 1.0;
+                }
             }
-            let ids = CTensor::from_vec(ids, (g, glen), &e.device).map_err(exec)?;
-            let types = CTensor::from_vec(types, (g, glen), &e.device).map_err(exec)?;
-            let mask = CTensor::from_vec(mask, (g, glen), &e.device).map_err(exec)?;
-            let states = e.bert.forward(&ids, &mask, &types, &stop).map_err(|err| {
+            let gids = CTensor::from_vec(gids, (g, glen), &e.device).map_err(exec)?;
+            let gtypes = CTensor::from_vec(gtypes, (g, glen), &e.device).map_err(exec)?;
+            let gmask = CTensor::from_vec(gmask, (g, glen), &e.device).map_err(exec)?;
+            let states = e.bert.forward(&gids, &gmask, &gtypes, &stop).map_err(|err| {
                 if batch.cancel.is_cancelled() {
                     BackendError::Cancelled(err.to_string())
                 } else {
                     exec(err)
                 }
             })?;
-            let (out, w) = e.head.apply(&states, &mask).map_err(exec)?;
+            let (out, w) = e.head.apply(&states, &gmask).map_err(exec)?;
             width = w;
             let values: Vec<f32> = out
                 .to_dtype(candle_core::DType::F32)
@@ -593,6 +891,18 @@ impl ModelInstance for HfInstance {
             for (row, &i) in group.iter().enumerate() {
                 rows[i] = values[row * w..(row + 1) * w].to_vec();
             }
+            if want_states {
+                let flat: Vec<f32> = states
+                    .to_dtype(candle_core::DType::F32)
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1())
+                    .map_err(exec)?;
+                for (row, &i) in group.iter().enumerate() {
+                    let real = counts[i] as usize * hidden;
+                    let src = &flat[row * glen * hidden..][..real];
+                    states_out[i * len * hidden..][..real].copy_from_slice(src);
+                }
+            }
         }
         let values: Vec<f32> = rows.concat();
         let main = if matches!(e.head, Head::Embedding { .. }) {
@@ -600,25 +910,19 @@ impl ModelInstance for HfInstance {
         } else {
             LOGITS_OUTPUT
         };
+        let f32_tensor = |name: &str, shape: Vec<usize>, values: &[f32]| Tensor {
+            name: name.into(),
+            datatype: DataType::F32,
+            shape,
+            data: Bytes::from(bytemuck::cast_slice::<f32, u8>(values).to_vec()),
+        };
         Ok(batch
             .outputs
             .iter()
-            .map(|&k| {
-                if self.outputs.get(k).copied().unwrap_or(false) {
-                    Tensor {
-                        name: TOKENS_OUTPUT.into(),
-                        datatype: DataType::I64,
-                        shape: vec![n, 1],
-                        data: Bytes::from(bytemuck::cast_slice::<i64, u8>(&counts).to_vec()),
-                    }
-                } else {
-                    Tensor {
-                        name: main.into(),
-                        datatype: DataType::F32,
-                        shape: vec![n, width],
-                        data: Bytes::from(bytemuck::cast_slice::<f32, u8>(&values).to_vec()),
-                    }
-                }
+            .map(|&k| match self.outputs.get(k).copied().unwrap_or(Output::Main) {
+                Output::Tokens => int64_tensor(TOKENS_OUTPUT, [n, 1], &counts),
+                Output::States => f32_tensor(STATES_OUTPUT, vec![n, len, hidden], &states_out),
+                Output::Main => f32_tensor(main, vec![n, width], &values),
             })
             .collect())
     }

@@ -96,13 +96,12 @@ pub(super) async fn embeddings(State(s): State<Rest>, body: Body) -> Result<Resp
     let strings = texts(&request.input).map_err(|m| invalid(m, "input"))?;
     let ticket = s.inference.begin(&request.model, "").await.map_err(from_error)?;
     let spec = ticket.spec().clone();
-    let embedding_model = spec.inputs.len() == 1
-        && spec.inputs[0].name == TEXT_INPUT
-        && spec.inputs[0].datatype == DataType::Bytes
+    let embedding_model = spec.input(TEXT_INPUT).is_some_and(|i| i.datatype == DataType::Bytes)
+        && spec.inputs.iter().all(|i| i.name == TEXT_INPUT || i.optional)
         && spec.output(EMBEDDING_OUTPUT).is_some();
     if !embedding_model {
         let message = format!(
-            "model '{}' is not an embedding model (one BYTES input '{TEXT_INPUT}', an output '{EMBEDDING_OUTPUT}')",
+            "model '{}' is not an embedding model (a BYTES input '{TEXT_INPUT}', an output '{EMBEDDING_OUTPUT}')",
             request.model
         );
         return Err(from_error(ticket.failed(Error::invalid_argument(message))));
@@ -122,11 +121,6 @@ pub(super) async fn embeddings(State(s): State<Rest>, body: Body) -> Result<Resp
             "dimensions",
         ));
     }
-    let mut data = BytesMut::new();
-    for t in &strings {
-        data.put_u32_le(t.len() as u32);
-        data.put_slice(t.as_bytes());
-    }
     let mut outputs = vec![RequestedOutput {
         name: EMBEDDING_OUTPUT.into(),
         parameters: Vec::new(),
@@ -137,35 +131,43 @@ pub(super) async fn embeddings(State(s): State<Rest>, body: Body) -> Result<Resp
             parameters: Vec::new(),
         });
     }
-    let infer = InferRequest {
-        model_name: request.model.clone(),
-        inputs: vec![Tensor {
-            name: TEXT_INPUT.into(),
-            datatype: DataType::Bytes,
-            shape: vec![strings.len(), 1],
-            data: data.freeze(),
-        }],
-        outputs,
-        ..Default::default()
+    // Each text is a request of its own, as TEI sends them: the batcher then groups texts of
+    // similar lengths across every caller, and a list longer than max_batch_size is served.
+    let one = |text: &str| {
+        let mut data = BytesMut::with_capacity(4 + text.len());
+        data.put_u32_le(text.len() as u32);
+        data.put_slice(text.as_bytes());
+        InferRequest {
+            model_name: request.model.clone(),
+            inputs: vec![Tensor {
+                name: TEXT_INPUT.into(),
+                datatype: DataType::Bytes,
+                shape: vec![1, 1],
+                data: data.freeze(),
+            }],
+            outputs: outputs.clone(),
+            ..Default::default()
+        }
     };
-    let response = ticket.run(infer).await.map_err(from_error)?;
-    let find = |name: &str| response.outputs.iter().find(|t| t.name == name);
-    let embeddings = find(EMBEDDING_OUTPUT).ok_or_else(|| from_error(Error::new(Code::Internal, "no embeddings")))?;
-    let tokens: i64 = find(TOKENS_OUTPUT)
-        .map(|t| {
-            t.data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                .sum()
-        })
-        .unwrap_or(0);
-    let width = embeddings.shape.get(1).copied().unwrap_or(0);
-    let row_bytes = width * 4;
-    let items: Vec<Value> = (0..strings.len())
-        .map(|i| {
-            let row: Bytes = embeddings.data.slice(i * row_bytes..(i + 1) * row_bytes);
+    let answers = futures_util::future::join_all(strings.iter().map(|t| ticket.run(one(t)))).await;
+    let mut rows: Vec<Bytes> = Vec::with_capacity(strings.len());
+    let mut tokens = 0i64;
+    for answer in answers {
+        let response = answer.map_err(from_error)?;
+        let find = |name: &str| response.outputs.iter().find(|t| t.name == name);
+        let embedding =
+            find(EMBEDDING_OUTPUT).ok_or_else(|| from_error(Error::new(Code::Internal, "no embeddings")))?;
+        rows.push(embedding.data.clone());
+        tokens += find(TOKENS_OUTPUT)
+            .and_then(|t| t.data.get(..8))
+            .map_or(0, |c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+    }
+    let items: Vec<Value> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
             let embedding = if base64 {
-                json!(base64::engine::general_purpose::STANDARD.encode(&row))
+                json!(base64::engine::general_purpose::STANDARD.encode(row))
             } else {
                 json!(
                     row.chunks_exact(4)
