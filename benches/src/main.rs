@@ -127,8 +127,8 @@ struct SimArgs {
 
 #[derive(Debug, Args)]
 struct ComputeArgs {
-    /// The ONNX model file.
-    #[arg(long)]
+    /// The model file: an ONNX file, or a Hugging Face directory's config.json (--engine huggingface).
+    #[arg(long, alias = "model")]
     onnx: String,
     /// Batch sizes (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
@@ -139,9 +139,18 @@ struct ComputeArgs {
     /// Repeats per batch size (reported as min / median / max).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// The engine: Accel's candle executor, or ONNX Runtime through Accel's backend.
-    #[arg(long, value_parser = ["candle", "onnxruntime"], default_value = "candle")]
+    /// The engine: Accel's candle executor, ONNX Runtime through Accel's backend, or the Hugging Face
+    /// encoder on candle (token ids in: its text is tokenized before the queue, not here).
+    #[arg(long, value_parser = ["candle", "onnxruntime", "huggingface"], default_value = "candle")]
     engine: String,
+    /// Threads one execution may use, for every engine alike (candle's GEMMs through
+    /// RAYON_NUM_THREADS, as the server sets it from --intra-op-threads; ONNX Runtime's intra-op
+    /// threads).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// An input filled with one value instead of random data, NAME=VALUE (an attention mask of ones).
+    #[arg(long = "fill")]
+    fill: Vec<String>,
     /// libonnxruntime.so.1.x, for --engine onnxruntime.
     #[arg(long)]
     onnxruntime_library: Option<std::path::PathBuf>,
@@ -349,13 +358,34 @@ async fn try_run(args: RunArgs) -> Result<ExitCode, String> {
 }
 
 /// In-process compute through Accel's candle backend: the ceiling of the model itself.
+#[allow(unsafe_code, clippy::disallowed_methods)]
 fn compute(args: ComputeArgs) -> ExitCode {
     use accel::backend::candle::CandleBackend;
     use accel::backend::{Backend, Batch, BatchInput};
     use accel::core::ModelSpec;
 
+    // SAFETY: `compute` runs on the main thread before any other thread exists (candle sizes its
+    // GEMMs' parallelism from the variable, as the server sets it).
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.max(1).to_string()) };
+    let mut fill = Vec::new();
+    for f in &args.fill {
+        match f.split_once('=').map(|(n, v)| (n, v.parse::<i64>())) {
+            Some((n, Ok(v))) => fill.push((n.to_string(), v)),
+            _ => {
+                eprintln!("accel-bench: --fill {f}: expected NAME=INTEGER");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let no_limit = accel::backend::ExecLimits {
+        max_bytes: u64::MAX,
+        ..Default::default()
+    };
     let backend: Box<dyn Backend> = match (args.engine.as_str(), &args.onnxruntime_library) {
-        ("onnxruntime", Some(library)) => match accel::backend::onnxruntime::OrtBackend::open(library, 1) {
+        ("huggingface", _) => {
+            Box::new(accel::backend::hf::HfBackend::on(candle_core::Device::Cpu).with_limits(no_limit))
+        }
+        ("onnxruntime", Some(library)) => match accel::backend::onnxruntime::OrtBackend::open(library, args.threads.max(1)) {
             Ok(b) => Box::new(b),
             Err(e) => {
                 eprintln!("accel-bench: {e}");
@@ -367,10 +397,7 @@ fn compute(args: ComputeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
         // Timing compute alone: no limit on what one execution may hold.
-        _ => Box::new(CandleBackend::cpu().with_limits(accel::backend::ExecLimits {
-            max_bytes: u64::MAX,
-            ..Default::default()
-        })),
+        _ => Box::new(CandleBackend::cpu().with_limits(no_limit)),
     };
     let file = match accel::core::ModelFile::standalone(std::path::Path::new(&args.onnx)) {
         Ok(f) => f,
@@ -400,6 +427,11 @@ fn compute(args: ComputeArgs) -> ExitCode {
     for &b in &args.batch {
         let mut inputs = Vec::new();
         for (k, input) in spec.inputs.iter().enumerate() {
+            // Text the engine tokenizes before the queue: the compute gets token ids.
+            if input.datatype == accel::core::DataType::Bytes && loaded.optional_inputs().contains(&input.name.as_str()) {
+                inputs.push(None);
+                continue;
+            }
             let mut shape = vec![b];
             match args.shapes.iter().find(|(n, _)| *n == input.name) {
                 Some((_, given)) => {
@@ -415,7 +447,10 @@ fn compute(args: ComputeArgs) -> ExitCode {
                 None => shape.extend(input.dims.iter().map(|&d| d.max(1) as usize)),
             }
             let wire: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-            let data = match accel_bench::inputs::random(input.datatype.wire_name(), &wire, k as u64) {
+            let filled = fill.iter().find(|(n, _)| *n == input.name).map(|&(_, v)| {
+                accel_bench::target::filled(input.datatype.wire_name(), shape.iter().product(), v).map(bytes::Bytes::from)
+            });
+            let data = match filled.unwrap_or_else(|| accel_bench::inputs::random(input.datatype.wire_name(), &wire, k as u64)) {
                 Ok(d) => d,
                 Err(e) => {
                     eprintln!("accel-bench: {e}");

@@ -94,7 +94,7 @@ fn pad_rows(data: &[u8], rows: usize, len: usize, to: usize, size: usize) -> Vec
     out
 }
 
-fn filled(datatype: &str, count: usize, value: i64) -> Result<Vec<u8>, String> {
+pub fn filled(datatype: &str, count: usize, value: i64) -> Result<Vec<u8>, String> {
     Ok(match datatype {
         "INT64" => (0..count).flat_map(|_| value.to_le_bytes()).collect(),
         "INT32" => (0..count).flat_map(|_| (value as i32).to_le_bytes()).collect(),
