@@ -89,6 +89,7 @@ pub mod conv;
 pub mod dense;
 pub mod direct;
 pub mod elementwise;
+pub mod packed;
 pub mod pool;
 pub mod resize;
 pub mod transpose;

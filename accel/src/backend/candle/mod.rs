@@ -15,7 +15,7 @@ mod guard;
 mod onnx;
 mod ops;
 /// accel-kernels over FP32 CPU tensors, for the other candle-based engine (`backend::hf`).
-pub(crate) use ops::map_f32;
+pub(crate) use ops::{map_f32, map_f32_rows};
 pub mod profile;
 
 use std::sync::Arc;

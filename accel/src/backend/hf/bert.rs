@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use candle_core::{D, DType, Module, Tensor};
 
 use crate::backend::candle::map_f32 as cpu_f32;
+use crate::backend::candle::map_f32_rows;
 
 /// What `config.json` says of the encoder (BERT's and RoBERTa's keys; DistilBERT's are read into
 /// the same fields by [`BertConfig::parse`]).
@@ -114,19 +115,43 @@ pub(super) struct Linear {
     /// `[in, out]`, transposed from the checkpoint's `[out, in]` at load.
     weight_t: Tensor,
     bias: Tensor,
+    /// On the CPU, when candle's GEMMs run on one thread (`RAYON_NUM_THREADS`, which the server sets
+    /// from `--intra-op-threads`): the same weights and bias packed into panels.
+    packed: Option<accel_kernels::packed::PackedB>,
 }
 
 impl Linear {
+    fn new(weight_t: Tensor, bias: Tensor) -> candle_core::Result<Linear> {
+        let one_thread = candle_core::utils::get_num_threads() == 1;
+        let packed = if one_thread && accel_kernels::packed::PackedB::fast() && weight_t.device().is_cpu() && weight_t.dtype() == DType::F32 {
+            let (k, n) = weight_t.dims2()?;
+            let w: Vec<f32> = weight_t.flatten_all()?.to_vec1()?;
+            let b: Vec<f32> = bias.flatten_all()?.to_vec1()?;
+            accel_kernels::packed::PackedB::new(&w, k, n, Some(&b))
+        } else {
+            None
+        };
+        Ok(Linear { weight_t, bias, packed })
+    }
+
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let inner = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
+        let mut out = dims[..dims.len() - 1].to_vec();
+        out.push(self.weight_t.dim(1)?);
+        if let Some(packed) = &self.packed
+            && packed.k() == inner
+            && let Some(y) = map_f32_rows(x, rows * packed.n(), |a, o| {
+                packed.matmul(a, rows, o)
+            })?
+        {
+            return y.reshape(out);
+        }
         let y = x
             .reshape((rows, inner))?
             .matmul(&self.weight_t)?
             .broadcast_add(&self.bias)?;
-        let mut out = dims[..dims.len() - 1].to_vec();
-        out.push(self.weight_t.dim(1)?);
         y.reshape(out)
     }
 }
@@ -200,7 +225,7 @@ impl Weights<'_> {
         }
         let bias = self.f32(&format!("{name}.bias"))?;
         let weight_t = w.t().and_then(|t| t.contiguous()).map_err(|e| e.to_string())?;
-        Ok(Linear { weight_t, bias })
+        Linear::new(weight_t, bias).map_err(|e| e.to_string())
     }
 
     fn norm(&self, name: &str, eps: f64) -> Result<LayerNorm, String> {

@@ -177,6 +177,23 @@ pub(crate) fn map_f32(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Result<Opti
     Tensor::from_vec(out, x.shape(), x.device()).map(Some)
 }
 
+/// `f` over a CPU FP32 tensor's contiguous data into a new flat tensor of `len` elements (a
+/// product's output, whose shape the caller then gives it); `None` where the tensor is not one.
+pub(crate) fn map_f32_rows(x: &Tensor, len: usize, f: impl Fn(&[f32], &mut [f32])) -> Result<Option<Tensor>> {
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let mut out = vec![0f32; len];
+    f(&data[start..end], &mut out);
+    drop(storage);
+    Tensor::from_vec(out, len, x.device()).map(Some)
+}
+
 fn float_unary(op: &str, f: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static) -> Kernel {
     let op = op.to_string();
     Kernel::new(move |i| {

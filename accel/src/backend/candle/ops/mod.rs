@@ -5,7 +5,7 @@
 
 mod conv;
 mod elementwise;
-pub(crate) use elementwise::map_f32;
+pub(crate) use elementwise::{map_f32, map_f32_rows};
 mod matmul;
 pub(super) mod norm;
 mod pool;
