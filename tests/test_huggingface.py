@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 import fetch_models
 import hf_reference
-from conftest import Server
+from conftest import Server, infer_input
 
 SENTENCES = [
     "",
@@ -444,6 +444,17 @@ def test_sequence_classifiers_and_rerankers(tmp_path, model_type, prefix):
         scores = c.infer("clf", [text_input(queries), pair]).as_numpy("logits")
         for q, p, g in zip(queries, passages, scores):
             np.testing.assert_allclose(g, ref.logits(q, p), rtol=1e-4, atol=1e-4)
+        # A pair as token ids (the tokenizer's pair template, token types 0 then 1): the same logits.
+        enc = ref.tokenizer.encode(queries[0], passages[0])
+        ids = [("input_ids", np.array([enc.ids], dtype=np.int64)),
+               ("token_type_ids", np.array([enc.type_ids], dtype=np.int64))]
+        from_ids = c.infer("clf", [infer_input(n, v) for n, v in ids]).as_numpy("logits")
+        np.testing.assert_allclose(from_ids[0], scores[0], rtol=1e-5, atol=1e-5)
+        # One second text for two texts, or a second text beside token ids: INVALID_ARGUMENT.
+        one_pair = grpcclient.InferInput("text_pair", [1, 1], "BYTES")
+        one_pair.set_data_from_numpy(np.array([[b"only one"]], dtype=np.object_))
+        assert "batch size 1 differs" in invalid(c, [text_input(queries), one_pair], model="clf")
+        assert "second text" in invalid(c, [infer_input(n, v) for n, v in ids] + [one_pair], model="clf")
         top = c.infer("clf", [text_input(texts[:1])],
                       outputs=[grpcclient.InferRequestedOutput("logits", class_count=1)]).as_numpy("logits")
         value, index, label = top[0, 0].decode().split(":")

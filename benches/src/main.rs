@@ -62,7 +62,8 @@ struct RunArgs {
     #[arg(long = "shape")]
     shapes: Vec<String>,
     /// Requests of varying lengths, MIN:MAX: every variable non-batch dimension of a request takes
-    /// one length drawn uniformly (a pool of 512 requests sent in turn).
+    /// one length drawn uniformly (a pool of 512 requests sent in turn); a BYTES input becomes text
+    /// of that many words.
     #[arg(long)]
     lengths: Option<String>,
     /// With --lengths: the client pads every request to this length with zeros.
@@ -71,6 +72,10 @@ struct RunArgs {
     /// NAME=VALUE: every real element of that input is VALUE (an attention mask of ones).
     #[arg(long = "fill")]
     fill: Vec<String>,
+    /// Send only these inputs (repeatable), leaving the model's others out (an HF model's `text`
+    /// without its token-id alternatives).
+    #[arg(long = "input")]
+    only_inputs: Vec<String>,
     /// gRPC connections the requests are spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -302,6 +307,7 @@ async fn try_run(args: RunArgs) -> Result<ExitCode, String> {
         range,
         pad_to: args.pad_to,
         fill,
+        only: args.only_inputs.clone(),
     };
     let mut models = Vec::with_capacity(names.len());
     for (k, name) in names.iter().enumerate() {
@@ -385,13 +391,15 @@ fn compute(args: ComputeArgs) -> ExitCode {
         ("huggingface", _) => {
             Box::new(accel::backend::hf::HfBackend::on(candle_core::Device::Cpu).with_limits(no_limit))
         }
-        ("onnxruntime", Some(library)) => match accel::backend::onnxruntime::OrtBackend::open(library, args.threads.max(1)) {
-            Ok(b) => Box::new(b),
-            Err(e) => {
-                eprintln!("accel-bench: {e}");
-                return ExitCode::FAILURE;
+        ("onnxruntime", Some(library)) => {
+            match accel::backend::onnxruntime::OrtBackend::open(library, args.threads.max(1)) {
+                Ok(b) => Box::new(b),
+                Err(e) => {
+                    eprintln!("accel-bench: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-        },
+        }
         ("onnxruntime", None) => {
             eprintln!("accel-bench: --engine onnxruntime needs --onnxruntime-library PATH");
             return ExitCode::FAILURE;
@@ -428,7 +436,8 @@ fn compute(args: ComputeArgs) -> ExitCode {
         let mut inputs = Vec::new();
         for (k, input) in spec.inputs.iter().enumerate() {
             // Text the engine tokenizes before the queue: the compute gets token ids.
-            if input.datatype == accel::core::DataType::Bytes && loaded.optional_inputs().contains(&input.name.as_str()) {
+            if input.datatype == accel::core::DataType::Bytes && loaded.optional_inputs().contains(&input.name.as_str())
+            {
                 inputs.push(None);
                 continue;
             }
@@ -448,9 +457,12 @@ fn compute(args: ComputeArgs) -> ExitCode {
             }
             let wire: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
             let filled = fill.iter().find(|(n, _)| *n == input.name).map(|&(_, v)| {
-                accel_bench::target::filled(input.datatype.wire_name(), shape.iter().product(), v).map(bytes::Bytes::from)
+                accel_bench::target::filled(input.datatype.wire_name(), shape.iter().product(), v)
+                    .map(bytes::Bytes::from)
             });
-            let data = match filled.unwrap_or_else(|| accel_bench::inputs::random(input.datatype.wire_name(), &wire, k as u64)) {
+            let data = match filled
+                .unwrap_or_else(|| accel_bench::inputs::random(input.datatype.wire_name(), &wire, k as u64))
+            {
                 Ok(d) => d,
                 Err(e) => {
                     eprintln!("accel-bench: {e}");

@@ -79,6 +79,60 @@ pub struct Lengths {
     pub pad_to: Option<usize>,
     /// Inputs whose real elements all take this value (an attention mask of ones).
     pub fill: Vec<(String, i64)>,
+    /// When not empty, the only inputs sent.
+    pub only: Vec<String>,
+}
+
+/// Words of the text a BYTES input is given with `--lengths` (each one token for BERT's
+/// vocabulary).
+const WORDS: &[&str] = &[
+    "the",
+    "model",
+    "serves",
+    "many",
+    "embeddings",
+    "of",
+    "text",
+    "for",
+    "search",
+    "and",
+    "retrieval",
+    "a",
+    "query",
+    "finds",
+    "passages",
+    "in",
+    "corpus",
+    "each",
+    "request",
+    "is",
+    "batched",
+    "with",
+    "others",
+    "on",
+    "one",
+    "device",
+    "memory",
+    "fast",
+    "small",
+    "large",
+    "new",
+    "old",
+];
+
+/// `rows` texts of `words` words each, as BYTES elements (4-byte little-endian length prefixes).
+fn text_rows(rows: usize, words: usize, seed: u64) -> Vec<u8> {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for _ in 0..rows {
+        let text: Vec<&str> = (0..words)
+            .map(|_| WORDS[rand::Rng::random_range(&mut rng, 0..WORDS.len())])
+            .collect();
+        let text = text.join(" ");
+        out.extend((text.len() as u32).to_le_bytes());
+        out.extend(text.as_bytes());
+    }
+    out
 }
 
 /// Requests in a `--lengths` pool.
@@ -161,6 +215,9 @@ fn one_request(
         ..Default::default()
     };
     for (k, input) in meta.inputs.iter().enumerate() {
+        if !lengths.only.is_empty() && !lengths.only.contains(&input.name) {
+            continue;
+        }
         let shape: Vec<i64> = match shapes.iter().find(|(n, _)| *n == input.name) {
             Some((_, s)) => s.clone(),
             None => input
@@ -181,9 +238,12 @@ fn one_request(
                 .collect::<Result<_, _>>()?,
         };
         let count: usize = shape.iter().map(|&d| d.max(0) as usize).product();
-        let mut data = match lengths.fill.iter().find(|(n, _)| *n == input.name) {
-            Some((_, v)) => bytes::Bytes::from(filled(&input.datatype, count, *v)?),
-            None => inputs::random(&input.datatype, &shape, seed.wrapping_add(k as u64))?,
+        let mut data = match (lengths.fill.iter().find(|(n, _)| *n == input.name), len) {
+            (Some((_, v)), _) => bytes::Bytes::from(filled(&input.datatype, count, *v)?),
+            (None, Some(words)) if input.datatype == "BYTES" => {
+                bytes::Bytes::from(text_rows(count, words, seed.wrapping_add(k as u64)))
+            }
+            (None, _) => inputs::random(&input.datatype, &shape, seed.wrapping_add(k as u64))?,
         };
         let mut shape = shape;
         if let (Some(len), Some(to)) = (len, lengths.pad_to)

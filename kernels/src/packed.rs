@@ -138,7 +138,15 @@ mod x86 {
                 let cols = NR.min(n - col);
                 let mut row = 0;
                 while row + $r <= m {
-                    $tile::<$r>(a.as_ptr().add(row * k), k, b, bias, c.as_mut_ptr().add(row * n + col), n, cols);
+                    $tile::<$r>(
+                        a.as_ptr().add(row * k),
+                        k,
+                        b,
+                        bias,
+                        c.as_mut_ptr().add(row * n + col),
+                        n,
+                        cols,
+                    );
                     row += $r;
                 }
                 let (a_at, c_at) = (a.as_ptr().add(row * k), c.as_mut_ptr().add(row * n + col));
@@ -236,10 +244,10 @@ mod x86 {
                     _mm256_loadu_ps(b.add(kk * NR + 16)),
                     _mm256_loadu_ps(b.add(kk * NR + 24)),
                 ];
-                for r in 0..R {
+                for (r, row) in acc.iter_mut().enumerate() {
                     let x = _mm256_set1_ps(*a.add(r * k + kk));
-                    for q in 0..4 {
-                        acc[r][q] = _mm256_fmadd_ps(x, w[q], acc[r][q]);
+                    for (v, wq) in row.iter_mut().zip(&w) {
+                        *v = _mm256_fmadd_ps(x, *wq, *v);
                     }
                 }
             }

@@ -111,27 +111,30 @@ pub(super) enum Pooling {
     LastToken,
 }
 
-pub(super) struct Linear {
+pub(super) enum Linear {
     /// `[in, out]`, transposed from the checkpoint's `[out, in]` at load.
-    weight_t: Tensor,
-    bias: Tensor,
-    /// On the CPU, when candle's GEMMs run on one thread (`RAYON_NUM_THREADS`, which the server sets
-    /// from `--intra-op-threads`): the same weights and bias packed into panels.
-    packed: Option<accel_kernels::packed::PackedB>,
+    Tensors { weight_t: Tensor, bias: Tensor },
+    /// On the CPU, when candle's GEMMs run on one thread (`RAYON_NUM_THREADS`, which the server
+    /// sets from `--intra-op-threads`): the weights and bias packed into panels instead.
+    Packed(accel_kernels::packed::PackedB),
 }
 
 impl Linear {
     fn new(weight_t: Tensor, bias: Tensor) -> candle_core::Result<Linear> {
         let one_thread = candle_core::utils::get_num_threads() == 1;
-        let packed = if one_thread && accel_kernels::packed::PackedB::fast() && weight_t.device().is_cpu() && weight_t.dtype() == DType::F32 {
+        if one_thread
+            && accel_kernels::packed::PackedB::fast()
+            && weight_t.device().is_cpu()
+            && weight_t.dtype() == DType::F32
+        {
             let (k, n) = weight_t.dims2()?;
             let w: Vec<f32> = weight_t.flatten_all()?.to_vec1()?;
             let b: Vec<f32> = bias.flatten_all()?.to_vec1()?;
-            accel_kernels::packed::PackedB::new(&w, k, n, Some(&b))
-        } else {
-            None
-        };
-        Ok(Linear { weight_t, bias, packed })
+            if let Some(packed) = accel_kernels::packed::PackedB::new(&w, k, n, Some(&b)) {
+                return Ok(Linear::Packed(packed));
+            }
+        }
+        Ok(Linear::Tensors { weight_t, bias })
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -139,20 +142,25 @@ impl Linear {
         let inner = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let mut out = dims[..dims.len() - 1].to_vec();
-        out.push(self.weight_t.dim(1)?);
-        if let Some(packed) = &self.packed
-            && packed.k() == inner
-            && let Some(y) = map_f32_rows(x, rows * packed.n(), |a, o| {
-                packed.matmul(a, rows, o)
-            })?
-        {
-            return y.reshape(out);
+        match self {
+            Linear::Packed(packed) => {
+                if packed.k() != inner {
+                    candle_core::bail!("a product of width {inner} with weights of {} rows", packed.k());
+                }
+                out.push(packed.n());
+                match map_f32_rows(x, rows * packed.n(), |a, o| packed.matmul(a, rows, o))? {
+                    Some(y) => y.reshape(out),
+                    None => candle_core::bail!("packed weights take FP32 CPU tensors, not {:?}", x.dtype()),
+                }
+            }
+            Linear::Tensors { weight_t, bias } => {
+                out.push(weight_t.dim(1)?);
+                x.reshape((rows, inner))?
+                    .matmul(weight_t)?
+                    .broadcast_add(bias)?
+                    .reshape(out)
+            }
         }
-        let y = x
-            .reshape((rows, inner))?
-            .matmul(&self.weight_t)?
-            .broadcast_add(&self.bias)?;
-        y.reshape(out)
     }
 }
 

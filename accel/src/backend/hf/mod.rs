@@ -748,7 +748,12 @@ impl Prepare for Tokenize {
                 }
                 self.tokenize(&text, pair.as_ref(), truncate)?
             }
-            (None, Some(ids)) if pair.is_none() => self.check_ids(ids, mask, types)?,
+            (None, Some(_)) if pair.is_some() => {
+                return Err(refused(format!(
+                    "'{TEXT_PAIR_INPUT}' is the second text of a '{TEXT_INPUT}'; with '{IDS_INPUT}' the pair is in the ids"
+                )));
+            }
+            (None, Some(ids)) => self.check_ids(ids, mask, types)?,
             (Some(_), Some(_)) => {
                 return Err(refused(format!(
                     "give either '{TEXT_INPUT}' (BYTES) or '{IDS_INPUT}' (INT64), not both"

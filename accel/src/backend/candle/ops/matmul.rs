@@ -1,13 +1,8 @@
 //! MatMul (numpy semantics: 1-D promotion, broadcast batch dimensions) and Gemm. Constant right-hand
 //! sides are prepared at load: Gemm's `transB` weights are transposed once into a contiguous
-//! (in, out) matrix, which candle's CPU matmul runs about twice as fast as a transposed view; on
-//! the CPU with one compute thread they are also packed into accel-kernels' panels (with a
-//! constant bias folded in), and products with them skip candle's GEMM and its per-call packing.
+//! (in, out) matrix, which candle's CPU matmul runs about twice as fast as a transposed view.
 
-use accel_kernels::packed::PackedB;
-use candle_core::{DType, Tensor, bail};
-
-use crate::backend::candle::map_f32_rows;
+use candle_core::{Tensor, bail};
 
 use super::{Kernel, NodeCtx, Result, arg, is_float, opt};
 
@@ -42,58 +37,10 @@ pub(super) fn matmul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if b_vec { y.squeeze(y.rank() - 1) } else { Ok(y) }
 }
 
-/// A constant `[k, n]` right-hand side (and bias `[n]`) packed, where the packed kernel applies:
-/// FP32 on the CPU, one compute thread, a CPU with vector units.
-fn packed(b: &Tensor, bias: Option<&Tensor>) -> Result<Option<PackedB>> {
-    if b.rank() != 2
-        || b.dtype() != DType::F32
-        || !b.device().is_cpu()
-        || candle_core::utils::get_num_threads() != 1
-        || !PackedB::fast()
-    {
-        return Ok(None);
-    }
-    let (k, n) = b.dims2()?;
-    let bias = match bias {
-        Some(c) if c.dtype() == DType::F32 && c.elem_count() == n && c.dims().last() == Some(&n) => {
-            Some(c.flatten_all()?.to_vec1::<f32>()?)
-        }
-        Some(_) => return Ok(None),
-        None => None,
-    };
-    let w: Vec<f32> = b.flatten_all()?.to_vec1()?;
-    Ok(PackedB::new(&w, k, n, bias.as_deref()))
-}
-
-/// `a [..., k] · B`: the packed product, or `None` where `a` is not a CPU FP32 tensor of rank 2 or
-/// more ending in `k`.
-fn packed_product(a: &Tensor, p: &PackedB) -> Result<Option<Tensor>> {
-    if a.rank() < 2 || a.dims().last() != Some(&p.k()) {
-        return Ok(None);
-    }
-    let dims = a.dims();
-    let rows = a.elem_count() / p.k();
-    let mut out = dims[..dims.len() - 1].to_vec();
-    out.push(p.n());
-    match map_f32_rows(a, rows * p.n(), |x, o| p.matmul(x, rows, o))? {
-        Some(y) => Ok(Some(y.reshape(out)?)),
-        None => Ok(None),
-    }
-}
-
 pub(super) fn matmul(ctx: &NodeCtx<'_>) -> Result<Kernel> {
     let b_const = ctx.const_input(1).map(prepare).transpose()?;
-    let b_packed = match &b_const {
-        Some(b) => packed(b, None)?,
-        None => None,
-    };
     Ok(Kernel::new(move |i| {
         let a = arg(i, 0)?;
-        if let Some(p) = &b_packed
-            && let Some(y) = packed_product(a, p)?
-        {
-            return Ok(vec![y]);
-        }
         let b = match &b_const {
             Some(b) => b,
             None => arg(i, 1)?,
@@ -126,18 +73,8 @@ pub(super) fn gemm(ctx: &NodeCtx<'_>) -> Result<Kernel> {
         })
         .transpose()?;
     let c_scaled = c_const.is_some();
-    // A constant B and a constant row of biases: one packed product, the bias its start.
-    let fused = match (&b_const, trans_a, alpha == 1.0) {
-        (Some(b), false, true) if c_const.is_some() || !ctx.has_input(2) => packed(b, c_const.as_ref())?,
-        _ => None,
-    };
     Ok(Kernel::new(move |i| {
         let a = arg(i, 0)?;
-        if let Some(p) = &fused
-            && let Some(y) = packed_product(a, p)?
-        {
-            return Ok(vec![y]);
-        }
         let a = if trans_a { a.t()? } else { a.clone() };
         let b = match &b_const {
             Some(b) => b.clone(),
