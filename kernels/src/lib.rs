@@ -84,6 +84,7 @@ pub mod simd {
 }
 
 pub mod activation;
+pub mod attention;
 pub mod batch;
 pub mod conv;
 pub mod dense;

@@ -120,13 +120,16 @@ pub(super) enum Linear {
 }
 
 impl Linear {
-    fn new(weight_t: Tensor, bias: Tensor) -> candle_core::Result<Linear> {
-        let one_thread = candle_core::utils::get_num_threads() == 1;
-        if one_thread
+    /// Whether weights like these are packed (FP32 on the CPU, one compute thread, vector units).
+    fn packs(weight_t: &Tensor) -> bool {
+        candle_core::utils::get_num_threads() == 1
             && accel_kernels::packed::PackedB::fast()
             && weight_t.device().is_cpu()
             && weight_t.dtype() == DType::F32
-        {
+    }
+
+    fn new(weight_t: Tensor, bias: Tensor) -> candle_core::Result<Linear> {
+        if Linear::packs(&weight_t) {
             let (k, n) = weight_t.dims2()?;
             let w: Vec<f32> = weight_t.flatten_all()?.to_vec1()?;
             let b: Vec<f32> = bias.flatten_all()?.to_vec1()?;
@@ -176,10 +179,20 @@ impl LayerNorm {
     }
 }
 
+/// A layer's query, key and value projections.
+enum Qkv {
+    /// Packed side by side (`[hidden, 3 * hidden]`): one product, and accel-kernels' attention
+    /// reads its output as it is.
+    Fused(Linear),
+    Split {
+        query: Linear,
+        key: Linear,
+        value: Linear,
+    },
+}
+
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    qkv: Qkv,
     attention_out: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
@@ -224,6 +237,12 @@ impl Weights<'_> {
     }
 
     pub(super) fn linear(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear, String> {
+        let (weight_t, bias) = self.linear_tensors(name, d_in, d_out)?;
+        Linear::new(weight_t, bias).map_err(|e| e.to_string())
+    }
+
+    /// A linear layer's weights transposed to `[in, out]`, and its bias.
+    fn linear_tensors(&self, name: &str, d_in: usize, d_out: usize) -> Result<(Tensor, Tensor), String> {
         let w = self.f32(&format!("{name}.weight"))?;
         if w.dims() != [d_out, d_in] {
             return Err(format!(
@@ -233,7 +252,24 @@ impl Weights<'_> {
         }
         let bias = self.f32(&format!("{name}.bias"))?;
         let weight_t = w.t().and_then(|t| t.contiguous()).map_err(|e| e.to_string())?;
-        Linear::new(weight_t, bias).map_err(|e| e.to_string())
+        Ok((weight_t, bias))
+    }
+
+    /// The query, key and value projections of one layer, fused where they are packed.
+    fn qkv(&self, names: [&str; 3], h: usize) -> Result<Qkv, String> {
+        let [q, k, v] = names.map(|n| self.linear_tensors(n, h, h));
+        let ((qw, qb), (kw, kb), (vw, vb)) = (q?, k?, v?);
+        let e = |e: candle_core::Error| e.to_string();
+        if Linear::packs(&qw) {
+            let weight_t = Tensor::cat(&[&qw, &kw, &vw], 1).map_err(e)?;
+            let bias = Tensor::cat(&[&qb, &kb, &vb], 0).map_err(e)?;
+            return Ok(Qkv::Fused(Linear::new(weight_t, bias).map_err(e)?));
+        }
+        Ok(Qkv::Split {
+            query: Linear::new(qw, qb).map_err(e)?,
+            key: Linear::new(kw, kb).map_err(e)?,
+            value: Linear::new(vw, vb).map_err(e)?,
+        })
     }
 
     fn norm(&self, name: &str, eps: f64) -> Result<LayerNorm, String> {
@@ -301,9 +337,7 @@ impl Bert {
         for l in 0..config.num_hidden_layers {
             let at = |k: usize| format!("{}.{l}.{}", names[0], names[k]);
             layers.push(Layer {
-                query: w.linear(&at(1), h, h)?,
-                key: w.linear(&at(2), h, h)?,
-                value: w.linear(&at(3), h, h)?,
+                qkv: w.qkv([&at(1), &at(2), &at(3)], h)?,
                 attention_out: w.linear(&at(4), h, h)?,
                 attention_norm: w.norm(&at(5), eps)?,
                 intermediate: w.linear(&at(6), h, i)?,
@@ -376,21 +410,47 @@ impl Bert {
         let scale = 1.0 / (dh as f64).sqrt();
         // (1 - mask) * -10000 as [n, 1, 1, len]: padded keys get no weight.
         let bias = ((mask.ones_like()? - mask)? * -10000.0)?.reshape((n, 1, 1, len))?;
+        // The fused attention's mask: 0 for a real key, -10000 for padding, per sequence.
+        let key_bias: Option<Vec<f32>> = match self.layers.first().map(|l| &l.qkv) {
+            Some(Qkv::Fused(_)) => Some(
+                mask.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|m| (1.0 - m) * -10000.0)
+                    .collect(),
+            ),
+            _ => None,
+        };
         for layer in &self.layers {
             if let Some(e) = stop() {
                 return Err(e);
             }
-            let split = |t: Tensor| t.reshape((n, len, self.heads, dh))?.transpose(1, 2)?.contiguous();
-            let q = split(layer.query.forward(&x)?)?;
-            let k = split(layer.key.forward(&x)?)?;
-            let v = split(layer.value.forward(&x)?)?;
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&bias)?;
-            let probs = softmax(&scores)?;
-            let context = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((n, len, self.hidden))?;
+            let context = match (&layer.qkv, &key_bias) {
+                (Qkv::Fused(projection), Some(key_bias)) => {
+                    let qkv = projection.forward(&x)?;
+                    let (heads, hidden) = (self.heads, self.hidden);
+                    match map_f32_rows(&qkv, n * len * hidden, |a, o| {
+                        accel_kernels::attention::attention(a, key_bias, o, n, len, heads, dh, scale as f32)
+                    })? {
+                        Some(c) => c.reshape((n, len, hidden))?,
+                        None => candle_core::bail!("the fused attention takes FP32 CPU tensors"),
+                    }
+                }
+                (Qkv::Fused(_), None) => candle_core::bail!("the fused attention has no mask"),
+                (Qkv::Split { query, key, value }, _) => {
+                    let split = |t: Tensor| t.reshape((n, len, self.heads, dh))?.transpose(1, 2)?.contiguous();
+                    let q = split(query.forward(&x)?)?;
+                    let k = split(key.forward(&x)?)?;
+                    let v = split(value.forward(&x)?)?;
+                    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&bias)?;
+                    let probs = softmax(&scores)?;
+                    probs
+                        .matmul(&v)?
+                        .transpose(1, 2)?
+                        .contiguous()?
+                        .reshape((n, len, self.hidden))?
+                }
+            };
             let attended = layer.attention_out.forward(&context)?;
             x = layer.attention_norm.forward(&attended.add(&x)?)?;
             let inner = gelu(&layer.intermediate.forward(&x)?)?;
