@@ -10,34 +10,33 @@
 use crate::activation::softmax_rows_impl;
 use crate::packed::PackedB;
 
+/// The shape of one attention: `n` sequences of `len` tokens, `heads` heads of `dh` each, scores
+/// scaled by `scale`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Heads {
+    pub n: usize,
+    pub len: usize,
+    pub heads: usize,
+    pub dh: usize,
+    pub scale: f32,
+}
+
 multiversion! {
     /// `out [n, len, heads * dh]` = softmax(q·kᵀ · scale + bias) · v per sequence and head, with
     /// `bias [n, len]` added to every query's scores of that key (0 for a real token, a large
     /// negative value for padding). Panics when the lengths do not match the shape.
-    pub fn attention(
-        qkv: &[f32],
-        bias: &[f32],
-        out: &mut [f32],
-        n: usize,
-        len: usize,
-        heads: usize,
-        dh: usize,
-        scale: f32,
-    ) = attention_impl;
+    pub fn attention(qkv: &[f32], bias: &[f32], out: &mut [f32], shape: Heads) = attention_impl;
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attention_impl(
-    qkv: &[f32],
-    bias: &[f32],
-    out: &mut [f32],
-    n: usize,
-    len: usize,
-    heads: usize,
-    dh: usize,
-    scale: f32,
-) {
+fn attention_impl(qkv: &[f32], bias: &[f32], out: &mut [f32], shape: Heads) {
+    let Heads {
+        n,
+        len,
+        heads,
+        dh,
+        scale,
+    } = shape;
     let hidden = heads * dh;
     assert_eq!(qkv.len(), n * len * 3 * hidden, "qkv length");
     assert_eq!(bias.len(), n * len, "bias length");
@@ -76,16 +75,14 @@ fn attention_impl(
 }
 
 /// The definition, in f64.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_reference(
-    qkv: &[f32],
-    bias: &[f32],
-    n: usize,
-    len: usize,
-    heads: usize,
-    dh: usize,
-    scale: f32,
-) -> Vec<f32> {
+pub fn attention_reference(qkv: &[f32], bias: &[f32], shape: Heads) -> Vec<f32> {
+    let Heads {
+        n,
+        len,
+        heads,
+        dh,
+        scale,
+    } = shape;
     let hidden = heads * dh;
     let at = |b: usize, t: usize, part: usize, h: usize, d: usize| {
         f64::from(qkv[((b * len + t) * 3 + part) * hidden + h * dh + d])
@@ -145,8 +142,15 @@ mod tests {
                     .collect();
                 let scale = 1.0 / (dh as f32).sqrt();
                 let mut out = vec![f32::NAN; n * len * hidden];
-                attention(&qkv, &bias, &mut out, n, len, heads, dh, scale);
-                let want = attention_reference(&qkv, &bias, n, len, heads, dh, scale);
+                let shape = Heads {
+                    n,
+                    len,
+                    heads,
+                    dh,
+                    scale,
+                };
+                attention(&qkv, &bias, &mut out, shape);
+                let want = attention_reference(&qkv, &bias, shape);
                 for (k, (g, w)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         (g - w).abs() <= 1e-5 * (1.0 + w.abs()),

@@ -430,7 +430,14 @@ impl Bert {
                     let qkv = projection.forward(&x)?;
                     let (heads, hidden) = (self.heads, self.hidden);
                     match map_f32_rows(&qkv, n * len * hidden, |a, o| {
-                        accel_kernels::attention::attention(a, key_bias, o, n, len, heads, dh, scale as f32)
+                        let shape = accel_kernels::attention::Heads {
+                            n,
+                            len,
+                            heads,
+                            dh,
+                            scale: scale as f32,
+                        };
+                        accel_kernels::attention::attention(a, key_bias, o, shape)
                     })? {
                         Some(c) => c.reshape((n, len, hidden))?,
                         None => candle_core::bail!("the fused attention takes FP32 CPU tensors"),
