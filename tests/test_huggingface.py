@@ -325,8 +325,9 @@ def test_bad_token_ids_and_input_combinations_are_invalid_argument(hf_server, re
 
 def test_several_encoders_under_a_budget_evict_and_come_back(minilm_dir, tmp_path):
     # Three encoders sharing the checkpoint but not their heads (mean + Normalize, CLS + Normalize,
-    # mean without Normalize), a budget that holds two: callers cycling over all three get each
-    # model's own answers while models are evicted to the host tier and brought back; nothing fails.
+    # mean without Normalize) and an ONNX MLP in one repository, a budget that holds two encoders:
+    # callers cycling over all of them get each model's own answers while models are evicted to
+    # the host tier and brought back; nothing fails.
     from conftest import scrape, total
 
     root = tmp_path / "repo"
@@ -342,6 +343,13 @@ def test_several_encoders_under_a_budget_evict_and_come_back(minilm_dir, tmp_pat
             modules = [m for m in json.loads((d / "modules.json").read_text()) if not m["type"].endswith("Normalize")]
             (d / "modules.json").write_text(json.dumps(modules))
     refs = {name: hf_reference.Encoder(str(root / name / "1")) for name in variants}
+    # An ONNX model in the same repository, under the same budget.
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "model_repository", "mlp")
+    shutil.copytree(example, root / "mlp")
+    import onnxruntime as ort
+
+    x = np.random.default_rng(3).standard_normal((1, 256)).astype(np.float32)
+    mlp_want = ort.InferenceSession(str(root / "mlp" / "1" / "model.onnx")).run(None, {"INPUT0": x})[0]
     s = Server(str(root), str(tmp_path / "accel.log"), extra_args=["--memory-budget", str(230 << 20), "--memory-reserve", "0"])
     try:
         texts = ["a short query", "a somewhat longer passage about serving many embedding models on one device"]
@@ -357,6 +365,12 @@ def test_several_encoders_under_a_budget_evict_and_come_back(minilm_dir, tmp_pat
                     got = c.infer(m, [text_input([t])]).as_numpy("embedding")[0]
                     if cosine(got, want[(m, t)]) < 0.9999 or abs(np.linalg.norm(got) - np.linalg.norm(want[(m, t)])) > 1e-3:
                         errors.append((m, t, cosine(got, want[(m, t)])))
+                    if i % 3 == k % 3:
+                        inp = grpcclient.InferInput("INPUT0", [1, 256], "FP32")
+                        inp.set_data_from_numpy(x)
+                        y = c.infer("mlp", [inp]).as_numpy("OUTPUT0")
+                        if not np.allclose(y, mlp_want, rtol=1e-4, atol=1e-4):
+                            errors.append(("mlp", float(np.abs(y - mlp_want).max())))
             except Exception as e:  # noqa: BLE001 - reported below
                 errors.append(e)
 
