@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 from safetensors.numpy import load_file
@@ -67,17 +68,7 @@ class Encoder:
 
     def _distil_names(self):
         """DistilBERT's weights under BERT's names."""
-        renames = {"attention.q_lin": "attention.self.query", "attention.k_lin": "attention.self.key",
-                   "attention.v_lin": "attention.self.value", "attention.out_lin": "attention.output.dense",
-                   "sa_layer_norm": "attention.output.LayerNorm", "ffn.lin1": "intermediate.dense",
-                   "ffn.lin2": "output.dense", "output_layer_norm": "output.LayerNorm"}
-        out = {}
-        for k, v in self.w.items():
-            k = k.replace("transformer.layer.", "encoder.layer.")
-            for a, b in renames.items():
-                k = k.replace(a, b)
-            out[k] = v
-        self.w = out
+        self.w = rename_layers(self.w, {d: b for b, d in DISTILBERT_NAMES.items()}, "transformer.layer.", "encoder.layer.")
 
     def tokens(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
@@ -133,6 +124,25 @@ class Encoder:
         return e
 
 
+# A BERT layer's weight names and DistilBERT's for the same weights.
+DISTILBERT_NAMES = {"attention.self.query": "attention.q_lin", "attention.self.key": "attention.k_lin",
+                    "attention.self.value": "attention.v_lin", "attention.output.dense": "attention.out_lin",
+                    "attention.output.LayerNorm": "sa_layer_norm", "intermediate.dense": "ffn.lin1",
+                    "output.dense": "ffn.lin2", "output.LayerNorm": "output_layer_norm"}
+
+
+def rename_layers(weights: dict, names: dict, src: str, dst: str) -> dict:
+    """`weights` with each `{src}{i}.{name}.{weight|bias}` renamed `{dst}{i}.{names[name]}.{...}`; others kept."""
+    pattern = re.compile(re.escape(src) + r"(\d+)\.(.+)\.(weight|bias)$")
+    out = {}
+    for k, v in weights.items():
+        m = pattern.search(k)
+        if m and m.group(2) in names:
+            k = k[:m.start()] + f"{dst}{m.group(1)}.{names[m.group(2)]}.{m.group(3)}"
+        out[k] = v
+    return out
+
+
 def random_checkpoint(directory: str, model_type: str, seed: int = 0, hidden: int = 32, layers: int = 2,
                       heads: int = 4, ffn: int = 64, prefix: str = "", pooling: str = "mean",
                       normalize: bool = True, labels: list[str] | None = None) -> str:
@@ -174,17 +184,6 @@ def random_checkpoint(directory: str, model_type: str, seed: int = 0, hidden: in
         config = {"model_type": "distilbert", "architectures": ["DistilBertModel"], "dim": hidden, "n_layers": layers,
                   "n_heads": heads, "hidden_dim": ffn, "max_position_embeddings": positions, "activation": "gelu",
                   "vocab_size": len(vocab)}
-        for l in range(layers):
-            p = f"transformer.layer.{l}"
-            for m in ("q_lin", "k_lin", "v_lin", "out_lin"):
-                t(f"{p}.attention.{m}.weight", hidden, hidden)
-                t(f"{p}.attention.{m}.bias", hidden, scale=0.05)
-            norm(f"{p}.sa_layer_norm")
-            t(f"{p}.ffn.lin1.weight", ffn, hidden)
-            t(f"{p}.ffn.lin1.bias", ffn, scale=0.05)
-            t(f"{p}.ffn.lin2.weight", hidden, ffn)
-            t(f"{p}.ffn.lin2.bias", hidden, scale=0.05)
-            norm(f"{p}.output_layer_norm")
     else:
         arch = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel"}[model_type]
         config = {"model_type": model_type, "architectures": [arch], "hidden_size": hidden, "num_hidden_layers": layers,
@@ -192,17 +191,20 @@ def random_checkpoint(directory: str, model_type: str, seed: int = 0, hidden: in
                   "type_vocab_size": 2 if model_type == "bert" else 1, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
                   "vocab_size": len(vocab), "pad_token_id": 0 if model_type == "bert" else 1}
         t("embeddings.token_type_embeddings.weight", config["type_vocab_size"], hidden, scale=0.5)
-        for l in range(layers):
-            p = f"encoder.layer.{l}"
-            for m in ("self.query", "self.key", "self.value", "output.dense"):
-                t(f"{p}.attention.{m}.weight", hidden, hidden)
-                t(f"{p}.attention.{m}.bias", hidden, scale=0.05)
-            norm(f"{p}.attention.output.LayerNorm")
-            t(f"{p}.intermediate.dense.weight", ffn, hidden)
-            t(f"{p}.intermediate.dense.bias", ffn, scale=0.05)
-            t(f"{p}.output.dense.weight", hidden, ffn)
-            t(f"{p}.output.dense.bias", hidden, scale=0.05)
-            norm(f"{p}.output.LayerNorm")
+    # Every family's layers under BERT's names, then DistilBERT's renamed.
+    for l in range(layers):
+        p = f"encoder.layer.{l}"
+        for m in ("self.query", "self.key", "self.value", "output.dense"):
+            t(f"{p}.attention.{m}.weight", hidden, hidden)
+            t(f"{p}.attention.{m}.bias", hidden, scale=0.05)
+        norm(f"{p}.attention.output.LayerNorm")
+        t(f"{p}.intermediate.dense.weight", ffn, hidden)
+        t(f"{p}.intermediate.dense.bias", ffn, scale=0.05)
+        t(f"{p}.output.dense.weight", hidden, ffn)
+        t(f"{p}.output.dense.bias", hidden, scale=0.05)
+        norm(f"{p}.output.LayerNorm")
+    if model_type == "distilbert":
+        w = rename_layers(w, DISTILBERT_NAMES, prefix + "encoder.layer.", prefix + "transformer.layer.")
     if labels is not None:
         n = len(labels)
         config["architectures"] = [config["architectures"][0].replace("Model", "ForSequenceClassification")]

@@ -113,23 +113,14 @@ pub fn attention_reference(qkv: &[f32], bias: &[f32], shape: Heads) -> Vec<f32> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::conv::tests::Rng;
 
     #[test]
     fn fused_attention_matches_the_reference_with_padding_at_every_level() {
         crate::simd::each_level(|level| {
             for &(n, len, heads, dh) in &[(1, 1, 1, 1), (2, 7, 3, 5), (3, 16, 12, 32), (1, 33, 2, 16)] {
                 let hidden = heads * dh;
-                let qkv = random(n * len * 3 * hidden, 7);
+                let qkv = Rng(0x2545_f491_4f6c_dd1d).values(n * len * 3 * hidden);
                 // The last rows of every sequence but the first are padding.
                 let bias: Vec<f32> = (0..n * len)
                     .map(|k| {

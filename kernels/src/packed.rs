@@ -286,16 +286,7 @@ pub fn matmul_reference(a: &[f32], b: &[f32], bias: Option<&[f32]>, m: usize, k:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::conv::tests::Rng;
 
     #[test]
     fn packed_products_match_the_reference_at_every_level_and_odd_shape() {
@@ -314,9 +305,10 @@ mod tests {
                 (10, 3, 7),
                 (8, 256, 1024),
             ] {
-                let a = random(m * k, 1);
-                let b = random(k * n, 2);
-                let bias = random(n, 3);
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+                let a = rng.values(m * k);
+                let b = rng.values(k * n);
+                let bias = rng.values(n);
                 for bias in [None, Some(&bias[..])] {
                     let packed = PackedB::new(&b, k, n, bias).expect("shapes");
                     assert_eq!(packed.bytes(), (n.div_ceil(NR) * (k + 1) * NR) * 4);

@@ -191,6 +191,14 @@ enum Qkv {
     },
 }
 
+/// The score bias of padded keys, as each form of attention takes it.
+enum KeyBias {
+    /// `[n * len]`, for the fused kernel.
+    Rows(Vec<f32>),
+    /// `[n, 1, 1, len]`, broadcast over candle's `[n, heads, len, len]` scores.
+    Tensor(Tensor),
+}
+
 struct Layer {
     qkv: Qkv,
     attention_out: Linear,
@@ -408,25 +416,24 @@ impl Bert {
         let mut x = self.embeddings_norm.forward(&x)?;
         let dh = self.hidden / self.heads;
         let scale = 1.0 / (dh as f64).sqrt();
-        // (1 - mask) * -10000 as [n, 1, 1, len]: padded keys get no weight.
-        let bias = ((mask.ones_like()? - mask)? * -10000.0)?.reshape((n, 1, 1, len))?;
-        // The fused attention's mask: 0 for a real key, -10000 for padding, per sequence.
-        let key_bias: Option<Vec<f32>> = match self.layers.first().map(|l| &l.qkv) {
-            Some(Qkv::Fused(_)) => Some(
+        // Padded keys get no weight: (1 - mask) * -10000 added to their scores, in the form the
+        // layers' attention takes (every layer is fused or none is: packing is decided per process).
+        let key_bias = match self.layers.first().map(|l| &l.qkv) {
+            Some(Qkv::Fused(_)) => KeyBias::Rows(
                 mask.flatten_all()?
                     .to_vec1::<f32>()?
                     .iter()
                     .map(|m| (1.0 - m) * -10000.0)
                     .collect(),
             ),
-            _ => None,
+            _ => KeyBias::Tensor(((mask.ones_like()? - mask)? * -10000.0)?.reshape((n, 1, 1, len))?),
         };
         for layer in &self.layers {
             if let Some(e) = stop() {
                 return Err(e);
             }
             let context = match (&layer.qkv, &key_bias) {
-                (Qkv::Fused(projection), Some(key_bias)) => {
+                (Qkv::Fused(projection), KeyBias::Rows(key_bias)) => {
                     let qkv = projection.forward(&x)?;
                     let (heads, hidden) = (self.heads, self.hidden);
                     match map_f32_rows(&qkv, n * len * hidden, |a, o| {
@@ -443,13 +450,12 @@ impl Bert {
                         None => candle_core::bail!("the fused attention takes FP32 CPU tensors"),
                     }
                 }
-                (Qkv::Fused(_), None) => candle_core::bail!("the fused attention has no mask"),
-                (Qkv::Split { query, key, value }, _) => {
+                (Qkv::Split { query, key, value }, KeyBias::Tensor(bias)) => {
                     let split = |t: Tensor| t.reshape((n, len, self.heads, dh))?.transpose(1, 2)?.contiguous();
                     let q = split(query.forward(&x)?)?;
                     let k = split(key.forward(&x)?)?;
                     let v = split(value.forward(&x)?)?;
-                    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&bias)?;
+                    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(bias)?;
                     let probs = softmax(&scores)?;
                     probs
                         .matmul(&v)?
@@ -457,6 +463,7 @@ impl Bert {
                         .contiguous()?
                         .reshape((n, len, self.hidden))?
                 }
+                _ => candle_core::bail!("the layers disagree on fused attention"),
             };
             let attended = layer.attention_out.forward(&context)?;
             x = layer.attention_norm.forward(&attended.add(&x)?)?;

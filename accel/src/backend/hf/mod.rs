@@ -781,6 +781,11 @@ impl Prepare for Tokenize {
     }
 }
 
+/// A tensor's values as FP32, flattened.
+fn f32_values(t: &CTensor) -> candle_core::Result<Vec<f32>> {
+    t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()
+}
+
 struct HfInstance {
     encoder: Arc<Encoder>,
     /// The batch's slots of `input_ids`, `attention_mask`, `token_type_ids`.
@@ -888,20 +893,12 @@ impl ModelInstance for HfInstance {
             })?;
             let (out, w) = e.head.apply(&states, &gmask).map_err(exec)?;
             width = w;
-            let values: Vec<f32> = out
-                .to_dtype(candle_core::DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1())
-                .map_err(exec)?;
+            let values = f32_values(&out).map_err(exec)?;
             for (row, &i) in group.iter().enumerate() {
                 rows[i] = values[row * w..(row + 1) * w].to_vec();
             }
             if want_states {
-                let flat: Vec<f32> = states
-                    .to_dtype(candle_core::DType::F32)
-                    .and_then(|t| t.flatten_all())
-                    .and_then(|t| t.to_vec1())
-                    .map_err(exec)?;
+                let flat = f32_values(&states).map_err(exec)?;
                 for (row, &i) in group.iter().enumerate() {
                     let real = counts[i] as usize * hidden;
                     let src = &flat[row * glen * hidden..][..real];

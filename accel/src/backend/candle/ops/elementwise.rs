@@ -163,18 +163,9 @@ pub(super) fn tanh(x: &Tensor) -> Result<Tensor> {
 
 /// `f` over the elements of an FP32 tensor on the CPU (made contiguous), or `None` for other tensors.
 pub(crate) fn map_f32(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Result<Option<Tensor>> {
-    if x.dtype() != DType::F32 || !x.device().is_cpu() {
-        return Ok(None);
-    }
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-        return Ok(None);
-    };
-    let mut out = vec![0f32; end - start];
-    f(&data[start..end], &mut out);
-    drop(storage);
-    Tensor::from_vec(out, x.shape(), x.device()).map(Some)
+    map_f32_rows(x, x.elem_count(), f)?
+        .map(|y| y.reshape(x.shape()))
+        .transpose()
 }
 
 /// `f` over a CPU FP32 tensor's contiguous data into a new flat tensor of `len` elements (a
