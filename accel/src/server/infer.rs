@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
+use crate::backend::Prepare;
 use crate::batching::SubmitError;
 use crate::core::{Code, Error, InferRequest, InferResponse, ModelSpec, ValidatedRequest, validate};
 use crate::metrics::FailureReason;
@@ -101,10 +102,14 @@ impl Ticket {
     /// OpenAI route sends each text as its own, so that batching sees them apart).
     pub async fn run(&self, request: InferRequest) -> Result<InferResponse, Error> {
         let id = request.id.clone();
-        let parameters = self.lease.prepare.is_some().then(|| request.parameters.clone());
+        // The engine's step reads the request's parameters, which validation consumes.
+        let prepare = self.lease.prepare.clone().map(|p| (p, request.parameters.clone()));
         let mut validated = validate(&self.lease.spec, request).map_err(|e| self.failed(e.into()))?;
-        if let Some(parameters) = parameters {
-            validated = self.prepare(validated, parameters).await.map_err(|e| self.failed(e))?;
+        if let Some((prepare, parameters)) = prepare {
+            validated = self
+                .prepare(prepare, validated, parameters)
+                .await
+                .map_err(|e| self.failed(e))?;
         }
         let outputs = self.lease.scheduler.infer(validated, self.received).await?;
         Ok(InferResponse {
@@ -116,15 +121,13 @@ impl Ticket {
     }
 
     /// The engine's preparation of a request (tokenizing its text): inline when it is cheap, else on
-    /// a blocking thread, at most one per core at once.
+    /// a blocking thread, at most two per core at once.
     async fn prepare(
         &self,
+        prepare: Arc<dyn Prepare>,
         request: ValidatedRequest,
         parameters: crate::core::Parameters,
     ) -> Result<ValidatedRequest, Error> {
-        let Some(prepare) = self.lease.prepare.clone() else {
-            return Ok(request);
-        };
         let spec = self.lease.spec.clone();
         let failed = |source| {
             Error::from(SubmitError::Backend {
