@@ -40,10 +40,23 @@ DATATYPE_MODELS = {
 }
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never one this test process handed out before.
+
+    The kernel may give the same ephemeral port to two binds in a row once the
+    first socket is closed, so a server asked for three ports could get two equal
+    ones; remembering what was handed out rules that out.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class Server:
