@@ -50,9 +50,10 @@ pub struct Config {
     pub model_repository: PathBuf,
 
     /// Address the gRPC server binds. The default serves only the pod (a sidecar's predictor reaches it
-    /// on localhost); use 0.0.0.0 to serve other pods.
+    /// on localhost); use 0.0.0.0 to serve other pods, or `unix:/path/to.sock` for a Unix domain socket
+    /// (clients then connect to `unix:///path/to.sock`; --grpc-port is not used).
     #[arg(long, env = "ACCEL_GRPC_ADDRESS", default_value = "127.0.0.1")]
-    pub grpc_address: IpAddr,
+    pub grpc_address: ListenAddress,
 
     /// gRPC port (KServe v2 / Triton protocol). 0 picks a free port, printed at start.
     #[arg(long, env = "ACCEL_GRPC_PORT", default_value_t = 8001)]
@@ -62,9 +63,15 @@ pub struct Config {
     #[arg(long, env = "ACCEL_ALLOW_HTTP", default_value_t = true, action = clap::ArgAction::Set)]
     pub allow_http: bool,
 
-    /// Address the HTTP/REST server binds.
+    /// Address the HTTP/REST server binds: an IP address, or `unix:/path/to.sock` for a Unix domain
+    /// socket (--http-port is then not used).
     #[arg(long, env = "ACCEL_HTTP_ADDRESS", default_value = "127.0.0.1")]
-    pub http_address: IpAddr,
+    pub http_address: ListenAddress,
+
+    /// Permission bits of the Unix domain sockets Accel creates (octal, as chmod takes them). A stale
+    /// socket file left by an earlier run is replaced; any other file at the path is refused.
+    #[arg(long, env = "ACCEL_UNIX_SOCKET_MODE", default_value = "660", value_parser = parse_mode)]
+    pub unix_socket_mode: u32,
 
     /// HTTP/REST port (v2 endpoints and the /v2/health/live and /v2/health/ready probes). 0 picks a free port.
     #[arg(long, env = "ACCEL_HTTP_PORT", default_value_t = 8000)]
@@ -242,6 +249,75 @@ pub struct Config {
     /// Connections the metrics listener holds open at once; further ones are closed at once.
     #[arg(long, env = "ACCEL_METRICS_MAX_CONNECTIONS", default_value_t = 64)]
     pub metrics_max_connections: usize,
+
+    /// Let clients register shared-memory regions and send tensors through them (Triton's system
+    /// shared-memory extension; off by default, as in Triton since 2.69). `--allow-client-shm` alone
+    /// means true.
+    #[arg(long, env = "ACCEL_ALLOW_CLIENT_SHM", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub allow_client_shm: bool,
+
+    /// The directory system shared-memory keys name files in: a key is one file name there (leading
+    /// slashes dropped, as POSIX shm_open does), a regular file, not a symlink, owned by this server's
+    /// user or by a --shm-allowed-uid.
+    #[arg(long, env = "ACCEL_SHM_DIR", value_name = "DIR", default_value = "/dev/shm")]
+    pub shm_dir: PathBuf,
+
+    /// A user id, besides the server's own, whose shared-memory objects may be registered (the
+    /// predictor container's user); repeat the flag or separate ids with commas.
+    #[arg(
+        long = "shm-allowed-uid",
+        env = "ACCEL_SHM_ALLOWED_UIDS",
+        value_name = "UID",
+        value_delimiter = ','
+    )]
+    pub shm_allowed_uids: Vec<u32>,
+
+    /// Shared-memory regions registered at once (system and CUDA together); registering more fails
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ACCEL_SHM_MAX_REGIONS", default_value_t = 1024)]
+    pub shm_max_regions: usize,
+}
+
+/// Where a listener binds: an IP address (with the listener's port) or a Unix domain socket's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    Ip(IpAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            // gRPC's target syntax allows unix:path and unix:///abs/path; both name the same file.
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err("unix: needs a socket path, as in unix:/run/accel/grpc.sock".into());
+            }
+            return Ok(ListenAddress::Unix(PathBuf::from(path)));
+        }
+        s.parse::<IpAddr>()
+            .map(ListenAddress::Ip)
+            .map_err(|_| format!("'{s}' is neither an IP address nor unix:/path/to.sock"))
+    }
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Ip(ip) => write!(f, "{ip}"),
+            ListenAddress::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!("'{s}' is not permission bits in octal (such as 660)")),
+    }
 }
 
 impl Config {
@@ -284,9 +360,13 @@ impl Config {
         if self.metrics_interval_ms == 0 {
             return Err("--metrics-interval-ms must be at least 1".into());
         }
+        let tcp = |a: &ListenAddress| matches!(a, ListenAddress::Ip(_));
         let ports = [
-            ("--grpc-port", Some(self.grpc_port)),
-            ("--http-port", self.allow_http.then_some(self.http_port)),
+            ("--grpc-port", tcp(&self.grpc_address).then_some(self.grpc_port)),
+            (
+                "--http-port",
+                (self.allow_http && tcp(&self.http_address)).then_some(self.http_port),
+            ),
             ("--metrics-port", self.allow_metrics.then_some(self.metrics_port)),
         ];
         for (i, (a, pa)) in ports.iter().enumerate() {
@@ -298,6 +378,21 @@ impl Config {
                     return Err(format!("{a} and {b} are both {x}"));
                 }
             }
+        }
+        if let (ListenAddress::Unix(a), ListenAddress::Unix(b)) = (&self.grpc_address, &self.http_address)
+            && self.allow_http
+            && a == b
+        {
+            return Err(format!(
+                "--grpc-address and --http-address are both unix:{}",
+                a.display()
+            ));
+        }
+        if self.shm_max_regions == 0 || self.shm_max_regions > crate::shm::MAX_REGIONS {
+            return Err(format!(
+                "--shm-max-regions must be between 1 and {}",
+                crate::shm::MAX_REGIONS
+            ));
         }
         if self.intra_op_threads == 0 {
             return Err("--intra-op-threads must be at least 1".into());
@@ -371,6 +466,64 @@ mod tests {
         assert_eq!(c.model_control_mode, ControlMode::OnDemand);
         assert_eq!(c.memory_budget, MemorySize::Percent(80.0));
         assert!(c.validate().is_ok());
+        assert!(!c.allow_client_shm);
+        assert_eq!(c.unix_socket_mode, 0o660);
+    }
+
+    #[test]
+    fn unix_addresses_and_shm_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "accel",
+            "serve",
+            "--model-repository",
+            "/tmp",
+            "--grpc-address",
+            "unix:///run/a.sock",
+            "--http-address",
+            "unix:/run/b.sock",
+            "--unix-socket-mode",
+            "600",
+            "--allow-client-shm",
+            "--shm-allowed-uid",
+            "1000,1001",
+        ])
+        .unwrap();
+        let c = cli.command.serve().expect("serve");
+        assert_eq!(c.grpc_address, ListenAddress::Unix("/run/a.sock".into()));
+        assert_eq!(c.http_address, ListenAddress::Unix("/run/b.sock".into()));
+        assert_eq!(c.unix_socket_mode, 0o600);
+        assert!(c.allow_client_shm);
+        assert_eq!(c.shm_allowed_uids, [1000, 1001]);
+        assert!(c.validate().is_ok());
+        let off = Cli::try_parse_from([
+            "accel",
+            "serve",
+            "--model-repository",
+            "/tmp",
+            "--allow-client-shm=false",
+        ]);
+        assert!(!off.unwrap().command.serve().expect("serve").allow_client_shm);
+        for bad in [
+            ["--grpc-address", "unix:"],
+            ["--unix-socket-mode", "999"],
+            ["--grpc-address", "localhost"],
+        ] {
+            let mut args = vec!["accel", "serve", "--model-repository", "/tmp"];
+            args.extend(bad);
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+        let same = Cli::try_parse_from([
+            "accel",
+            "serve",
+            "--model-repository",
+            "/tmp",
+            "--grpc-address",
+            "unix:/run/a.sock",
+            "--http-address",
+            "unix:/run/a.sock",
+        ])
+        .unwrap();
+        assert!(same.command.serve().expect("serve").validate().is_err());
     }
 
     #[test]

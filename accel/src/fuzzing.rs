@@ -62,9 +62,10 @@ pub fn grpc_request(data: &[u8]) {
     let Ok(request) = <accel_proto::inference::ModelInferRequest as prost::Message>::decode(data) else {
         return;
     };
-    let Ok(request) = crate::server::decode_infer_request(request) else {
+    let Ok(decoded) = crate::server::decode_infer_request(request) else {
         return;
     };
+    let request = decoded.request;
     let spec = spec();
     if let Ok(valid) = validate(&spec, request.clone()) {
         let batch = crate::batching::assemble::batch(&spec, &[&valid, &valid], Default::default());

@@ -19,4 +19,5 @@ pub mod metrics;
 pub mod repository;
 pub mod residency;
 pub mod server;
+pub mod shm;
 pub mod stats;

@@ -102,11 +102,11 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let show = |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+        let [grpc, http, metrics] = listeners.describe();
         tracing::info!(
-            grpc = %show(listeners.grpc_addr()),
-            http = %show(listeners.http_addr()),
-            metrics = %show(listeners.metrics_addr()),
+            grpc = %grpc,
+            http = %http,
+            metrics = %metrics,
             repository = %config.model_repository.display(),
             "listening"
         );

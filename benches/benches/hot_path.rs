@@ -67,7 +67,9 @@ fn wire_request() -> ModelInferRequest {
 fn validated(spec: &ModelSpec) -> ValidatedRequest {
     validate(
         spec,
-        accel::server::decode_infer_request(wire_request()).expect("decodes"),
+        accel::server::decode_infer_request(wire_request())
+            .expect("decodes")
+            .request,
     )
     .expect("valid")
 }
@@ -76,7 +78,9 @@ fn decode_and_validate(c: &mut Criterion) {
     let spec = spec(true);
     c.bench_function("decode_and_validate", |b| {
         b.iter(|| {
-            let r = accel::server::decode_infer_request(black_box(wire_request())).expect("decodes");
+            let r = accel::server::decode_infer_request(black_box(wire_request()))
+                .expect("decodes")
+                .request;
             black_box(validate(&spec, r).expect("valid"))
         })
     });

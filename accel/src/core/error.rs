@@ -14,6 +14,8 @@ pub enum Code {
     NotFound,
     /// Retryable: the model is not ready, the queue is full, the request timed out in the queue.
     Unavailable,
+    /// What the request creates exists already (a shared-memory region's name).
+    AlreadyExists,
     /// The request cannot fit in the memory the server may use.
     ResourceExhausted,
     /// The feature exists in the protocol but not (yet) in Accel.
@@ -90,6 +92,8 @@ pub enum Error {
     Submit(#[from] crate::batching::SubmitError),
     #[error(transparent)]
     Acquire(#[from] crate::residency::AcquireError),
+    #[error(transparent)]
+    Shm(#[from] crate::shm::ShmError),
     #[error("{message}")]
     Other { code: Code, message: String },
 }
@@ -117,6 +121,7 @@ impl Error {
             Error::Validation(_) => Code::InvalidArgument,
             Error::Submit(e) => e.code(),
             Error::Acquire(e) => e.code(),
+            Error::Shm(e) => e.code(),
             Error::Other { code, .. } => *code,
         }
     }

@@ -10,9 +10,15 @@ use accel_proto::inference::{
     model_metadata_response::TensorMetadata, repository_index_response::ModelIndex,
 };
 
+use accel_proto::inference::{
+    CudaSharedMemoryStatusResponse, SystemSharedMemoryStatusResponse,
+    system_shared_memory_status_response::RegionStatus as SystemRegionStatus,
+};
+
 use crate::core::{Error, IoSpec};
 use crate::logging::{self, LogFormat, LogSettings};
 use crate::residency::{ModelState, Registry};
+use crate::shm::SharedMemory;
 use crate::stats::{DurationStat, ModelStats};
 
 /// Extensions of the protocol this server really implements.
@@ -24,7 +30,44 @@ pub const EXTENSIONS: &[&str] = &[
     "binary_tensor_data",
     "logging",
     "model_repository",
+    "system_shared_memory",
 ];
+
+/// The system shared-memory regions registered (`""`: all).
+pub(super) fn system_shm_status(shm: &SharedMemory, name: &str) -> Result<SystemSharedMemoryStatusResponse, Error> {
+    let regions = shm
+        .status(name)?
+        .into_iter()
+        .map(|r| {
+            let status = SystemRegionStatus {
+                name: r.name.clone(),
+                key: r.key,
+                offset: r.offset,
+                byte_size: r.byte_size,
+            };
+            (r.name, status)
+        })
+        .collect();
+    Ok(SystemSharedMemoryStatusResponse { regions })
+}
+
+/// The CUDA regions registered: none in a server that cannot open CUDA IPC handles.
+pub(super) fn cuda_shm_status(name: &str) -> Result<CudaSharedMemoryStatusResponse, Error> {
+    if name.is_empty() {
+        return Ok(CudaSharedMemoryStatusResponse::default());
+    }
+    Err(Error::new(
+        crate::core::Code::NotFound,
+        format!("Unable to find cuda shared memory region: '{name}'"),
+    ))
+}
+
+/// Unregisters CUDA regions: with none registered there is nothing to do, but the call is answered
+/// (perf_analyzer unregisters both kinds before it starts).
+pub(super) fn cuda_shm_unregister(shm: &SharedMemory) -> Result<(), Error> {
+    shm.allowed()?;
+    Ok(())
+}
 
 /// An RPC that belongs to work still to come.
 pub(super) fn not_yet(what: &str, issue: &str) -> Error {

@@ -10,7 +10,9 @@ use accel_proto::inference::{
 };
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::infer::Decoded;
 use crate::core::{DataType, Error, InferRequest, ParamValue, Parameters, RequestedOutput, Tensor, element_count};
+use crate::shm;
 
 fn parameters(map: HashMap<String, InferParameter>) -> Parameters {
     let mut out: Parameters = map
@@ -30,8 +32,10 @@ fn parameters(map: HashMap<String, InferParameter>) -> Parameters {
     out
 }
 
-/// Decodes a ModelInferRequest. Errors are INVALID_ARGUMENT and name the tensor.
-pub fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Error> {
+/// Decodes a ModelInferRequest. Errors are INVALID_ARGUMENT and name the tensor. Inputs in shared
+/// memory come back as references (bound by `Ticket::run`); raw_input_contents then holds one entry
+/// per other input, in order (Triton's rule).
+pub fn infer_request(req: ModelInferRequest) -> Result<Decoded, Error> {
     let ModelInferRequest {
         model_name,
         model_version,
@@ -41,15 +45,19 @@ pub fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Error> {
         outputs,
         raw_input_contents,
     } = req;
-    if !raw_input_contents.is_empty() && raw_input_contents.len() != inputs.len() {
+    let in_memory = inputs
+        .iter()
+        .filter(|i| !i.parameters.contains_key(shm::REGION))
+        .count();
+    if !raw_input_contents.is_empty() && raw_input_contents.len() != in_memory {
         return Err(Error::invalid_argument(format!(
-            "raw_input_contents has {} entries for {} inputs; send one per input, in the order of the inputs",
+            "raw_input_contents has {} entries for {in_memory} inputs not in shared memory; send one per such input, in the order of the inputs",
             raw_input_contents.len(),
-            inputs.len()
         )));
     }
     let mut raw = raw_input_contents.into_iter();
     let mut tensors = Vec::with_capacity(inputs.len());
+    let mut shared = Vec::new();
     for input in inputs {
         let datatype = DataType::from_wire(&input.datatype).ok_or_else(|| {
             Error::invalid_argument(format!("input '{}': unknown datatype '{}'", input.name, input.datatype))
@@ -65,10 +73,24 @@ pub fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Error> {
                     input.name, input.shape
                 ))
             })?;
-        if input.parameters.contains_key(SHM_REGION) {
-            return Err(shared_memory_unsupported(&input.name));
-        }
         let typed = input.contents.filter(|c| !contents_empty(c));
+        let tensor_params = parameters(input.parameters);
+        if let Some(at) = shm::tensor_ref(&input.name, &tensor_params)? {
+            if typed.is_some() {
+                return Err(Error::invalid_argument(format!(
+                    "unexpected 'content' provided when using shared memory for input tensor '{}' for model '{model_name}'",
+                    input.name
+                )));
+            }
+            shared.push((tensors.len(), at));
+            tensors.push(Tensor {
+                name: input.name,
+                datatype,
+                shape,
+                data: Bytes::new(),
+            });
+            continue;
+        }
         let data = match (raw.next(), typed) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid_argument(format!(
@@ -97,10 +119,7 @@ pub fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Error> {
             data,
         });
     }
-    if let Some(o) = outputs.iter().find(|o| o.parameters.contains_key(SHM_REGION)) {
-        return Err(shared_memory_unsupported(&o.name));
-    }
-    Ok(InferRequest {
+    let request = InferRequest {
         model_name,
         model_version,
         id,
@@ -113,16 +132,8 @@ pub fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Error> {
                 parameters: parameters(o.parameters),
             })
             .collect(),
-    })
-}
-
-/// The tensor parameter that places data in a registered shared-memory region.
-const SHM_REGION: &str = "shared_memory_region";
-
-fn shared_memory_unsupported(tensor: &str) -> Error {
-    Error::unimplemented(format!(
-        "tensor '{tensor}': shared-memory tensors are not supported yet; send the data in the request"
-    ))
+    };
+    Ok(Decoded { request, shared })
 }
 
 fn contents_empty(c: &InferTensorContents) -> bool {
@@ -277,7 +288,7 @@ mod tests {
             inputs: vec![input("x", "INT32", &[2], Some(c))],
             ..Default::default()
         };
-        let r = infer_request(req).unwrap();
+        let r = infer_request(req).unwrap().request;
         assert_eq!(&r.inputs[0].data[..], &[1, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff]);
     }
 
@@ -359,19 +370,47 @@ mod tests {
             ..Default::default()
         };
         assert!(infer_request(both).unwrap_err().to_string().contains("both"));
+        let param = |p| InferParameter {
+            parameter_choice: Some(p),
+        };
         let mut shm = input("x", "FP32", &[1], None);
-        shm.parameters.insert(
-            SHM_REGION.into(),
-            InferParameter {
-                parameter_choice: Some(ParameterChoice::StringParam("region".into())),
-            },
-        );
+        shm.parameters
+            .insert(shm::REGION.into(), param(ParameterChoice::StringParam("region".into())));
         let e = infer_request(ModelInferRequest {
-            inputs: vec![shm],
+            inputs: vec![shm.clone()],
             ..Default::default()
         })
         .unwrap_err();
-        assert_eq!(e.code(), crate::core::Code::Unimplemented);
+        assert_eq!(e.code(), crate::core::Code::InvalidArgument);
+        assert!(e.to_string().contains("must be specified along"), "{e}");
+        // An input in shared memory takes no raw_input_contents entry; the others keep theirs, in order.
+        shm.parameters
+            .insert(shm::BYTE_SIZE.into(), param(ParameterChoice::Int64Param(4)));
+        let d = infer_request(ModelInferRequest {
+            inputs: vec![
+                input("a", "FP32", &[1], None),
+                shm.clone(),
+                input("b", "FP32", &[1], None),
+            ],
+            raw_input_contents: vec![Bytes::from_static(&[1, 0, 0, 0]), Bytes::from_static(&[2, 0, 0, 0])],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(d.shared.len(), 1);
+        assert_eq!(d.shared[0].0, 1);
+        assert_eq!(d.shared[0].1.byte_size, 4);
+        assert_eq!(&d.request.inputs[2].data[..], &[2, 0, 0, 0]);
+        let mut with_contents = shm.clone();
+        with_contents.contents = Some(InferTensorContents {
+            fp32_contents: vec![1.0],
+            ..Default::default()
+        });
+        let e = infer_request(ModelInferRequest {
+            inputs: vec![with_contents],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("unexpected 'content'"), "{e}");
         let count = ModelInferRequest {
             inputs: vec![input("x", "FP32", &[1], None)],
             raw_input_contents: vec![Bytes::new(), Bytes::new()],

@@ -1,6 +1,7 @@
 //! `inference.GRPCInferenceService`: the KServe v2 core RPCs and the Triton extensions Accel
 //! implements. Inference goes through the shared path (`infer`); the other answers come from
-//! `answers`, which REST uses too. RPCs that belong to work still to come answer UNIMPLEMENTED.
+//! `answers`, which REST uses too; shared-memory registration goes to `shm`. RPCs that belong to work
+//! still to come answer UNIMPLEMENTED.
 
 use std::pin::Pin;
 
@@ -201,44 +202,53 @@ impl GrpcInferenceService for InferenceService {
 
     async fn system_shared_memory_status(
         &self,
-        _: Request<SystemSharedMemoryStatusRequest>,
+        request: Request<SystemSharedMemoryStatusRequest>,
     ) -> Result<Response<SystemSharedMemoryStatusResponse>, Status> {
-        unimplemented("system shared memory", "the shared-memory work")
+        let r = request.into_inner();
+        Ok(Response::new(answers::system_shm_status(&self.inference.shm, &r.name)?))
     }
 
     async fn system_shared_memory_register(
         &self,
-        _: Request<SystemSharedMemoryRegisterRequest>,
+        request: Request<SystemSharedMemoryRegisterRequest>,
     ) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
-        unimplemented("system shared memory", "the shared-memory work")
+        let r = request.into_inner();
+        self.inference
+            .shm
+            .register(&r.name, &r.key, r.offset, r.byte_size)
+            .map_err(status)?;
+        Ok(Response::new(SystemSharedMemoryRegisterResponse {}))
     }
 
     async fn system_shared_memory_unregister(
         &self,
-        _: Request<SystemSharedMemoryUnregisterRequest>,
+        request: Request<SystemSharedMemoryUnregisterRequest>,
     ) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
-        unimplemented("system shared memory", "the shared-memory work")
+        let r = request.into_inner();
+        self.inference.shm.unregister(&r.name).await.map_err(status)?;
+        Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))
     }
 
     async fn cuda_shared_memory_status(
         &self,
-        _: Request<CudaSharedMemoryStatusRequest>,
+        request: Request<CudaSharedMemoryStatusRequest>,
     ) -> Result<Response<CudaSharedMemoryStatusResponse>, Status> {
-        unimplemented("CUDA shared memory", "the GPU path (issue 5)")
+        Ok(Response::new(answers::cuda_shm_status(&request.into_inner().name)?))
     }
 
     async fn cuda_shared_memory_register(
         &self,
         _: Request<CudaSharedMemoryRegisterRequest>,
     ) -> Result<Response<CudaSharedMemoryRegisterResponse>, Status> {
-        unimplemented("CUDA shared memory", "the GPU path (issue 5)")
+        Err(status(self.inference.shm.cuda_refusal()))
     }
 
     async fn cuda_shared_memory_unregister(
         &self,
         _: Request<CudaSharedMemoryUnregisterRequest>,
     ) -> Result<Response<CudaSharedMemoryUnregisterResponse>, Status> {
-        unimplemented("CUDA shared memory", "the GPU path (issue 5)")
+        answers::cuda_shm_unregister(&self.inference.shm)?;
+        Ok(Response::new(CudaSharedMemoryUnregisterResponse {}))
     }
 
     async fn trace_setting(&self, _: Request<TraceSettingRequest>) -> Result<Response<TraceSettingResponse>, Status> {

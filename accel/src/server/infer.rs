@@ -2,6 +2,8 @@
 //! model's lease, decoding against the model, validation, the scheduler. gRPC and REST differ only in
 //! how they decode requests and encode answers. The model is looked up before anything of the
 //! request's tensors is decoded, so a request for an unknown model costs nothing but its envelope.
+//! Tensors placed in client shared memory are bound here, for both protocols: inputs become the
+//! region's bytes before validation, outputs are written into their regions after the run.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +15,7 @@ use crate::batching::SubmitError;
 use crate::core::{Code, Error, InferRequest, InferResponse, ModelSpec, ValidatedRequest, validate};
 use crate::metrics::FailureReason;
 use crate::residency::{Lease, Registry};
+use crate::shm::{self, Bound, SharedMemory, TensorRef};
 
 use super::lifecycle::{Admission, Lifecycle};
 
@@ -21,10 +24,32 @@ use super::lifecycle::{Admission, Lifecycle};
 pub struct Inference {
     pub registry: Arc<Registry>,
     pub lifecycle: Arc<Lifecycle>,
+    /// Client shared-memory regions.
+    pub shm: Arc<SharedMemory>,
     /// Blocking threads preparing requests (tokenizing) at once: two per core (measured: with one
     /// per core, four models in one server ran at 0.92x of four servers; with two, 0.99x), so
     /// that preparation never queues far more work than the machine runs.
     preparing: Arc<Semaphore>,
+}
+
+/// Outputs larger than this are written into shared memory on a blocking thread.
+const INLINE_OUTPUT_BYTES: usize = 1 << 20;
+
+/// A decoded request whose shared-memory inputs are still references: `shared` holds the index of
+/// each such input in `request.inputs` (its data empty until bound) and where it lies.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub request: InferRequest,
+    pub shared: Vec<(usize, TensorRef)>,
+}
+
+impl From<InferRequest> for Decoded {
+    fn from(request: InferRequest) -> Decoded {
+        Decoded {
+            request,
+            shared: Vec::new(),
+        }
+    }
 }
 
 /// An admitted request whose model is resident: decode it against [`Ticket::spec`], then run it.
@@ -34,14 +59,16 @@ pub struct Ticket {
     lease: Lease,
     received: Instant,
     preparing: Arc<Semaphore>,
+    shm: Arc<SharedMemory>,
 }
 
 impl Inference {
-    pub fn new(registry: Arc<Registry>, lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn new(registry: Arc<Registry>, lifecycle: Arc<Lifecycle>, shm: Arc<SharedMemory>) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Inference {
             registry,
             lifecycle,
+            shm,
             preparing: Arc::new(Semaphore::new(2 * cores)),
         }
     }
@@ -61,6 +88,7 @@ impl Inference {
             lease,
             received,
             preparing: self.preparing.clone(),
+            shm: self.shm.clone(),
         })
     }
 
@@ -76,7 +104,7 @@ impl Inference {
         &self,
         model: &str,
         version: &str,
-        decode: impl FnOnce(&ModelSpec) -> Result<InferRequest, Error>,
+        decode: impl FnOnce(&ModelSpec) -> Result<Decoded, Error>,
     ) -> Result<InferResponse, Error> {
         let ticket = self.begin(model, version).await?;
         let request = decode(ticket.spec()).map_err(|e| ticket.failed(e))?;
@@ -98,9 +126,56 @@ impl Ticket {
         e
     }
 
-    /// Validates, prepares and runs the decoded request. A ticket may run several requests (the
-    /// OpenAI route sends each text as its own, so that batching sees them apart).
-    pub async fn run(&self, request: InferRequest) -> Result<InferResponse, Error> {
+    /// Binds the request's shared memory, validates, prepares and runs it, and writes the outputs
+    /// placed in shared memory (their data in the response is then empty). A ticket may run several
+    /// requests (the OpenAI route sends each text as its own, so that batching sees them apart).
+    pub async fn run(&self, decoded: impl Into<Decoded>) -> Result<InferResponse, Error> {
+        let Decoded { mut request, shared } = decoded.into();
+        let bound = self.bind(&mut request, shared).map_err(|e| self.failed(e.into()))?;
+        let mut response = self.execute(request).await?;
+        if let Some(bound) = bound {
+            bound.check_inputs().map_err(|e| self.failed(e.into()))?;
+            if bound.has_outputs() {
+                response = write_outputs(bound, response).await.map_err(|e| self.failed(e))?;
+            }
+        }
+        Ok(response)
+    }
+
+    /// Resolves the request's shared-memory tensors: `None` when it names none.
+    fn bind(
+        &self,
+        request: &mut InferRequest,
+        shared: Vec<(usize, TensorRef)>,
+    ) -> Result<Option<Bound>, shm::ShmError> {
+        let mut outputs = Vec::new();
+        for o in &request.outputs {
+            if let Some(at) = shm::tensor_ref(&o.name, &o.parameters)? {
+                if o.parameters.iter().any(|(k, _)| k == "classification") {
+                    return Err(shm::ShmError::Parameter {
+                        tensor: o.name.clone(),
+                        reason: "output can't set both 'shared_memory_region' and 'classification'".into(),
+                    });
+                }
+                outputs.push((o.name.clone(), at));
+            }
+        }
+        if shared.is_empty() && outputs.is_empty() {
+            return Ok(None);
+        }
+        let mut bound = Bound::default();
+        for (index, at) in shared {
+            if let Some(input) = request.inputs.get_mut(index) {
+                input.data = self.shm.bind_input(&at, &mut bound)?;
+            }
+        }
+        for (name, at) in outputs {
+            self.shm.bind_output(&name, &at, &mut bound)?;
+        }
+        Ok(Some(bound))
+    }
+
+    async fn execute(&self, request: InferRequest) -> Result<InferResponse, Error> {
         let id = request.id.clone();
         // The engine's step reads the request's parameters, which validation consumes.
         let prepare = self.lease.prepare.clone().map(|p| (p, request.parameters.clone()));
@@ -154,4 +229,33 @@ impl Ticket {
         .map_err(|e| Error::new(Code::Internal, format!("preparing the request failed: {e}")))?;
         prepared.map_err(failed)
     }
+}
+
+/// Writes each output placed in shared memory into its slot and empties its data (the response then
+/// carries its name, datatype and shape only); on a blocking thread when large.
+async fn write_outputs(bound: Bound, mut response: InferResponse) -> Result<InferResponse, Error> {
+    let size: usize = response
+        .outputs
+        .iter()
+        .filter(|t| bound.output(&t.name).is_some())
+        .map(|t| t.data.len())
+        .sum();
+    let write = move || -> Result<InferResponse, Error> {
+        for t in &mut response.outputs {
+            if let Some(slot) = bound.output(&t.name) {
+                slot.write(&t.name, &t.data)?;
+                t.data = bytes::Bytes::new();
+            }
+        }
+        Ok(response)
+    };
+    if size <= INLINE_OUTPUT_BYTES {
+        return write();
+    }
+    tokio::task::spawn_blocking(write).await.map_err(|e| {
+        Error::new(
+            Code::Internal,
+            format!("writing outputs into shared memory failed: {e}"),
+        )
+    })?
 }

@@ -6,9 +6,17 @@
 //! errors (such as running out of descriptors) waited out instead of spun on. HTTP/1 connections
 //! (REST, metrics) are served by hyper with a header read timeout, which is also how long an idle
 //! kept-alive connection stays open; gRPC connections go to tonic.
+//!
+//! gRPC and REST can listen on a Unix domain socket instead of TCP (`unix:/path`): for a colocated
+//! predictor, filesystem permissions instead of an open port, and no TCP stack per request. The
+//! socket is created under a temporary name, given its permission bits, and renamed into place, so no
+//! client can connect before the bits apply; a stale socket of an earlier run is replaced (nobody
+//! accepts on it), anything else at the path is refused, and the file is removed when the listener is.
 
 use std::future::Future;
 use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,8 +27,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::authority::Rewrite;
 
 /// How long accepting pauses after an error (no descriptors left, say) before it tries again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -39,19 +49,107 @@ pub(super) struct ConnLimits {
     pub header_timeout: Duration,
 }
 
+/// A bound listener: TCP, or a Unix domain socket (whose file goes with it).
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, SocketFile),
+}
+
+/// A Unix socket's path, removed when the listener is dropped.
+#[derive(Debug)]
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Listener {
+    /// What the listener is bound to, for the log.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            Listener::Unix(_, path) => format!("unix:{}", path.0.display()),
+        }
+    }
+
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(..) => None,
+        }
+    }
+
+    async fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Listener::Tcp(l) => {
+                let (tcp, _) = l.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(KEEPALIVE_IDLE)
+                    .with_interval(KEEPALIVE_INTERVAL);
+                let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+                Ok(Conn::Tcp(tcp))
+            }
+            Listener::Unix(l, _) => Ok(Conn::Unix(l.accept().await?.0)),
+        }
+    }
+}
+
+/// Binds a Unix domain socket at `path` with permission bits `mode`.
+pub(super) fn bind_unix(path: &Path, mode: u32) -> io::Result<Listener> {
+    let context = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()));
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another server is listening on unix:{}", path.display()),
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| context(e, "cannot remove the stale socket"))?;
+            tracing::info!(path = %path.display(), "replaced a stale socket file");
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket; refusing to replace it", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(context(e, "cannot inspect")),
+    }
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(format!(".{}.tmp", std::process::id()));
+    let staging = PathBuf::from(staging);
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(|e| context(e, "cannot bind"))?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&staging, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(context(e, "cannot place the socket at"));
+    }
+    Ok(Listener::Unix(listener, SocketFile(path.to_path_buf())))
+}
+
+/// An accepted connection.
+#[derive(Debug)]
+pub(super) enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    /// gRPC on a Unix socket: the clients' `:authority` mended for h2 (`authority`).
+    UnixGrpc(Rewrite<UnixStream>),
+}
+
 /// Accepts the next connection that fits the limit, with its permit.
-async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>, what: &str) -> (TcpStream, OwnedSemaphorePermit) {
+async fn accept(listener: &Listener, permits: &Arc<Semaphore>, what: &str) -> (Conn, OwnedSemaphorePermit) {
     loop {
         match listener.accept().await {
-            Ok((tcp, _)) => match permits.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let _ = tcp.set_nodelay(true);
-                    let keepalive = socket2::TcpKeepalive::new()
-                        .with_time(KEEPALIVE_IDLE)
-                        .with_interval(KEEPALIVE_INTERVAL);
-                    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
-                    return (tcp, permit);
-                }
+            Ok(conn) => match permits.clone().try_acquire_owned() {
+                Ok(permit) => return (conn, permit),
                 Err(_) => {
                     // Over the limit: closed at once, so it costs neither a descriptor for long nor
                     // a place in the backlog.
@@ -61,7 +159,7 @@ async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>, what: &str) ->
                         listener = what,
                         "connection refused: the listener is at its connection limit"
                     );
-                    drop(tcp);
+                    drop(conn);
                 }
             },
             Err(e) => {
@@ -75,7 +173,7 @@ async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>, what: &str) ->
 /// Serves HTTP/1 on `listener` with `router` until `shutdown`, then lets open connections finish
 /// their requests (the caller bounds how long).
 pub(super) async fn serve_http(
-    listener: TcpListener,
+    listener: Listener,
     router: axum::Router,
     limits: ConnLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -89,12 +187,12 @@ pub(super) async fn serve_http(
         .header_read_timeout(limits.header_timeout);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, permit) = tokio::select! {
+        let (conn, permit) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = accept(&listener, &permits, what) => accepted,
         };
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(conn), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(listener = what, error = %e, "connection closed with an error");
@@ -109,20 +207,24 @@ pub(super) async fn serve_http(
 
 /// The gRPC listener's connections, within the limit, for tonic's `serve_with_incoming`.
 pub(super) fn grpc_incoming(
-    listener: TcpListener,
+    listener: Listener,
     max_connections: usize,
 ) -> impl Stream<Item = io::Result<Limited>> + Send + 'static {
     let permits = Arc::new(Semaphore::new(max_connections));
     futures_util::stream::unfold((listener, permits), |(listener, permits)| async move {
-        let (tcp, permit) = accept(&listener, &permits, "gRPC").await;
-        Some((Ok(Limited { tcp, _permit: permit }), (listener, permits)))
+        let (conn, permit) = accept(&listener, &permits, "gRPC").await;
+        let conn = match conn {
+            Conn::Unix(unix) => Conn::UnixGrpc(Rewrite::new(unix)),
+            other => other,
+        };
+        Some((Ok(Limited { conn, _permit: permit }), (listener, permits)))
     })
 }
 
 /// A connection holding its place under the listener's limit until it closes.
 #[derive(Debug)]
 pub(super) struct Limited {
-    tcp: TcpStream,
+    conn: Conn,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -130,19 +232,68 @@ impl tonic::transport::server::Connected for Limited {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.tcp.connect_info()
+        match &self.conn {
+            Conn::Tcp(tcp) => tcp.connect_info(),
+            Conn::Unix(_) | Conn::UnixGrpc(_) => tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: None,
+            },
+        }
+    }
+}
+
+/// Forwards a call to the stream inside, whichever it is.
+macro_rules! each {
+    ($conn:expr, $s:ident => $e:expr) => {
+        match $conn {
+            Conn::Tcp($s) => $e,
+            Conn::Unix($s) => $e,
+            Conn::UnixGrpc($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        each!(self, s => s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
     }
 }
 
 impl AsyncRead for Limited {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        Pin::new(&mut self.conn).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Limited {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        Pin::new(&mut self.conn).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -150,19 +301,19 @@ impl AsyncWrite for Limited {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.conn).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.conn.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        Pin::new(&mut self.conn).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        Pin::new(&mut self.conn).poll_shutdown(cx)
     }
 }
 

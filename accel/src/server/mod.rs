@@ -4,6 +4,7 @@
 //! needs: readiness, and the drain on SIGTERM (`lifecycle`).
 
 mod answers;
+mod authority;
 mod convert;
 mod grpc;
 mod health;
@@ -25,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::batching::QueueLimits;
-use crate::config::Config;
+use crate::config::{Config, ListenAddress};
 use crate::repository::Repository;
 use crate::residency::{LoadOptions, Registry};
 
@@ -34,8 +35,15 @@ pub use answers::EXTENSIONS;
 pub use convert::infer_request as decode_infer_request;
 pub use grpc::InferenceService;
 pub use health::HealthService;
-pub use infer::{Inference, Ticket};
+pub use infer::{Decoded, Inference, Ticket};
 pub use lifecycle::Lifecycle;
+pub use listen::Listener;
+
+/// The Unix-socket gRPC header rewriter over a client's bytes (for the fuzz targets).
+#[doc(hidden)]
+pub fn fuzz_grpc_authority(input: &[u8]) {
+    let _ = authority::rewrite_all(input);
+}
 
 /// The REST decoder and encoder on one body (for the fuzz targets, `crate::fuzzing`).
 #[doc(hidden)]
@@ -84,40 +92,64 @@ pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
 /// The bound sockets: gRPC always, REST and metrics when enabled.
 #[derive(Debug)]
 pub struct Listeners {
-    pub grpc: TcpListener,
-    pub http: Option<TcpListener>,
+    pub grpc: Listener,
+    pub http: Option<Listener>,
     pub metrics: Option<TcpListener>,
 }
 
+async fn bind_tcp(ip: std::net::IpAddr, port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::bind(SocketAddr::new(ip, port))
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {ip}:{port}: {e}")))
+}
+
 impl Listeners {
-    /// Binds every port the configuration asks for.
+    /// Binds every port and socket the configuration asks for.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let bind = |ip, port| async move {
-            TcpListener::bind(SocketAddr::new(ip, port))
-                .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {ip}:{port}: {e}")))
+        let bind = |address: &ListenAddress, port| {
+            let address = address.clone();
+            async move {
+                match address {
+                    ListenAddress::Ip(ip) => Ok(Listener::Tcp(bind_tcp(ip, port).await?)),
+                    ListenAddress::Unix(path) => listen::bind_unix(&path, config.unix_socket_mode),
+                }
+            }
         };
         Ok(Listeners {
-            grpc: bind(config.grpc_address, config.grpc_port).await?,
+            grpc: bind(&config.grpc_address, config.grpc_port).await?,
             http: if config.allow_http {
-                Some(bind(config.http_address, config.http_port).await?)
+                Some(bind(&config.http_address, config.http_port).await?)
             } else {
                 None
             },
             metrics: if config.allow_metrics {
-                Some(bind(config.metrics_address, config.metrics_port).await?)
+                Some(bind_tcp(config.metrics_address, config.metrics_port).await?)
             } else {
                 None
             },
         })
     }
 
+    /// The gRPC listener's TCP address (`None` on a Unix socket).
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
-        self.grpc.local_addr().ok()
+        self.grpc.tcp_addr()
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|l| l.local_addr().ok())
+        self.http.as_ref().and_then(Listener::tcp_addr)
+    }
+
+    /// Where gRPC, REST and metrics listen, for the log.
+    pub fn describe(&self) -> [String; 3] {
+        let off = || "off".to_string();
+        [
+            self.grpc.describe(),
+            self.http.as_ref().map_or_else(off, Listener::describe),
+            self.metrics
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map_or_else(off, |a| a.to_string()),
+        ]
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
@@ -143,7 +175,13 @@ pub async fn run(
     signal: impl Future<Output = ()> + Send,
 ) -> Result<Exit, String> {
     let lifecycle = Lifecycle::new();
-    let inference = Inference::new(registry.clone(), lifecycle.clone());
+    let shm = Arc::new(crate::shm::SharedMemory::new(crate::shm::Policy {
+        allowed: config.allow_client_shm,
+        dir: config.shm_dir.clone(),
+        uids: config.shm_allowed_uids.clone(),
+        max_regions: config.shm_max_regions,
+    }));
+    let inference = Inference::new(registry.clone(), lifecycle.clone(), shm);
     let loader = registry.clone();
     std::thread::Builder::new()
         .name("accel-load".into())
@@ -214,7 +252,7 @@ pub async fn run(
         && let Some(handle) = crate::metrics::install()
     {
         servers.spawn(listen::serve_http(
-            listener,
+            Listener::Tcp(listener),
             metrics_endpoint::router(handle),
             http_limits(config.metrics_max_connections),
             stopped(),

@@ -11,6 +11,7 @@ impl From<Error> for Status {
         match e.code() {
             Code::InvalidArgument => Status::invalid_argument(message),
             Code::NotFound => Status::not_found(message),
+            Code::AlreadyExists => Status::already_exists(message),
             Code::Unavailable => Status::unavailable(message),
             Code::ResourceExhausted => Status::resource_exhausted(message),
             Code::Unimplemented => Status::unimplemented(message),
@@ -29,7 +30,8 @@ pub(super) fn status(e: impl Into<Error>) -> Status {
 pub(super) fn http_status(code: Code) -> axum::http::StatusCode {
     use axum::http::StatusCode;
     match code {
-        Code::InvalidArgument | Code::Cancelled => StatusCode::BAD_REQUEST,
+        // ALREADY_EXISTS is 400 in Triton's HTTP mapping.
+        Code::InvalidArgument | Code::Cancelled | Code::AlreadyExists => StatusCode::BAD_REQUEST,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,

@@ -44,11 +44,46 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else if .Values.servingRuntime.predictor.enabled -}}true{{- end -}}
 {{- end -}}
 
+{{/* Where gRPC listens: the Unix socket when unixSocket.enabled, else accel.grpcAddress. */}}
 {{- define "accel.grpcAddress" -}}
-{{- if eq (toString .Values.accel.grpcAddress) "auto" -}}
+{{- if .Values.unixSocket.enabled -}}
+{{- printf "unix:%s/grpc.sock" (trimSuffix "/" .Values.unixSocket.dir) -}}
+{{- else if eq (toString .Values.accel.grpcAddress) "auto" -}}
 {{- if include "accel.hasPredictor" . -}}127.0.0.1{{- else -}}0.0.0.0{{- end -}}
 {{- else -}}
 {{- .Values.accel.grpcAddress -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether REST (and with it /v2/health/*) is on the Unix socket instead of TCP. */}}
+{{- define "accel.httpOnSocket" -}}
+{{- if and .Values.unixSocket.enabled .Values.unixSocket.http -}}true{{- end -}}
+{{- end -}}
+
+{{/* What the predictor container dials (ACCEL_GRPC_URL, ACCEL_HTTP_URL). */}}
+{{- define "accel.grpcUrl" -}}
+{{- if .Values.unixSocket.enabled -}}
+{{- printf "unix://%s/grpc.sock" (trimSuffix "/" .Values.unixSocket.dir) -}}
+{{- else -}}
+{{- printf "localhost:%v" .Values.accel.grpcPort -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "accel.httpUrl" -}}
+{{- if include "accel.httpOnSocket" . -}}
+{{- printf "unix://%s/http.sock" (trimSuffix "/" .Values.unixSocket.dir) -}}
+{{- else -}}
+{{- printf "http://localhost:%v" .Values.accel.httpPort -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Fails the render for colocation settings that would leave Accel unreachable. */}}
+{{- define "accel.checkColocation" -}}
+{{- if and .Values.unixSocket.enabled (not (include "accel.hasPredictor" .)) -}}
+{{- fail "unixSocket.enabled moves gRPC onto a Unix socket only a container in the pod can reach: it needs a predictor container (predictor.enabled, or servingRuntime.predictor.enabled)" -}}
+{{- end -}}
+{{- if and (include "accel.httpOnSocket" .) (eq (toString .Values.accel.allowMetrics) "false") -}}
+{{- fail "unixSocket.http takes REST off TCP, so the probes use the metrics port: it cannot be combined with accel.allowMetrics=false" -}}
 {{- end -}}
 {{- end -}}
 
@@ -58,7 +93,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: ACCEL_MODEL_REPOSITORY
   value: {{ .Values.modelRepository.mountPath | quote }}
 {{- range $key, $value := .Values.accel }}
-{{- if not (and (or (kindIs "slice" $value) (kindIs "string" $value)) (empty $value)) }}
+{{- /* A listener on the Unix socket is set after the loop. */}}
+{{- if and (eq $key "grpcAddress") $.Values.unixSocket.enabled }}
+{{- else if and (eq $key "httpAddress") (include "accel.httpOnSocket" $) }}
+{{- else if not (and (or (kindIs "slice" $value) (kindIs "string" $value)) (empty $value)) }}
 - name: {{ printf "ACCEL_%s" ($key | snakecase | upper) }}
   {{- if eq $key "grpcAddress" }}
   value: {{ include "accel.grpcAddress" $ | quote }}
@@ -70,6 +108,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   value: {{ toString $value | quote }}
   {{- end }}
 {{- end }}
+{{- end }}
+{{- if .Values.unixSocket.enabled }}
+- name: ACCEL_GRPC_ADDRESS
+  value: {{ include "accel.grpcAddress" . | quote }}
+{{- if include "accel.httpOnSocket" . }}
+- name: ACCEL_HTTP_ADDRESS
+  value: {{ printf "unix:%s/http.sock" (trimSuffix "/" .Values.unixSocket.dir) | quote }}
+{{- end }}
+- name: ACCEL_UNIX_SOCKET_MODE
+  value: {{ .Values.unixSocket.mode | quote }}
+{{- end }}
+{{- if .Values.sharedMemory.enabled }}
+- name: ACCEL_ALLOW_CLIENT_SHM
+  value: "true"
+{{- with .Values.sharedMemory.allowedUids }}
+{{- $uids := list }}
+{{- range . }}{{ $uids = append $uids (int64 . | toString) }}{{ end }}
+- name: ACCEL_SHM_ALLOWED_UIDS
+  value: {{ join "," $uids | quote }}
+{{- end }}
+- name: ACCEL_SHM_MAX_REGIONS
+  value: {{ int64 .Values.sharedMemory.maxRegions | toString | quote }}
 {{- end }}
 {{- if and .Values.gpu.enabled (not (hasKey .Values.accel "gpu")) }}
 {{- /* The device plugin exposes the GPUs it allocated as 0..count-1 inside the container. */}}
@@ -102,7 +162,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     medium: Memory
     sizeLimit: {{ .Values.sharedMemory.sizeLimit }}
 {{- end }}
-{{- if .Values.socket.enabled }}
+{{- if .Values.unixSocket.enabled }}
 - name: accel-socket
   emptyDir:
     medium: Memory
@@ -119,9 +179,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: dshm
   mountPath: /dev/shm
 {{- end }}
-{{- if .Values.socket.enabled }}
+{{- if .Values.unixSocket.enabled }}
 - name: accel-socket
-  mountPath: {{ .Values.socket.mountPath }}
+  mountPath: {{ .Values.unixSocket.dir }}
+{{- end }}
+{{- end -}}
+
+{{/* A probe's request. The kubelet reaches TCP only: with REST on the Unix socket (unixSocket.http) the
+     probes fall back to the metrics port, which says that Accel is up but not that it is ready.
+     Argument: a dict with "ctx" and "path" (the REST health path). */}}
+{{- define "accel.probeAction" -}}
+httpGet:
+{{- if include "accel.httpOnSocket" .ctx }}
+  path: /metrics
+  port: {{ .ctx.Values.accel.metricsPort }}
+{{- else }}
+  path: {{ .path }}
+  port: {{ .ctx.Values.accel.httpPort }}
 {{- end }}
 {{- end -}}
 
@@ -145,29 +219,27 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   env:
     {{- include "accel.env" $ | nindent 4 }}
   ports:
+    {{- if not $.Values.unixSocket.enabled }}
     - name: grpc
       containerPort: {{ $.Values.accel.grpcPort }}
       protocol: TCP
+    {{- end }}
+    {{- if not (include "accel.httpOnSocket" $) }}
     - name: http
       containerPort: {{ $.Values.accel.httpPort }}
       protocol: TCP
+    {{- end }}
     - name: metrics
       containerPort: {{ $.Values.accel.metricsPort }}
       protocol: TCP
   startupProbe:
-    httpGet:
-      path: /v2/health/live
-      port: {{ $.Values.accel.httpPort }}
+    {{- include "accel.probeAction" (dict "ctx" $ "path" "/v2/health/live") | nindent 4 }}
     {{- toYaml $.Values.probes.startup | nindent 4 }}
   livenessProbe:
-    httpGet:
-      path: /v2/health/live
-      port: {{ $.Values.accel.httpPort }}
+    {{- include "accel.probeAction" (dict "ctx" $ "path" "/v2/health/live") | nindent 4 }}
     {{- toYaml $.Values.probes.liveness | nindent 4 }}
   readinessProbe:
-    httpGet:
-      path: /v2/health/ready
-      port: {{ $.Values.accel.httpPort }}
+    {{- include "accel.probeAction" (dict "ctx" $ "path" "/v2/health/ready") | nindent 4 }}
     {{- toYaml $.Values.probes.readiness | nindent 4 }}
   resources:
     {{- $resources := deepCopy $.Values.resources }}
@@ -205,12 +277,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   {{- end }}
   env:
     - name: ACCEL_GRPC_URL
-      value: {{ printf "localhost:%v" $.Values.accel.grpcPort | quote }}
+      value: {{ include "accel.grpcUrl" $ | quote }}
     - name: ACCEL_HTTP_URL
-      value: {{ printf "http://localhost:%v" $.Values.accel.httpPort | quote }}
-    {{- if $.Values.socket.enabled }}
+      value: {{ include "accel.httpUrl" $ | quote }}
+    {{- if $.Values.unixSocket.enabled }}
     - name: ACCEL_SOCKET_DIR
-      value: {{ $.Values.socket.mountPath | quote }}
+      value: {{ $.Values.unixSocket.dir | quote }}
     {{- end }}
     {{- with $p.env }}
     {{- toYaml . | nindent 4 }}

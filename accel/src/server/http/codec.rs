@@ -23,6 +23,8 @@ use crate::core::{
     DataType, Error, InferRequest, InferResponse, ModelSpec, ParamValue, Parameters, RequestedOutput, Tensor,
     element_count,
 };
+use crate::server::infer::Decoded;
+use crate::shm;
 
 /// The header that says how many leading bytes of the body are JSON.
 pub(super) const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -64,10 +66,20 @@ struct JsonOutput<'a> {
 pub(super) struct OutputForm {
     pub default_binary: bool,
     pub binary: Vec<(String, bool)>,
+    /// Outputs written into shared memory: their JSON has no data.
+    pub shared: Vec<String>,
 }
 
 impl OutputForm {
     fn is_binary(&self, name: &str) -> bool {
+        !self.is_shared(name) && self.is_binary_requested(name)
+    }
+
+    fn is_shared(&self, name: &str) -> bool {
+        self.shared.iter().any(|n| n == name)
+    }
+
+    fn is_binary_requested(&self, name: &str) -> bool {
         self.binary
             .iter()
             .find(|(n, _)| n == name)
@@ -114,12 +126,13 @@ fn param<'a>(p: &'a Parameters, key: &str) -> Option<&'a ParamValue> {
 }
 
 /// Decodes a body for `spec`'s model: splits it into its JSON header and binary section (or takes
-/// it as the one input's raw bytes when `Inference-Header-Content-Length` is 0).
+/// it as the one input's raw bytes when `Inference-Header-Content-Length` is 0). Inputs in shared
+/// memory come back as references, bound by `Ticket::run`.
 pub(super) fn decode(
     header_length: Option<&str>,
     body: Bytes,
     spec: &ModelSpec,
-) -> Result<(InferRequest, OutputForm), Error> {
+) -> Result<(Decoded, OutputForm), Error> {
     let json_len = match header_length {
         None => body.len(),
         Some(v) => v
@@ -130,9 +143,9 @@ pub(super) fn decode(
     if json_len == 0 && header_length.is_some() {
         let form = OutputForm {
             default_binary: true,
-            binary: Vec::new(),
+            ..Default::default()
         };
-        return Ok((raw_request(body, spec)?, form));
+        return Ok((raw_request(body, spec)?.into(), form));
     }
     if json_len > body.len() {
         return Err(invalid(format!(
@@ -154,6 +167,7 @@ pub(super) fn decode(
         }
     };
     let mut inputs = Vec::with_capacity(json.inputs.len());
+    let mut shared = Vec::new();
     for input in json.inputs {
         let datatype = DataType::from_wire(&input.datatype)
             .ok_or_else(|| invalid(format!("input '{}': unknown datatype '{}'", input.name, input.datatype)))?;
@@ -169,11 +183,21 @@ pub(super) fn decode(
                 ))
             })?;
         let tparams = parameters(input.parameters)?;
-        if tparams.iter().any(|(k, _)| k == "shared_memory_region") {
-            return Err(Error::unimplemented(format!(
-                "input '{}': shared-memory tensors are not supported yet",
-                input.name
-            )));
+        if let Some(at) = shm::tensor_ref(&input.name, &tparams)? {
+            if input.data.is_some() || param(&tparams, "binary_data_size").is_some() {
+                return Err(invalid(format!(
+                    "input '{}': Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', 'shared_memory_region' in 'parameters'",
+                    input.name
+                )));
+            }
+            shared.push((inputs.len(), at));
+            inputs.push(Tensor {
+                name: input.name,
+                datatype,
+                shape,
+                data: Bytes::new(),
+            });
+            continue;
         }
         let data = match (param(&tparams, "binary_data_size"), input.data) {
             (Some(_), Some(_)) => {
@@ -221,20 +245,32 @@ pub(super) fn decode(
     }
     let mut form = OutputForm {
         default_binary,
-        binary: Vec::new(),
+        ..Default::default()
     };
     let mut outputs = Vec::new();
     for o in json.outputs.unwrap_or_default() {
         let p = parameters(o.parameters)?;
-        match param(&p, "binary_data") {
-            None => {}
-            Some(ParamValue::Bool(b)) => form.binary.push((o.name.clone(), *b)),
+        let binary = match param(&p, "binary_data") {
+            None => None,
+            Some(ParamValue::Bool(b)) => Some(*b),
             Some(other) => {
                 return Err(invalid(format!(
                     "output '{}': binary_data must be a bool, got {other:?}",
                     o.name
                 )));
             }
+        };
+        if p.iter().any(|(k, _)| k == shm::REGION) {
+            if binary == Some(true) {
+                return Err(invalid(format!(
+                    "output '{}': Output can't set both 'shared_memory_region' and 'binary_data'",
+                    o.name
+                )));
+            }
+            form.shared.push(o.name.clone());
+        }
+        if let Some(b) = binary {
+            form.binary.push((o.name.clone(), b));
         }
         outputs.push(RequestedOutput {
             name: o.name,
@@ -248,7 +284,7 @@ pub(super) fn decode(
         outputs,
         ..Default::default()
     };
-    Ok((request, form))
+    Ok((Decoded { request, shared }, form))
 }
 
 /// `Inference-Header-Content-Length: 0`: the body is the raw bytes of the model's one input.
@@ -486,6 +522,8 @@ pub(super) struct Encoded {
 struct JsonOutputTensor<'a> {
     tensor: &'a Tensor,
     binary: bool,
+    /// Written into shared memory: metadata only.
+    shared: bool,
 }
 
 impl Serialize for JsonOutputTensor<'_> {
@@ -495,7 +533,9 @@ impl Serialize for JsonOutputTensor<'_> {
         map.serialize_entry("name", &t.name)?;
         map.serialize_entry("datatype", t.datatype.wire_name())?;
         map.serialize_entry("shape", &t.shape)?;
-        if self.binary {
+        if self.shared {
+            // Written into the client's region: the metadata is the answer.
+        } else if self.binary {
             map.serialize_entry("parameters", &serde_json::json!({ "binary_data_size": t.data.len() }))?;
         } else {
             map.serialize_entry("data", &JsonData(t))?;
@@ -566,6 +606,7 @@ pub(super) fn encode(response: InferResponse, form: &OutputForm) -> Result<Encod
         .map(|t| JsonOutputTensor {
             tensor: t,
             binary: form.is_binary(&t.name),
+            shared: form.is_shared(&t.name),
         })
         .collect();
     let binary_bytes: usize = outputs.iter().filter(|o| o.binary).map(|o| o.tensor.data.len()).sum();
@@ -633,7 +674,8 @@ mod tests {
         let mut body = json.to_vec();
         body.extend_from_slice(&1.5f32.to_le_bytes());
         body.extend_from_slice(&(-2f32).to_le_bytes());
-        let (request, form) = decode(Some(&json.len().to_string()), Bytes::from(body), &spec()).unwrap();
+        let (Decoded { request, .. }, form) =
+            decode(Some(&json.len().to_string()), Bytes::from(body), &spec()).unwrap();
         assert_eq!(&request.inputs[0].data[..4], &1i32.to_le_bytes());
         assert_eq!(&request.inputs[0].data[4..8], &(-2i32).to_le_bytes());
         assert_eq!(
@@ -667,7 +709,7 @@ mod tests {
         ];
         for (datatype, data, want) in cases {
             let body = format!(r#"{{"inputs":[{{"name":"a","shape":[2],"datatype":"{datatype}","data":{data}}}]}}"#);
-            let (request, _) = decode(None, Bytes::from(body), &spec()).unwrap();
+            let (Decoded { request, .. }, _) = decode(None, Bytes::from(body), &spec()).unwrap();
             assert_eq!(&request.inputs[0].data[..], &want[..], "{datatype}");
         }
     }
@@ -764,6 +806,7 @@ mod tests {
         let form = OutputForm {
             default_binary: false,
             binary: vec![("b".into(), true)],
+            ..Default::default()
         };
         let enc = encode(response, &form).unwrap();
         let n = enc.header_length.unwrap();
@@ -772,5 +815,52 @@ mod tests {
         assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 4);
         assert_eq!(&enc.body[n..], &3f32.to_le_bytes());
         assert_eq!(header["id"], "7");
+    }
+
+    #[test]
+    fn shared_memory_tensors_are_references_and_outputs_metadata_only() {
+        let body = br#"{"inputs":[{"name":"a","shape":[1,4],"datatype":"FP32","parameters":{"shared_memory_region":"in","shared_memory_byte_size":16,"shared_memory_offset":32}}],
+            "outputs":[{"name":"y","parameters":{"shared_memory_region":"out","shared_memory_byte_size":16}}]}"#;
+        let (decoded, form) = decode(None, Bytes::copy_from_slice(body), &spec()).unwrap();
+        assert_eq!(
+            decoded.shared,
+            vec![(
+                0,
+                shm::TensorRef {
+                    region: "in".into(),
+                    offset: 32,
+                    byte_size: 16
+                }
+            )]
+        );
+        assert!(decoded.request.inputs[0].data.is_empty());
+        assert_eq!(form.shared, ["y"]);
+        let response = InferResponse {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            id: String::new(),
+            outputs: vec![Tensor {
+                name: "y".into(),
+                datatype: DataType::F32,
+                shape: vec![1, 4],
+                data: Bytes::new(),
+            }],
+        };
+        let enc = encode(response, &form).unwrap();
+        assert_eq!(enc.header_length, None);
+        let json: Value = serde_json::from_slice(&enc.body).unwrap();
+        assert_eq!(json["outputs"][0]["shape"], serde_json::json!([1, 4]));
+        assert!(json["outputs"][0].get("data").is_none(), "{json}");
+        assert!(json["outputs"][0].get("parameters").is_none(), "{json}");
+
+        let bad: [&[u8]; 3] = [
+            br#"{"inputs":[{"name":"a","shape":[1,4],"datatype":"FP32","data":[1,2,3,4],"parameters":{"shared_memory_region":"in","shared_memory_byte_size":16}}]}"#,
+            br#"{"inputs":[{"name":"a","shape":[1,4],"datatype":"FP32","parameters":{"shared_memory_region":"in"}}]}"#,
+            br#"{"inputs":[],"outputs":[{"name":"y","parameters":{"shared_memory_region":"out","shared_memory_byte_size":16,"binary_data":true}}]}"#,
+        ];
+        for body in bad {
+            let e = decode(None, Bytes::copy_from_slice(body), &spec()).unwrap_err();
+            assert_eq!(e.code(), crate::core::Code::InvalidArgument, "{e}");
+        }
     }
 }

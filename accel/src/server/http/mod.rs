@@ -79,17 +79,26 @@ pub(super) fn router(inference: Inference, body: BodyLimits) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v2/trace/setting", get(trace).post(trace))
         .route("/v2/models/{model}/trace/setting", get(trace).post(trace))
-        .route("/v2/systemsharedmemory/{*rest}", get(shm).post(shm))
-        .route("/v2/cudasharedmemory/{*rest}", get(cuda_shm).post(cuda_shm))
+        .route("/v2/systemsharedmemory/status", get(shm_status_all))
+        .route("/v2/systemsharedmemory/region/{name}/status", get(shm_status))
+        .route("/v2/systemsharedmemory/region/{name}/register", post(shm_register))
+        .route("/v2/systemsharedmemory/unregister", post(shm_unregister_all))
+        .route("/v2/systemsharedmemory/region/{name}/unregister", post(shm_unregister))
+        .route("/v2/cudasharedmemory/status", get(cuda_status_all))
+        .route("/v2/cudasharedmemory/region/{name}/status", get(cuda_status))
+        .route("/v2/cudasharedmemory/region/{name}/register", post(cuda_register))
+        .route("/v2/cudasharedmemory/unregister", post(cuda_unregister))
+        .route("/v2/cudasharedmemory/region/{name}/unregister", post(cuda_unregister))
         .fallback(|| async { Error::new(Code::NotFound, "no such endpoint") })
         .with_state(state)
 }
 
 /// Decodes `body` for `spec`, validates it, and encodes an answer made of its inputs (fuzzing).
 pub(super) fn fuzz_body(header_length: Option<&str>, body: Bytes, spec: &crate::core::ModelSpec) {
-    let Ok((request, form)) = codec::decode(header_length, body, spec) else {
+    let Ok((decoded, form)) = codec::decode(header_length, body, spec) else {
         return;
     };
+    let request = decoded.request;
     let outputs = request.inputs.clone();
     let _ = crate::core::validate(spec, request);
     let response = crate::core::InferResponse {
@@ -157,12 +166,81 @@ async fn trace() -> Error {
     not_yet("trace settings", "request tracing (not scheduled yet)")
 }
 
-async fn shm() -> Error {
-    not_yet("system shared memory", "the shared-memory work")
+/// Triton's REST status: a list of `{name, key, offset, byte_size}`.
+fn shm_status_json(s: &Rest, name: &str) -> Result<Json<Value>, Error> {
+    let regions = s.inference.shm.status(name)?;
+    Ok(Json(Value::Array(
+        regions
+            .into_iter()
+            .map(|r| serde_json::json!({ "name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size }))
+            .collect(),
+    )))
 }
 
-async fn cuda_shm() -> Error {
-    not_yet("CUDA shared memory", "the GPU path (issue 5)")
+async fn shm_status_all(State(s): State<Rest>) -> Result<Json<Value>, Error> {
+    shm_status_json(&s, "")
+}
+
+async fn shm_status(State(s): State<Rest>, Path(name): Path<String>) -> Result<Json<Value>, Error> {
+    shm_status_json(&s, &name)
+}
+
+/// `{"key": ..., "offset": ..., "byte_size": ...}`.
+async fn shm_register(State(s): State<Rest>, Path(name): Path<String>, body: Body) -> Result<StatusCode, Response> {
+    let body = read_body(body, s.body).await?;
+    let register = || -> Result<StatusCode, Error> {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::invalid_argument(format!("shared memory register body: {e}")))?;
+        let key = v
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid_argument("shared memory register body needs a string 'key'"))?;
+        let count = |field: &str, default: Option<u64>| {
+            match v.get(field) {
+                None => default,
+                Some(n) => n.as_u64(),
+            }
+            .ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "shared memory register body needs '{field}' as a non-negative integer"
+                ))
+            })
+        };
+        s.inference
+            .shm
+            .register(&name, key, count("offset", Some(0))?, count("byte_size", None)?)?;
+        Ok(StatusCode::OK)
+    };
+    register().map_err(IntoResponse::into_response)
+}
+
+async fn shm_unregister_all(State(s): State<Rest>) -> Result<StatusCode, Error> {
+    s.inference.shm.unregister("").await?;
+    Ok(StatusCode::OK)
+}
+
+async fn shm_unregister(State(s): State<Rest>, Path(name): Path<String>) -> Result<StatusCode, Error> {
+    s.inference.shm.unregister(&name).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn cuda_status_all() -> Result<Json<Value>, Error> {
+    answers::cuda_shm_status("")?;
+    Ok(Json(Value::Array(Vec::new())))
+}
+
+async fn cuda_status(Path(name): Path<String>) -> Result<Json<Value>, Error> {
+    answers::cuda_shm_status(&name)?;
+    Ok(Json(Value::Array(Vec::new())))
+}
+
+async fn cuda_register(State(s): State<Rest>) -> Error {
+    s.inference.shm.cuda_refusal().into()
+}
+
+async fn cuda_unregister(State(s): State<Rest>) -> Result<StatusCode, Error> {
+    answers::cuda_shm_unregister(&s.inference.shm)?;
+    Ok(StatusCode::OK)
 }
 
 /// A protocol message as Triton's HTTP JSON: field names as in the .proto, 64-bit integers as numbers,
