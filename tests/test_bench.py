@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import TARGET_DIR, Server
+from conftest import ACCEL_BIN, TARGET_DIR, Server
 
 BENCH = os.environ.get("ACCEL_BENCH_BIN", os.path.join(TARGET_DIR, "debug", "accel-bench"))
 
@@ -88,3 +88,37 @@ def test_a_server_that_goes_away_mid_run_is_reported_as_errors(main_repository, 
     assert level["error_count"] > 0 and level["total_ok"] > 0
     # Throughput counts answered requests only: the windows after the stop carry none.
     assert min(level["window_throughputs"]) == 0
+
+
+def test_shared_memory_over_a_unix_socket_with_an_input_size_sweep(main_repository, tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    sock = str(tmp_path / "g.sock")
+    uds = subprocess.Popen([ACCEL_BIN, "serve", "--model-repository", main_repository, "--grpc-address", f"unix:{sock}",
+                            "--http-port", "0", "--metrics-port", "0", "--metrics-address", "127.0.0.1",
+                            "--model-control-mode", "explicit", "--load-model", "scale", "--allow-client-shm"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        c = grpcclient.InferenceServerClient(f"unix://{sock}")
+        while not c.is_model_ready("scale") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        cmd = [BENCH, "run", "--url", f"unix://{sock}", "--model", "scale", "--shared-memory", "system",
+               "--input-bytes", "4KiB,256KiB", "--concurrency", "2", "--warmup", "0.3", "--window", "0.5",
+               "--stable-windows", "1", "--max-windows", "2", "--json", "-", "--quiet"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        levels = json.loads(r.stdout[r.stdout.index("["):])
+        assert [l["label"] for l in levels] == ["4KiB concurrency 2", "256KiB concurrency 2"]
+        assert all(l["error_count"] == 0 and l["total_ok"] > 0 for l in levels)
+        stats = c.get_inference_statistics("scale", as_json=True)["model_stats"][0]
+        assert int(stats["inference_stats"]["success"]["count"]) == sum(l["total_ok"] for l in levels)
+        # The bench unregistered and removed its regions.
+        assert not c.get_system_shared_memory_status(as_json=True).get("regions")
+        assert not [f for f in os.listdir("/dev/shm") if f.startswith("accel_bench_")]
+        c.close()
+    finally:
+        uds.terminate()
+        uds.wait(timeout=20)

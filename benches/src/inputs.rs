@@ -41,6 +41,17 @@ pub fn random(datatype: &str, shape: &[i64], seed: u64) -> Result<Bytes, String>
     Ok(Bytes::from(out))
 }
 
+/// Bytes of one element (`None` for BYTES, whose elements vary).
+pub fn element_size(datatype: &str) -> Option<usize> {
+    Some(match datatype {
+        "BOOL" | "UINT8" | "INT8" => 1,
+        "UINT16" | "INT16" | "FP16" | "BF16" => 2,
+        "UINT32" | "INT32" | "FP32" => 4,
+        "UINT64" | "INT64" | "FP64" => 8,
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -50,5 +61,7 @@ mod tests {
         assert_eq!(super::random("BYTES", &[2], 1).unwrap().len(), 24);
         assert!(super::random("FP8", &[2], 1).is_err());
         assert!(super::random("FP32", &[-1], 1).is_err());
+        assert_eq!(super::element_size("FP16"), Some(2));
+        assert_eq!(super::element_size("BYTES"), None);
     }
 }

@@ -8,6 +8,7 @@ pub mod inputs;
 pub mod load;
 pub mod report;
 pub mod residency_sim;
+pub mod shm;
 pub mod target;
 
 pub use load::{LevelResult, LoadShape, Plan};

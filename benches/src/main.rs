@@ -37,9 +37,22 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Server address.
+    /// Server address: http://HOST:PORT, or unix:///path/to.sock for a Unix domain socket.
     #[arg(long, default_value = "http://127.0.0.1:8001")]
     url: String,
+    /// How tensors travel: `none` (in the request), `system` (through POSIX shared-memory regions
+    /// the bench creates in /dev/shm and registers; the server needs --allow-client-shm). `cuda` is
+    /// refused: Accel opens no CUDA IPC handles yet.
+    #[arg(long, default_value = "none", value_parser = ["none", "system", "cuda"])]
+    shared_memory: String,
+    /// With --shared-memory: the region of an output whose shape does not give its size, in bytes
+    /// (0: the request's largest input).
+    #[arg(long, default_value_t = 0)]
+    output_shared_memory_size: usize,
+    /// Input sizes to sweep (4KiB,64KiB,1MiB,...): each request's input with a variable dimension
+    /// holds that many bytes; every level runs at every size.
+    #[arg(long, value_delimiter = ',', value_parser = parse_bytes)]
+    input_bytes: Vec<usize>,
     /// Model to load; repeat for several (requests then spread over them, see --zipf).
     #[arg(long = "model", required_unless_present = "all_models")]
     models: Vec<String>,
@@ -230,6 +243,29 @@ fn residency(args: SimArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: usize = n.parse().map_err(|_| format!("'{s}' is not a size (such as 64KiB)"))?;
+    let scale: usize = match unit {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        _ => return Err(format!("'{s}': unit must be B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn show_bytes(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n}B"),
+    }
+}
+
 fn parse_shape(s: &str) -> Result<(String, Vec<i64>), String> {
     let (name, dims) = s
         .split_once(':')
@@ -303,17 +339,14 @@ async fn try_run(args: RunArgs) -> Result<ExitCode, String> {
             ))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let lengths = target::Lengths {
-        range,
-        pad_to: args.pad_to,
-        fill,
-        only: args.only_inputs.clone(),
-    };
-    let mut models = Vec::with_capacity(names.len());
-    for (k, name) in names.iter().enumerate() {
-        models.push(target::prepare(&target, name, args.batch_size, &shapes, k as u64, &lengths).await?);
+    if args.shared_memory == "cuda" {
+        return Err("--shared-memory cuda: Accel opens no CUDA IPC handles yet; use system".into());
     }
-    let models = Arc::new(models);
+    let sizes: Vec<Option<usize>> = if args.input_bytes.is_empty() {
+        vec![None]
+    } else {
+        args.input_bytes.iter().map(|&b| Some(b)).collect()
+    };
     let plan = Plan {
         warmup: Duration::from_secs_f64(args.warmup),
         window: Duration::from_secs_f64(args.window),
@@ -335,8 +368,36 @@ async fn try_run(args: RunArgs) -> Result<ExitCode, String> {
         vec![LoadShape::Closed { concurrency: 1 }]
     };
     let mut results = Vec::new();
-    for level in levels {
-        results.push(load::run(target.clone(), models.clone(), level, &plan).await);
+    for size in sizes {
+        let lengths = target::Lengths {
+            range,
+            pad_to: args.pad_to,
+            fill: fill.clone(),
+            only: args.only_inputs.clone(),
+            bytes: size,
+        };
+        let mut models = Vec::with_capacity(names.len());
+        for (k, name) in names.iter().enumerate() {
+            models.push(target::prepare(&target, name, args.batch_size, &shapes, k as u64, &lengths).await?);
+        }
+        let mut regions = accel_bench::shm::Regions::default();
+        if args.shared_memory == "system" {
+            for m in &mut models {
+                if let Err(e) = regions.place(&target, m, args.output_shared_memory_size).await {
+                    regions.release(&target).await;
+                    return Err(e);
+                }
+            }
+        }
+        let models = Arc::new(models);
+        for level in &levels {
+            let mut r = load::run(target.clone(), models.clone(), *level, &plan).await;
+            if let Some(b) = size {
+                r.label = format!("{} {}", show_bytes(b), r.label);
+            }
+            results.push(r);
+        }
+        regions.release(&target).await;
     }
     print!("{}", report::table(&results));
     if let Some(path) = &args.json {

@@ -10,7 +10,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::inputs;
 
-/// Connections to one server.
+/// Connections to one server: over TCP (`http://host:port`) or a Unix domain socket
+/// (`unix:///path/to.sock`).
 #[derive(Debug)]
 pub struct Target {
     clients: Vec<GrpcInferenceServiceClient<Channel>>,
@@ -21,16 +22,34 @@ impl Target {
     /// Opens `connections` HTTP/2 connections to `url` (e.g. `http://127.0.0.1:8001`).
     pub async fn connect(url: &str, connections: usize) -> Result<Target, String> {
         let mut clients = Vec::with_capacity(connections.max(1));
+        let unix = url.strip_prefix("unix:").map(|p| {
+            let p = p.strip_prefix("//").unwrap_or(p);
+            std::path::PathBuf::from(p)
+        });
         for _ in 0..connections.max(1) {
-            let endpoint = Endpoint::from_shared(url.to_string())
+            let base = if unix.is_some() { "http://localhost" } else { url };
+            let endpoint = Endpoint::from_shared(base.to_string())
                 .map_err(|e| format!("{url}: {e}"))?
                 .tcp_nodelay(true)
                 .initial_connection_window_size(16 * 1024 * 1024)
                 .initial_stream_window_size(4 * 1024 * 1024);
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+            let connected = match &unix {
+                Some(path) => {
+                    let path = path.clone();
+                    endpoint
+                        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                            let path = path.clone();
+                            async move {
+                                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                    tokio::net::UnixStream::connect(path).await?,
+                                ))
+                            }
+                        }))
+                        .await
+                }
+                None => endpoint.connect().await,
+            };
+            let channel = connected.map_err(|e| format!("cannot connect to {url}: {e}"))?;
             clients.push(
                 GrpcInferenceServiceClient::new(channel)
                     .max_decoding_message_size(usize::MAX)
@@ -69,7 +88,7 @@ impl ModelLoad {
     }
 }
 
-/// Requests of varying lengths (`--lengths`, `--pad-to`, `--fill`).
+/// Requests of varying lengths or sizes (`--lengths`, `--pad-to`, `--fill`, `--input-bytes`).
 #[derive(Debug, Clone, Default)]
 pub struct Lengths {
     /// Each request's variable non-batch dimensions take one length drawn uniformly from this range.
@@ -81,6 +100,9 @@ pub struct Lengths {
     pub fill: Vec<(String, i64)>,
     /// When not empty, the only inputs sent.
     pub only: Vec<String>,
+    /// Each input's first variable non-batch dimension sized so that the input holds about this many
+    /// bytes (`--input-bytes`; further variable dimensions take 1).
+    pub bytes: Option<usize>,
 }
 
 /// Words of the text a BYTES input is given with `--lengths` (each one token for BERT's
@@ -157,6 +179,29 @@ pub fn filled(datatype: &str, count: usize, value: i64) -> Result<Vec<u8>, Strin
     })
 }
 
+/// `dims` with the batch dimension set to `batch` and the first other variable dimension sized so
+/// that the tensor holds about `bytes` bytes (others 1); `None` without a variable dimension.
+fn sized_shape(dims: &[i64], datatype: &str, batch: usize, bytes: usize) -> Option<Vec<i64>> {
+    let elem = crate::inputs::element_size(datatype)?;
+    let mut shape: Vec<i64> = dims.to_vec();
+    let mut fixed = elem;
+    let mut variable = None;
+    for (i, d) in shape.iter_mut().enumerate() {
+        match (i, *d) {
+            (0, -1) => {
+                *d = batch as i64;
+                fixed *= batch;
+            }
+            (_, -1) if variable.is_none() => variable = Some(i),
+            (_, -1) => *d = 1,
+            (_, d) => fixed *= d as usize,
+        }
+    }
+    let v = variable?;
+    shape[v] = (bytes / fixed.max(1)).max(1) as i64;
+    Some(shape)
+}
+
 /// Asks the server for the model's inputs and builds a request of `batch` rows with random data.
 /// Variable dimensions other than the first (the batch) take `shapes[name]` or fail.
 pub async fn prepare(
@@ -218,8 +263,12 @@ fn one_request(
         if !lengths.only.is_empty() && !lengths.only.contains(&input.name) {
             continue;
         }
+        let sized = lengths
+            .bytes
+            .and_then(|b| sized_shape(&input.shape, &input.datatype, batch, b));
         let shape: Vec<i64> = match shapes.iter().find(|(n, _)| *n == input.name) {
             Some((_, s)) => s.clone(),
+            None if sized.is_some() => sized.unwrap_or_default(),
             None => input
                 .shape
                 .iter()
