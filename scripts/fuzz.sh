@@ -16,7 +16,7 @@ SECONDS_EACH=${1:-10}
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(config_pbtxt rest_body grpc_request onnx_model)
+    TARGETS=(config_pbtxt rest_body grpc_request grpc_authority onnx_model)
 fi
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "fuzz: no nightly toolchain here: fuzz targets not run"

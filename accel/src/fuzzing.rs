@@ -8,6 +8,11 @@ use crate::backend::candle::CandleBackend;
 use crate::backend::{Backend, ExecLimits, LoadLimits};
 use crate::core::{DataType, InstanceKind, IoSpec, ModelFile, ModelSpec, Scheduling, validate};
 
+/// A client's bytes on a Unix-socket gRPC connection: frames and HPACK header blocks, rewritten.
+pub fn grpc_authority(data: &[u8]) {
+    crate::server::fuzz_grpc_authority(data);
+}
+
 /// config.pbtxt text: parsed leniently, then turned into the request path's spec.
 pub fn config_text(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -141,7 +141,7 @@ pub(super) enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
     /// gRPC on a Unix socket: the clients' `:authority` mended for h2 (`authority`).
-    UnixGrpc(Rewrite<UnixStream>),
+    UnixGrpc(Box<Rewrite<UnixStream>>),
 }
 
 /// Accepts the next connection that fits the limit, with its permit.
@@ -214,7 +214,7 @@ pub(super) fn grpc_incoming(
     futures_util::stream::unfold((listener, permits), |(listener, permits)| async move {
         let (conn, permit) = accept(&listener, &permits, "gRPC").await;
         let conn = match conn {
-            Conn::Unix(unix) => Conn::UnixGrpc(Rewrite::new(unix)),
+            Conn::Unix(unix) => Conn::UnixGrpc(Box::new(Rewrite::new(unix))),
             other => other,
         };
         Some((Ok(Limited { conn, _permit: permit }), (listener, permits)))
