@@ -439,13 +439,30 @@ def test_client_shared_memory_is_off_by_default(repo, tmp_path, regions):
         s.stop()
 
 
-def test_cuda_registration_names_why_it_is_unavailable(server):
+def test_cuda_registration_names_why_it_is_unavailable(server, regions):
     c = server.client()
     with pytest.raises(InferenceServerException) as e:
         c.register_cuda_shared_memory("cuda", b"\0" * 64, 0, 64)
-    assert code(e) == "StatusCode.UNIMPLEMENTED" and "CUDA shared memory is not available" in str(e.value)
+    assert code(e) == "StatusCode.UNIMPLEMENTED" and "without the `cuda` feature" in str(e.value)
     c.unregister_cuda_shared_memory()
     assert not c.get_cuda_shared_memory_status(as_json=True).get("regions")
+    h = httpclient.InferenceServerClient(server.http_url)
+    with pytest.raises(InferenceServerException) as e:
+        h.register_cuda_shared_memory("cuda", "AAAA", 0, 64)
+    assert e.value.status() == "501"
+    # One namespace: a system region's name asked of CUDA status is NOT_FOUND, saying what it is.
+    name, k, _ = regions.create(64)
+    c.register_system_shared_memory(name, k, 64)
+    with pytest.raises(InferenceServerException) as e:
+        c.get_cuda_shared_memory_status(name)
+    assert code(e) == "StatusCode.NOT_FOUND" and "registered as system shared memory" in str(e.value)
+    with pytest.raises(InferenceServerException) as e:
+        c.register_cuda_shared_memory(name, b"\0" * 64, 0, 64)
+    assert code(e) == "StatusCode.UNIMPLEMENTED"
+    c.unregister_cuda_shared_memory(name)  # the wrong kind: nothing to do
+    assert c.get_system_shared_memory_status(name, as_json=True)["regions"][name]["name"] == name
+    c.unregister_system_shared_memory()
+    h.close()
     c.close()
 
 

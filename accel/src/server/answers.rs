@@ -12,6 +12,7 @@ use accel_proto::inference::{
 
 use accel_proto::inference::{
     CudaSharedMemoryStatusResponse, SystemSharedMemoryStatusResponse,
+    cuda_shared_memory_status_response::RegionStatus as CudaRegionStatus,
     system_shared_memory_status_response::RegionStatus as SystemRegionStatus,
 };
 
@@ -51,22 +52,21 @@ pub(super) fn system_shm_status(shm: &SharedMemory, name: &str) -> Result<System
     Ok(SystemSharedMemoryStatusResponse { regions })
 }
 
-/// The CUDA regions registered: none in a server that cannot open CUDA IPC handles.
-pub(super) fn cuda_shm_status(name: &str) -> Result<CudaSharedMemoryStatusResponse, Error> {
-    if name.is_empty() {
-        return Ok(CudaSharedMemoryStatusResponse::default());
-    }
-    Err(Error::new(
-        crate::core::Code::NotFound,
-        format!("Unable to find cuda shared memory region: '{name}'"),
-    ))
-}
-
-/// Unregisters CUDA regions: with none registered there is nothing to do, but the call is answered
-/// (perf_analyzer unregisters both kinds before it starts).
-pub(super) fn cuda_shm_unregister(shm: &SharedMemory) -> Result<(), Error> {
-    shm.allowed()?;
-    Ok(())
+/// The CUDA regions registered (`""`: all; none in a build without `cuda`).
+pub(super) fn cuda_shm_status(shm: &SharedMemory, name: &str) -> Result<CudaSharedMemoryStatusResponse, Error> {
+    let regions = shm
+        .cuda_status(name)?
+        .into_iter()
+        .map(|r| {
+            let status = CudaRegionStatus {
+                name: r.name.clone(),
+                device_id: u64::try_from(r.device_id).unwrap_or(0),
+                byte_size: r.byte_size,
+            };
+            (r.name, status)
+        })
+        .collect();
+    Ok(CudaSharedMemoryStatusResponse { regions })
 }
 
 /// An RPC that belongs to work still to come.

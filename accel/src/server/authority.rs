@@ -5,8 +5,8 @@
 //! (hyperium/h2#487, open since 2020). No setting of h2's changes that, so on Unix-socket gRPC
 //! connections the client's header blocks are decoded (HPACK, loona-hpack), an `:authority` that is
 //! not a valid authority is replaced by `localhost` (what the client meant: the local server), and the
-//! block is encoded again for h2. Every other frame, DATA included, is read straight into h2's buffer
-//! (no copy): only frame headers and header blocks pass through here.
+//! block is encoded again for h2. Every other frame passes through unchanged: frame headers and small
+//! frames through a short read-ahead, the rest of a payload read straight into h2's buffer (no copy).
 //!
 //! Bounded: a header block (HEADERS and its CONTINUATIONs) over [`MAX_HEADER_BLOCK`] bytes, a
 //! malformed frame or an HPACK error closes the connection, as h2 itself would.
@@ -20,6 +20,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest header block accepted (h2 bounds the decoded header list far below this).
 pub(super) const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// The read-ahead buffer: a header block's payload is read into it, up to this much at a time.
+const READ_AHEAD: usize = 64 << 10;
+/// Bytes read at once when a frame header is due: the header and the small frames that follow it
+/// (SETTINGS, WINDOW_UPDATE, PING) come in one read, and a payload's bytes beyond them are left in
+/// the socket, to be read straight into h2's buffer (a copy here would cost more than the read).
+const HEAD_READ: usize = 512;
 /// The client connection preface, passed through as it is.
 const PREFACE: usize = 24;
 /// HEADERS frames sent to h2 carry at most this much (the protocol's default SETTINGS_MAX_FRAME_SIZE,
@@ -65,7 +71,10 @@ pub(super) struct Rewrite<S> {
     inner: S,
     state: State,
     head: [u8; 9],
-    have: usize,
+    /// Read ahead from the socket: `input[pos..end]` is not consumed yet.
+    input: Box<[u8]>,
+    pos: usize,
+    end: usize,
     payload: Vec<u8>,
     /// Bytes for h2 not yet handed over, from `out_at`.
     out: Vec<u8>,
@@ -95,7 +104,9 @@ impl<S> Rewrite<S> {
             inner,
             state: State::Through(PREFACE),
             head: [0; 9],
-            have: 0,
+            input: vec![0; READ_AHEAD].into_boxed_slice(),
+            pos: 0,
+            end: 0,
             payload: Vec::new(),
             out: Vec::new(),
             out_at: 0,
@@ -237,6 +248,28 @@ impl<S> Rewrite<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> Rewrite<S> {
+    /// Reads at most `want` more bytes of what the socket has after the unconsumed input; `Ok(0)`
+    /// at EOF.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.pos > 0 {
+            self.input.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        let to = (self.end + want.max(1)).min(self.input.len());
+        let mut part = ReadBuf::new(&mut self.input[self.end..to]);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut part))?;
+        let n = part.filled().len();
+        self.end += n;
+        Poll::Ready(Ok(n))
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.input[self.pos..self.end]
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Rewrite<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
@@ -257,30 +290,48 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewrite<S> {
             match this.state {
                 State::Through(0) => this.state = State::Head,
                 State::Through(left) => {
-                    // Straight into the caller's buffer: payloads are never copied here.
+                    let have = this.buffered().len();
+                    if have > 0 {
+                        let n = left.min(have).min(buf.remaining());
+                        buf.put_slice(&this.input[this.pos..this.pos + n]);
+                        this.pos += n;
+                        this.state = State::Through(left - n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    // The rest of the payload goes straight into the caller's buffer, uninitialised
+                    // as h2 hands it over (zeroing it first would cost a pass over every byte).
                     let limit = left.min(buf.remaining());
-                    let mut part = ReadBuf::new(buf.initialize_unfilled_to(limit));
-                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
-                    let n = part.filled().len();
+                    let n = {
+                        // SAFETY: the slice is the unfilled part of `buf`; the reader only writes
+                        // bytes into it (AsyncRead's contract) and reports how many it filled.
+                        #[allow(unsafe_code)]
+                        let unfilled = unsafe { &mut buf.unfilled_mut()[..limit] };
+                        let mut part = ReadBuf::uninit(unfilled);
+                        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
+                        part.filled().len()
+                    };
+                    // SAFETY: the reader initialised the first `n` bytes of the unfilled part.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        buf.assume_init(n);
+                    }
                     buf.advance(n);
                     this.state = State::Through(left - n);
                     return Poll::Ready(Ok(()));
                 }
                 State::Head => {
-                    let mut part = ReadBuf::new(&mut this.head[this.have..]);
-                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
-                    let n = part.filled().len();
-                    if n == 0 {
-                        return Poll::Ready(if this.have == 0 && this.block.is_none() {
+                    if this.buffered().len() >= this.head.len() {
+                        this.head.copy_from_slice(&this.input[this.pos..this.pos + 9]);
+                        this.pos += 9;
+                        this.on_head()?;
+                        continue;
+                    }
+                    if ready!(this.poll_fill(cx, HEAD_READ))? == 0 {
+                        return Poll::Ready(if this.buffered().is_empty() && this.block.is_none() {
                             Ok(())
                         } else {
                             Err(io::ErrorKind::UnexpectedEof.into())
                         });
-                    }
-                    this.have += n;
-                    if this.have == this.head.len() {
-                        this.have = 0;
-                        this.on_head()?;
                     }
                 }
                 State::Payload {
@@ -289,21 +340,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewrite<S> {
                     stream,
                     len,
                 } => {
-                    let have = this.payload.len();
-                    if have < len {
-                        this.payload.resize(len, 0);
-                        let mut part = ReadBuf::new(&mut this.payload[have..]);
-                        let read = Pin::new(&mut this.inner).poll_read(cx, &mut part);
-                        let n = part.filled().len();
-                        this.payload.truncate(have + n);
-                        ready!(read)?;
-                        if n == 0 {
-                            return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
-                        }
+                    let missing = len - this.payload.len();
+                    let take = missing.min(this.buffered().len());
+                    if take > 0 {
+                        let from = this.pos;
+                        this.payload.extend_from_slice(&this.input[from..from + take]);
+                        this.pos += take;
+                    }
+                    if this.payload.len() == len {
+                        this.state = State::Head;
+                        this.on_payload(kind, flags, stream)?;
                         continue;
                     }
-                    this.state = State::Head;
-                    this.on_payload(kind, flags, stream)?;
+                    if ready!(this.poll_fill(cx, len - this.payload.len()))? == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    }
                 }
             }
         }

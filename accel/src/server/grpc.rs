@@ -233,21 +233,30 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<CudaSharedMemoryStatusRequest>,
     ) -> Result<Response<CudaSharedMemoryStatusResponse>, Status> {
-        Ok(Response::new(answers::cuda_shm_status(&request.into_inner().name)?))
+        let r = request.into_inner();
+        Ok(Response::new(answers::cuda_shm_status(&self.inference.shm, &r.name)?))
     }
 
     async fn cuda_shared_memory_register(
         &self,
-        _: Request<CudaSharedMemoryRegisterRequest>,
+        request: Request<CudaSharedMemoryRegisterRequest>,
     ) -> Result<Response<CudaSharedMemoryRegisterResponse>, Status> {
-        Err(status(self.inference.shm.cuda_refusal()))
+        let r = request.into_inner();
+        let shm = self.inference.shm.clone();
+        // Opening an IPC handle is a driver call: off the runtime's threads.
+        tokio::task::spawn_blocking(move || shm.register_cuda(&r.name, &r.raw_handle, r.device_id, r.byte_size))
+            .await
+            .map_err(|e| Status::internal(format!("registering CUDA shared memory failed: {e}")))?
+            .map_err(status)?;
+        Ok(Response::new(CudaSharedMemoryRegisterResponse {}))
     }
 
     async fn cuda_shared_memory_unregister(
         &self,
-        _: Request<CudaSharedMemoryUnregisterRequest>,
+        request: Request<CudaSharedMemoryUnregisterRequest>,
     ) -> Result<Response<CudaSharedMemoryUnregisterResponse>, Status> {
-        answers::cuda_shm_unregister(&self.inference.shm)?;
+        let r = request.into_inner();
+        self.inference.shm.unregister_cuda(&r.name).await.map_err(status)?;
         Ok(Response::new(CudaSharedMemoryUnregisterResponse {}))
     }
 

@@ -89,6 +89,11 @@ pub fn registry(config: &Config) -> Result<Arc<Registry>, String> {
     Ok(Arc::new(Registry::new(repository, options, placement.memory)?))
 }
 
+/// The largest HTTP/2 frame gRPC clients may send (SETTINGS_MAX_FRAME_SIZE): with the protocol's
+/// default, 16 KiB, a 1 MiB tensor is 64 DATA frames to parse; clients built on gRPC's C core send
+/// frames as large as the server allows.
+const MAX_FRAME_SIZE: u32 = 1 << 20;
+
 /// The bound sockets: gRPC always, REST and metrics when enabled.
 #[derive(Debug)]
 pub struct Listeners {
@@ -224,6 +229,7 @@ pub async fn run(
         tonic::transport::Server::builder()
             .initial_connection_window_size(16 * 1024 * 1024)
             .initial_stream_window_size(4 * 1024 * 1024)
+            .max_frame_size(MAX_FRAME_SIZE)
             .add_service(grpc)
             .add_service(health)
             .serve_with_incoming_shutdown(incoming, shutdown)

@@ -12,12 +12,16 @@
 //! - **Lifetime**: each request holds a `Use` of every region it names; unregistering stops new uses
 //!   at once and waits (bounded) for those in flight, so that once it answers, the server no longer
 //!   touches the memory.
-//! - **CUDA memory** needs the `cuda` build and a GPU; the CPU build answers UNIMPLEMENTED to
-//!   registration (status and unregister answer as for an empty set, which perf_analyzer relies on).
+//! - **CUDA memory** (`cuda`, the `cuda` build): a client's device allocation by its IPC handle, in
+//!   the same namespace; its bytes are copied between device and host for the batch. The CPU build
+//!   answers UNIMPLEMENTED to registration (status and unregister answer as for an empty set, which
+//!   perf_analyzer relies on).
 //!
 //! Errors and codes are Triton's (`server@src/shared_memory_manager.cc`), with one difference made on
 //! purpose: an object that cannot be opened is the client's mistake (INVALID_ARGUMENT), not INTERNAL.
 
+#[cfg(feature = "cuda")]
+mod cuda;
 mod guard;
 mod region;
 
@@ -31,7 +35,7 @@ use thiserror::Error as ThisError;
 
 use crate::core::{Code, ParamValue, Parameters};
 
-use region::Region;
+use region::{Kind, Region};
 pub use region::{OutputSlot, Policy, Use};
 
 /// The most regions `--shm-max-regions` may allow (the size of the fault handler's table).
@@ -77,8 +81,14 @@ pub enum ShmError {
     Map { name: String, reason: String },
     #[error("Unable to find shared memory region: '{name}'")]
     NotFound { name: String },
-    #[error("Unable to find system shared memory region: '{name}'")]
-    StatusNotFound { name: String },
+    #[error("Unable to find {kind} shared memory region: '{name}'")]
+    StatusNotFound { name: String, kind: &'static str },
+    #[error("The region named '{name}' is registered as {is} shared memory, not {not} shared memory")]
+    WrongKind {
+        name: String,
+        is: &'static str,
+        not: &'static str,
+    },
     #[error("shared memory region '{name}' is being unregistered")]
     Closing { name: String },
     #[error("Invalid offset for shared memory region: '{name}'")]
@@ -114,7 +124,7 @@ impl ShmError {
             Disabled | Cuda(_) => Code::Unimplemented,
             Exists { .. } => Code::AlreadyExists,
             TooMany { .. } => Code::ResourceExhausted,
-            NotFound { .. } | StatusNotFound { .. } | Closing { .. } => Code::NotFound,
+            NotFound { .. } | StatusNotFound { .. } | WrongKind { .. } | Closing { .. } => Code::NotFound,
             Map { .. } | Faulted { .. } | OutputTooSmall { .. } => Code::Internal,
             BadKey { .. }
             | NoName
@@ -177,13 +187,25 @@ pub fn tensor_ref(tensor: &str, params: &Parameters) -> Result<Option<TensorRef>
     }))
 }
 
-/// A registered region as status reports it.
+/// A registered system region as status reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegionStatus {
     pub name: String,
     pub key: String,
     pub offset: u64,
     pub byte_size: u64,
+}
+
+/// A registered CUDA region as status reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaRegionStatus {
+    pub name: String,
+    pub device_id: i64,
+    pub byte_size: u64,
+}
+
+fn kind_name(cuda: bool) -> &'static str {
+    if cuda { "cuda" } else { "system" }
 }
 
 /// The server's registered regions.
@@ -246,6 +268,25 @@ impl SharedMemory {
 
     /// Registers `key`'s bytes `[offset, offset + byte_size)` as region `name`.
     pub fn register(&self, name: &str, key: &str, offset: u64, byte_size: u64) -> Result<(), ShmError> {
+        self.insert(name, || Region::open(&self.policy, name, key, offset, byte_size))
+    }
+
+    /// Registers a client's CUDA allocation by its IPC handle (the `cuda` build; elsewhere
+    /// UNIMPLEMENTED, saying why).
+    pub fn register_cuda(&self, name: &str, raw_handle: &[u8], device_id: i64, byte_size: u64) -> Result<(), ShmError> {
+        #[cfg(feature = "cuda")]
+        return self.insert(name, || Region::open_cuda(name, raw_handle, device_id, byte_size));
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (raw_handle, device_id, byte_size);
+            self.allowed()?;
+            Err(ShmError::Cuda(format!(
+                "cannot register '{name}': this server is built without the `cuda` feature; use system shared memory"
+            )))
+        }
+    }
+
+    fn insert(&self, name: &str, open: impl FnOnce() -> Result<Region, ShmError>) -> Result<(), ShmError> {
         self.allowed()?;
         if name.is_empty() {
             return Err(ShmError::NoName);
@@ -259,40 +300,78 @@ impl SharedMemory {
                 max: self.policy.max_regions,
             });
         }
-        let region = Region::open(&self.policy, name, key, offset, byte_size)?;
-        regions.insert(name.into(), Arc::new(region));
+        regions.insert(name.into(), Arc::new(open()?));
         Ok(())
     }
 
-    /// The regions registered (`""`: all of them). Without `--allow-client-shm` there are none.
-    pub fn status(&self, name: &str) -> Result<Vec<RegionStatus>, ShmError> {
+    /// The regions of one kind registered (`""`: all of them), through `status`.
+    fn listed<T>(&self, name: &str, cuda: bool, status: impl Fn(&Region) -> Option<T>) -> Result<Vec<T>, ShmError> {
         let regions = self.regions.lock();
-        let status = |r: &Region| RegionStatus {
-            name: r.name.clone(),
-            key: r.key.clone(),
-            offset: r.offset,
-            byte_size: r.byte_size,
-        };
         if name.is_empty() {
-            return Ok(regions.values().map(|r| status(r)).collect());
+            return Ok(regions.values().filter_map(|r| status(r)).collect());
         }
-        regions
-            .get(name)
-            .map(|r| vec![status(r)])
-            .ok_or_else(|| ShmError::StatusNotFound { name: name.into() })
+        let region = regions.get(name).ok_or_else(|| ShmError::StatusNotFound {
+            name: name.into(),
+            kind: kind_name(cuda),
+        })?;
+        status(region).map(|s| vec![s]).ok_or_else(|| ShmError::WrongKind {
+            name: name.into(),
+            is: kind_name(!cuda),
+            not: kind_name(cuda),
+        })
     }
 
-    /// Unregisters `name` (`""`: every region): new requests can no longer use it at once, and the
-    /// call returns once the requests using it are done (or after [`UNREGISTER_WAIT`], leaving the
-    /// region to be released by the last of them). An unknown name is not an error (Triton).
+    /// The system regions registered (`""`: all of them). Without `--allow-client-shm` there are none.
+    pub fn status(&self, name: &str) -> Result<Vec<RegionStatus>, ShmError> {
+        self.listed(name, false, |r| match &r.kind {
+            Kind::System { key, offset } => Some(RegionStatus {
+                name: r.name.clone(),
+                key: key.clone(),
+                offset: *offset,
+                byte_size: r.byte_size,
+            }),
+            Kind::Cuda { .. } => None,
+        })
+    }
+
+    /// The CUDA regions registered (`""`: all of them).
+    pub fn cuda_status(&self, name: &str) -> Result<Vec<CudaRegionStatus>, ShmError> {
+        self.listed(name, true, |r| match &r.kind {
+            Kind::Cuda { device_id } => Some(CudaRegionStatus {
+                name: r.name.clone(),
+                device_id: *device_id,
+                byte_size: r.byte_size,
+            }),
+            Kind::System { .. } => None,
+        })
+    }
+
+    /// Unregisters system region `name` (`""`: every system region): new requests can no longer
+    /// use it at once, and the call returns once the requests using it are done (or after
+    /// [`UNREGISTER_WAIT`], leaving the region to be released by the last of them). An unknown name
+    /// is not an error (Triton).
     pub async fn unregister(&self, name: &str) -> Result<(), ShmError> {
+        self.unregister_kind(name, false).await
+    }
+
+    /// Unregisters CUDA region `name` (`""`: every CUDA region), as [`SharedMemory::unregister`].
+    pub async fn unregister_cuda(&self, name: &str) -> Result<(), ShmError> {
+        self.unregister_kind(name, true).await
+    }
+
+    async fn unregister_kind(&self, name: &str, cuda: bool) -> Result<(), ShmError> {
         self.allowed()?;
         let closing: Vec<Arc<Region>> = {
             let regions = self.regions.lock();
             let picked: Vec<Arc<Region>> = if name.is_empty() {
-                regions.values().cloned().collect()
+                regions.values().filter(|r| r.is_cuda() == cuda).cloned().collect()
             } else {
-                regions.get(name).cloned().into_iter().collect()
+                regions
+                    .get(name)
+                    .filter(|r| r.is_cuda() == cuda)
+                    .cloned()
+                    .into_iter()
+                    .collect()
             };
             for r in &picked {
                 r.closing.store(true, Ordering::Release);
@@ -355,18 +434,6 @@ impl SharedMemory {
         let slot = region::output(&region, at.offset, at.byte_size)?;
         bound.outputs.push((output.into(), slot));
         Ok(())
-    }
-
-    /// Why a CUDA region cannot be registered: this server opens no CUDA IPC handles.
-    pub fn cuda_refusal(&self) -> ShmError {
-        if let Err(e) = self.allowed() {
-            return e;
-        }
-        ShmError::Cuda(if cfg!(feature = "cuda") {
-            "Accel does not open CUDA IPC handles yet; use system shared memory".into()
-        } else {
-            "this server is built without the `cuda` feature; use system shared memory".into()
-        })
     }
 }
 

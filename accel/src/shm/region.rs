@@ -1,5 +1,6 @@
-//! One registered system shared-memory region: the client's object opened under the key rules,
-//! mapped once, guarded against truncation (`guard`), and counted while requests use it.
+//! One registered region: a system one (the client's object opened under the key rules, mapped
+//! once, guarded against truncation by `guard`) or, in the `cuda` build, a CUDA IPC allocation
+//! (`cuda`); either counted while requests use it.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -32,18 +33,42 @@ pub struct Policy {
 #[derive(Debug)]
 pub(super) struct Region {
     pub name: String,
-    pub key: String,
-    pub offset: u64,
+    pub kind: Kind,
     pub byte_size: u64,
-    file: File,
-    map: MmapRaw,
-    guard: Guarded,
+    memory: Memory,
     users: AtomicUsize,
     pub closing: AtomicBool,
     pub idle: tokio::sync::Notify,
     /// Requests that name one output region write it one at a time (perf_analyzer shares one output
     /// region among all its requests).
     writing: parking_lot::Mutex<()>,
+}
+
+/// What kind of memory a region is, as status reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) enum Kind {
+    System { key: String, offset: u64 },
+    Cuda { device_id: i64 },
+}
+
+#[derive(Debug)]
+enum Memory {
+    System(Mapped),
+    #[cfg(feature = "cuda")]
+    Cuda(super::cuda::DeviceMemory),
+}
+
+/// A client's object, mapped.
+#[derive(Debug)]
+struct Mapped {
+    file: File,
+    /// The object's length registration needs (offset + byte_size).
+    needed: u64,
+    // Fields drop in order: the range leaves the fault handler's table before it is unmapped, so
+    // the handler never mistakes a later mapping at the same addresses for this one.
+    guard: Guarded,
+    map: MmapRaw,
 }
 
 /// The file name a key stands for: leading slashes dropped (as shm_open does), then exactly one
@@ -143,19 +168,60 @@ impl Region {
         let start = map.as_ptr() as usize - lead;
         let guard = Guarded::new(start, len + lead).ok_or(ShmError::TooMany { max: guard::SLOTS })?;
         tracing::debug!(name, key, offset, byte_size, "shared-memory region registered");
-        Ok(Region {
-            name: name.into(),
-            key: key.into(),
-            offset,
-            byte_size,
+        let memory = Memory::System(Mapped {
             file,
-            map,
+            needed: offset + byte_size,
             guard,
+            map,
+        });
+        Ok(Region::new(
+            name,
+            Kind::System {
+                key: key.into(),
+                offset,
+            },
+            byte_size,
+            memory,
+        ))
+    }
+
+    /// Opens a CUDA IPC handle for `byte_size` bytes on GPU `device_id`.
+    #[cfg(feature = "cuda")]
+    pub(super) fn open_cuda(name: &str, raw_handle: &[u8], device_id: i64, byte_size: u64) -> Result<Region, ShmError> {
+        let memory = super::cuda::DeviceMemory::open(name, raw_handle, device_id, byte_size)?;
+        tracing::debug!(name, device_id, byte_size, "CUDA shared-memory region registered");
+        Ok(Region::new(
+            name,
+            Kind::Cuda { device_id },
+            byte_size,
+            Memory::Cuda(memory),
+        ))
+    }
+
+    fn new(name: &str, kind: Kind, byte_size: u64, memory: Memory) -> Region {
+        Region {
+            name: name.into(),
+            kind,
+            byte_size,
+            memory,
             users: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             idle: tokio::sync::Notify::new(),
             writing: parking_lot::Mutex::new(()),
-        })
+        }
+    }
+
+    pub(super) fn is_cuda(&self) -> bool {
+        matches!(self.kind, Kind::Cuda { .. })
+    }
+
+    /// Faults caught in the region's pages (only mapped system memory can fault).
+    fn faults(&self) -> u64 {
+        match &self.memory {
+            Memory::System(m) => m.guard.faults(),
+            #[cfg(feature = "cuda")]
+            Memory::Cuda(_) => 0,
+        }
     }
 
     pub(super) fn users(&self) -> usize {
@@ -165,19 +231,21 @@ impl Region {
     /// Whether the region can still be used: no fault caught in it, and its object still as long
     /// as registered (a truncation seen here fails cleanly, before anything touches the pages).
     fn check(&self) -> Result<(), ShmError> {
-        if self.guard.faults() > 0 {
+        if self.faults() > 0 {
             return Err(ShmError::Faulted {
                 name: self.name.clone(),
             });
         }
-        let size = self.file.metadata().map(|m| m.len()).unwrap_or(0);
-        let needed = self.offset + self.byte_size;
-        if size < needed {
-            return Err(ShmError::Truncated {
-                name: self.name.clone(),
-                size,
-                needed,
-            });
+        #[allow(irrefutable_let_patterns)]
+        if let Memory::System(m) = &self.memory {
+            let size = m.file.metadata().map(|m| m.len()).unwrap_or(0);
+            if size < m.needed {
+                return Err(ShmError::Truncated {
+                    name: self.name.clone(),
+                    size,
+                    needed: m.needed,
+                });
+            }
         }
         Ok(())
     }
@@ -228,7 +296,7 @@ impl Use {
 
     /// Fails if a fault was caught in the region: what this request read or wrote there may be zeros.
     pub fn check(&self) -> Result<(), ShmError> {
-        if self.region.guard.faults() > 0 {
+        if self.region.faults() > 0 {
             return Err(ShmError::Faulted {
                 name: self.region.name.clone(),
             });
@@ -267,19 +335,25 @@ impl AsRef<[u8]> for View {
     }
 }
 
-/// Binds an input: its bytes as a `Bytes` over the mapping (no copy), and a use of its own for the
-/// request to check afterwards.
+/// Binds an input: its bytes as a `Bytes` over the mapping (no copy; CUDA memory is copied to the
+/// host), and a use of its own for the request to check afterwards.
 pub(super) fn input(region: &Arc<Region>, offset: u64, byte_size: u64) -> Result<(Bytes, Use), ShmError> {
     let (at, len) = region.span(offset, byte_size)?;
     region.check()?;
-    // SAFETY: `at + len <= byte_size`, the mapping's length.
-    let ptr = unsafe { region.map.as_ptr().add(at) };
-    let view = View {
-        _use: Use::new(region),
-        ptr,
-        len,
+    let bytes = match &region.memory {
+        Memory::System(m) => {
+            // SAFETY: `at + len <= byte_size`, the mapping's length.
+            let ptr = unsafe { m.map.as_ptr().add(at) };
+            Bytes::from_owner(View {
+                _use: Use::new(region),
+                ptr,
+                len,
+            })
+        }
+        #[cfg(feature = "cuda")]
+        Memory::Cuda(d) => Bytes::from(d.read(at, len)?),
     };
-    Ok((Bytes::from_owner(view), Use::new(region)))
+    Ok((bytes, Use::new(region)))
 }
 
 /// Where a requested output is written.
@@ -319,11 +393,15 @@ impl OutputSlot {
         region.check()?;
         {
             let _one_at_a_time = region.writing.lock();
-            // SAFETY: `at + data.len() <= at + byte_size`, inside the mapping, which the use keeps
-            // alive; a truncation meanwhile turns the pages into private zero pages (`guard`), so
-            // the write cannot fault; writers in this process are serialised by the lock.
-            unsafe {
-                std::ptr::copy_nonoverlapping(data.as_ptr(), region.map.as_mut_ptr().add(self.at), data.len());
+            match &region.memory {
+                // SAFETY: `at + data.len() <= at + byte_size`, inside the mapping, which the use keeps
+                // alive; a truncation meanwhile turns the pages into private zero pages (`guard`), so
+                // the write cannot fault; writers in this process are serialised by the lock.
+                Memory::System(m) => unsafe {
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), m.map.as_mut_ptr().add(self.at), data.len());
+                },
+                #[cfg(feature = "cuda")]
+                Memory::Cuda(d) => d.write(self.at, data)?,
             }
         }
         self.use_.check()

@@ -87,7 +87,7 @@ pub(super) fn router(inference: Inference, body: BodyLimits) -> Router {
         .route("/v2/cudasharedmemory/status", get(cuda_status_all))
         .route("/v2/cudasharedmemory/region/{name}/status", get(cuda_status))
         .route("/v2/cudasharedmemory/region/{name}/register", post(cuda_register))
-        .route("/v2/cudasharedmemory/unregister", post(cuda_unregister))
+        .route("/v2/cudasharedmemory/unregister", post(cuda_unregister_all))
         .route("/v2/cudasharedmemory/region/{name}/unregister", post(cuda_unregister))
         .fallback(|| async { Error::new(Code::NotFound, "no such endpoint") })
         .with_state(state)
@@ -224,22 +224,65 @@ async fn shm_unregister(State(s): State<Rest>, Path(name): Path<String>) -> Resu
     Ok(StatusCode::OK)
 }
 
-async fn cuda_status_all() -> Result<Json<Value>, Error> {
-    answers::cuda_shm_status("")?;
-    Ok(Json(Value::Array(Vec::new())))
+/// Triton's REST status: a list of `{name, device_id, byte_size}`.
+fn cuda_status_json(s: &Rest, name: &str) -> Result<Json<Value>, Error> {
+    let regions = s.inference.shm.cuda_status(name)?;
+    Ok(Json(Value::Array(
+        regions
+            .into_iter()
+            .map(|r| serde_json::json!({ "name": r.name, "device_id": r.device_id, "byte_size": r.byte_size }))
+            .collect(),
+    )))
 }
 
-async fn cuda_status(Path(name): Path<String>) -> Result<Json<Value>, Error> {
-    answers::cuda_shm_status(&name)?;
-    Ok(Json(Value::Array(Vec::new())))
+async fn cuda_status_all(State(s): State<Rest>) -> Result<Json<Value>, Error> {
+    cuda_status_json(&s, "")
 }
 
-async fn cuda_register(State(s): State<Rest>) -> Error {
-    s.inference.shm.cuda_refusal().into()
+async fn cuda_status(State(s): State<Rest>, Path(name): Path<String>) -> Result<Json<Value>, Error> {
+    cuda_status_json(&s, &name)
 }
 
-async fn cuda_unregister(State(s): State<Rest>) -> Result<StatusCode, Error> {
-    answers::cuda_shm_unregister(&s.inference.shm)?;
+/// `{"raw_handle": {"b64": ...}, "device_id": ..., "byte_size": ...}`.
+async fn cuda_register(State(s): State<Rest>, Path(name): Path<String>, body: Body) -> Result<StatusCode, Response> {
+    use base64::Engine as _;
+    let body = read_body(body, s.body).await?;
+    let parse = || -> Result<(Vec<u8>, i64, u64), Error> {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::invalid_argument(format!("CUDA shared memory register body: {e}")))?;
+        let handle = v
+            .get("raw_handle")
+            .and_then(|h| h.get("b64"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid_argument("CUDA shared memory register body needs raw_handle.b64"))?;
+        let handle = base64::engine::general_purpose::STANDARD
+            .decode(handle)
+            .map_err(|e| Error::invalid_argument(format!("raw_handle.b64: {e}")))?;
+        let device_id = v
+            .get("device_id")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| Error::invalid_argument("CUDA shared memory register body needs an integer device_id"))?;
+        let byte_size = v.get("byte_size").and_then(Value::as_u64).ok_or_else(|| {
+            Error::invalid_argument("CUDA shared memory register body needs a non-negative byte_size")
+        })?;
+        Ok((handle, device_id, byte_size))
+    };
+    let (handle, device_id, byte_size) = parse().map_err(IntoResponse::into_response)?;
+    let shm = s.inference.shm.clone();
+    tokio::task::spawn_blocking(move || shm.register_cuda(&name, &handle, device_id, byte_size))
+        .await
+        .map_err(|e| Error::new(Code::Internal, format!("registering CUDA shared memory failed: {e}")).into_response())?
+        .map_err(|e| Error::from(e).into_response())?;
+    Ok(StatusCode::OK)
+}
+
+async fn cuda_unregister_all(State(s): State<Rest>) -> Result<StatusCode, Error> {
+    s.inference.shm.unregister_cuda("").await?;
+    Ok(StatusCode::OK)
+}
+
+async fn cuda_unregister(State(s): State<Rest>, Path(name): Path<String>) -> Result<StatusCode, Error> {
+    s.inference.shm.unregister_cuda(&name).await?;
     Ok(StatusCode::OK)
 }
 
