@@ -14,7 +14,8 @@ def test_server_live_ready_and_metadata(client):
     assert set(meta["extensions"]) >= {"model_configuration", "statistics"}
     # Only what is implemented is claimed.
     assert "model_repository" in meta["extensions"]
-    assert "system_shared_memory" not in meta["extensions"]
+    assert "system_shared_memory" in meta["extensions"]
+    assert "cuda_shared_memory" not in meta["extensions"]
 
 
 def test_model_metadata_reports_batch_dimension(client):
@@ -95,6 +96,10 @@ def test_grpc_health_check(server):
 
 def test_not_yet_implemented_rpcs_say_so(client):
     with pytest.raises(InferenceServerException) as e:
-        client.get_system_shared_memory_status()
+        client.get_trace_settings()
     assert "UNIMPLEMENTED" in e.value.status()
-    assert "shared-memory" in e.value.message()
+    assert "tracing" in e.value.message()
+    # Client shared memory is off unless the server is started with --allow-client-shm.
+    with pytest.raises(InferenceServerException) as e:
+        client.register_system_shared_memory("r", "/accel_never", 16)
+    assert "UNIMPLEMENTED" in e.value.status() and "--allow-client-shm" in e.value.message()

@@ -139,8 +139,8 @@ def test_errors_have_status_codes_and_an_error_body(server, http):
     assert status == 400 and "not valid inference JSON" in message
     status, message = error_of(server, "/v2/models/mlp_a/infer", b"{}", {"Inference-Header-Content-Length": "99"})
     assert status == 400 and "99" in message
-    status, message = error_of(server, "/v2/systemsharedmemory/status", b"")
-    assert status == 501 and "shared-memory" in message
+    status, message = error_of(server, "/v2/systemsharedmemory/region/r/register", b'{"key": "/accel_never", "byte_size": 16}')
+    assert status == 501 and "--allow-client-shm" in message
     status, message = error_of(server, "/v2/repository/models/nope/load", b"")
     assert status == 404 and "nope" in message
     status, message = error_of(server, "/v2/repository/models/mlp_a/load", b'{"parameters": {"config": "{not json"}}')
