@@ -567,6 +567,14 @@ def test_grpc_and_http_over_unix_domain_sockets(repo, tmp_path):
         h.request("GET", "/v2/health/ready")
         assert h.getresponse().status == 200
         h.close()
+        # perf_analyzer (gRPC's C++ core, like grpcio) over the socket, unchanged.
+        binary, env = perf_analyzer()
+        if binary is not None:
+            r = subprocess.run([binary, "-m", "mlp", "-i", "grpc", "-u", f"unix://{sock}", "-b", "1",
+                                "--concurrency-range", "2", "--measurement-interval", "1000", "-s", "50"],
+                               capture_output=True, text=True, timeout=180, env=env)
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+            assert "throughput" in r.stdout
         # A second server on the same live socket is refused, not stolen.
         second, log2 = start_unix(repo, tmp_path, sock, log_name="second.log")
         assert second.wait(timeout=60) != 0
