@@ -412,7 +412,9 @@ def test_unregister_waits_for_the_requests_using_the_region(server, regions):
     unregistered = time.monotonic()
     t.join(timeout=30)
     assert not isinstance(done["result"], Exception), done["result"]
-    assert done["at"] <= unregistered + 0.05, "unregister answered before the request using the region finished"
+    # Without the wait unregister would answer about 1.2 s before the request (queued 1.5 s) ends;
+    # the slack only absorbs the two answers' scheduling on a loaded machine.
+    assert done["at"] <= unregistered + 0.5, "unregister answered before the request using the region finished"
     assert not c.get_system_shared_memory_status(as_json=True).get("regions")
     c.close()
 
