@@ -35,11 +35,11 @@ dynamic_batching { max_queue_delay_microseconds: 2000 }
     modelgen.mlp(os.path.join(root, "mlp", "1", "model.onnx"), 11, D_IN, D_HIDDEN, D_OUT)
     modelgen.write_config(os.path.join(root, "mlp"),
                           modelgen.mlp_config("mlp", max_batch_size=16, delay_us=5000, d_in=D_IN, d_out=D_OUT))
-    # A lone request waits 1.5 s in the queue for company: time to act on its region meanwhile.
+    # A lone request waits 2.5 s in the queue for company: time to act on its region meanwhile.
     modelgen.mlp(os.path.join(root, "mlp_wait", "1", "model.onnx"), 11, D_IN, D_HIDDEN, D_OUT)
     modelgen.write_config(os.path.join(root, "mlp_wait"), modelgen.mlp_config(
         "mlp_wait", max_batch_size=16, d_in=D_IN, d_out=D_OUT, batching=False)
-        + "dynamic_batching { max_queue_delay_microseconds: 1500000 preferred_batch_size: [ 16 ] }\n")
+        + "dynamic_batching { max_queue_delay_microseconds: 2500000 preferred_batch_size: [ 16 ] }\n")
     return root
 
 
@@ -369,7 +369,7 @@ def test_a_region_truncated_by_its_owner_fails_cleanly(server, regions):
     results = []
     t = threading.Thread(target=lambda: results.append(_catch(lambda: c.infer("mlp_wait", [inp2]))))
     t.start()
-    time.sleep(0.5)
+    time.sleep(0.8)
     os.truncate("/dev/shm/" + k2.lstrip("/"), 0)
     t.join(timeout=30)
     assert results and isinstance(results[0], InferenceServerException), results
@@ -407,12 +407,12 @@ def test_unregister_waits_for_the_requests_using_the_region(server, regions):
 
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(0.3)
+    time.sleep(0.8)
     c.unregister_system_shared_memory(name)
     unregistered = time.monotonic()
     t.join(timeout=30)
     assert not isinstance(done["result"], Exception), done["result"]
-    # Without the wait unregister would answer about 1.2 s before the request (queued 1.5 s) ends;
+    # Without the wait unregister would answer about 2.2 s before the request (queued 2.5 s) ends;
     # the slack only absorbs the two answers' scheduling on a loaded machine.
     assert done["at"] <= unregistered + 0.5, "unregister answered before the request using the region finished"
     assert not c.get_system_shared_memory_status(as_json=True).get("regions")
