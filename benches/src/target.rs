@@ -22,10 +22,11 @@ impl Target {
     /// Opens `connections` HTTP/2 connections to `url` (e.g. `http://127.0.0.1:8001`).
     pub async fn connect(url: &str, connections: usize) -> Result<Target, String> {
         let mut clients = Vec::with_capacity(connections.max(1));
-        let unix = url.strip_prefix("unix:").map(|p| {
-            let p = p.strip_prefix("//").unwrap_or(p);
-            std::path::PathBuf::from(p)
-        });
+        // The same unix:PATH / unix:///PATH syntax the server's --grpc-address takes.
+        let unix = match url.parse::<accel::config::ListenAddress>() {
+            Ok(accel::config::ListenAddress::Unix(path)) => Some(path),
+            _ => None,
+        };
         for _ in 0..connections.max(1) {
             let base = if unix.is_some() { "http://localhost" } else { url };
             let endpoint = Endpoint::from_shared(base.to_string())

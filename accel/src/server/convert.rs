@@ -74,8 +74,13 @@ pub fn infer_request(req: ModelInferRequest) -> Result<Decoded, Error> {
                 ))
             })?;
         let typed = input.contents.filter(|c| !contents_empty(c));
-        let tensor_params = parameters(input.parameters);
-        if let Some(at) = shm::tensor_ref(&input.name, &tensor_params)? {
+        // Most inputs carry no parameters: nothing to convert then.
+        let at = if input.parameters.is_empty() {
+            None
+        } else {
+            shm::tensor_ref(&input.name, &parameters(input.parameters))?
+        };
+        if let Some(at) = at {
             if typed.is_some() {
                 return Err(Error::invalid_argument(format!(
                     "unexpected 'content' provided when using shared memory for input tensor '{}' for model '{model_name}'",

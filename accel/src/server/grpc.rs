@@ -243,10 +243,8 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<CudaSharedMemoryRegisterResponse>, Status> {
         let r = request.into_inner();
         let shm = self.inference.shm.clone();
-        // Opening an IPC handle is a driver call: off the runtime's threads.
-        tokio::task::spawn_blocking(move || shm.register_cuda(&r.name, &r.raw_handle, r.device_id, r.byte_size))
+        shm.register_cuda(r.name, r.raw_handle.to_vec(), r.device_id, r.byte_size)
             .await
-            .map_err(|e| Status::internal(format!("registering CUDA shared memory failed: {e}")))?
             .map_err(status)?;
         Ok(Response::new(CudaSharedMemoryRegisterResponse {}))
     }

@@ -272,8 +272,20 @@ impl SharedMemory {
     }
 
     /// Registers a client's CUDA allocation by its IPC handle (the `cuda` build; elsewhere
-    /// UNIMPLEMENTED, saying why).
-    pub fn register_cuda(&self, name: &str, raw_handle: &[u8], device_id: i64, byte_size: u64) -> Result<(), ShmError> {
+    /// UNIMPLEMENTED, saying why). Opening a handle is a driver call: it runs on a blocking thread.
+    pub async fn register_cuda(
+        self: Arc<Self>,
+        name: String,
+        raw_handle: Vec<u8>,
+        device_id: i64,
+        byte_size: u64,
+    ) -> Result<(), ShmError> {
+        tokio::task::spawn_blocking(move || self.register_cuda_now(&name, &raw_handle, device_id, byte_size))
+            .await
+            .unwrap_or_else(|e| Err(ShmError::Cuda(format!("the registering thread failed: {e}"))))
+    }
+
+    fn register_cuda_now(&self, name: &str, raw_handle: &[u8], device_id: i64, byte_size: u64) -> Result<(), ShmError> {
         #[cfg(feature = "cuda")]
         return self.insert(name, || Region::open_cuda(name, raw_handle, device_id, byte_size));
         #[cfg(not(feature = "cuda"))]

@@ -166,15 +166,24 @@ async fn trace() -> Error {
     not_yet("trace settings", "request tracing (not scheduled yet)")
 }
 
-/// Triton's REST status: a list of `{name, key, offset, byte_size}`.
+/// A shared-memory status answer in Triton's REST form: the gRPC message's regions as a list,
+/// by name.
+fn regions_json(answer: Value) -> Json<Value> {
+    let mut regions: Vec<Value> = match answer.get("regions") {
+        Some(Value::Object(map)) => map.values().cloned().collect(),
+        _ => Vec::new(),
+    };
+    regions.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Json(Value::Array(regions))
+}
+
+/// `[{name, key, offset, byte_size}]`.
 fn shm_status_json(s: &Rest, name: &str) -> Result<Json<Value>, Error> {
-    let regions = s.inference.shm.status(name)?;
-    Ok(Json(Value::Array(
-        regions
-            .into_iter()
-            .map(|r| serde_json::json!({ "name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size }))
-            .collect(),
-    )))
+    let answer = answers::system_shm_status(&s.inference.shm, name)?;
+    Ok(regions_json(proto_json(
+        &answer,
+        "inference.SystemSharedMemoryStatusResponse",
+    )?))
 }
 
 async fn shm_status_all(State(s): State<Rest>) -> Result<Json<Value>, Error> {
@@ -224,15 +233,13 @@ async fn shm_unregister(State(s): State<Rest>, Path(name): Path<String>) -> Resu
     Ok(StatusCode::OK)
 }
 
-/// Triton's REST status: a list of `{name, device_id, byte_size}`.
+/// `[{name, device_id, byte_size}]`.
 fn cuda_status_json(s: &Rest, name: &str) -> Result<Json<Value>, Error> {
-    let regions = s.inference.shm.cuda_status(name)?;
-    Ok(Json(Value::Array(
-        regions
-            .into_iter()
-            .map(|r| serde_json::json!({ "name": r.name, "device_id": r.device_id, "byte_size": r.byte_size }))
-            .collect(),
-    )))
+    let answer = answers::cuda_shm_status(&s.inference.shm, name)?;
+    Ok(regions_json(proto_json(
+        &answer,
+        "inference.CudaSharedMemoryStatusResponse",
+    )?))
 }
 
 async fn cuda_status_all(State(s): State<Rest>) -> Result<Json<Value>, Error> {
@@ -269,9 +276,8 @@ async fn cuda_register(State(s): State<Rest>, Path(name): Path<String>, body: Bo
     };
     let (handle, device_id, byte_size) = parse().map_err(IntoResponse::into_response)?;
     let shm = s.inference.shm.clone();
-    tokio::task::spawn_blocking(move || shm.register_cuda(&name, &handle, device_id, byte_size))
+    shm.register_cuda(name, handle, device_id, byte_size)
         .await
-        .map_err(|e| Error::new(Code::Internal, format!("registering CUDA shared memory failed: {e}")).into_response())?
         .map_err(|e| Error::from(e).into_response())?;
     Ok(StatusCode::OK)
 }
