@@ -66,6 +66,11 @@ pub const ACCEL_BATCH_PADDING_EFFICIENCY: &str = "accel_batch_padding_efficiency
 pub const ACCEL_BATCH_TOKENS_TOTAL: &str = "accel_batch_tokens_total";
 /// `accel_batch_tokens_total`'s label: `real` (the requests' own) or `computed` (padded).
 pub const LABEL_KIND: &str = "kind";
+// SLO mode.
+pub const ACCEL_SLO_VIOLATIONS_TOTAL: &str = "accel_slo_violations_total";
+pub const ACCEL_BATCH_WAIT_SECONDS: &str = "accel_batch_wait_seconds";
+pub const ACCEL_PREDICTED_EXECUTION_SECONDS: &str = "accel_predicted_execution_seconds";
+pub const ACCEL_EXECUTION_SECONDS: &str = "accel_execution_seconds";
 
 // ---- buckets -------------------------------------------------------------------------------------
 
@@ -123,6 +128,17 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                         Matcher::Full(ACCEL_MODEL_LOAD_DURATION_SECONDS.into()),
                         LOAD_BUCKETS_SECONDS,
                     )
+                })
+                .and_then(|b| {
+                    [
+                        ACCEL_BATCH_WAIT_SECONDS,
+                        ACCEL_PREDICTED_EXECUTION_SECONDS,
+                        ACCEL_EXECUTION_SECONDS,
+                    ]
+                    .into_iter()
+                    .try_fold(b, |b, name| {
+                        b.set_buckets_for_metric(Matcher::Full(name.into()), LATENCY_BUCKETS_SECONDS)
+                    })
                 });
             let handle = builder.and_then(PrometheusBuilder::install_recorder);
             match handle {
@@ -234,6 +250,22 @@ fn describe() {
         "Real tokens / computed tokens of a padded model's executions since it was first loaded [0.0 - 1.0]"
     );
     describe_counter!(
+        ACCEL_SLO_VIOLATIONS_TOTAL,
+        "SLO mode: requests answered after their latency target (reason=late) or shed (reason=shed)"
+    );
+    describe_histogram!(
+        ACCEL_BATCH_WAIT_SECONDS,
+        "SLO mode: how long the oldest request of each batch waited before the batch was sent, seconds"
+    );
+    describe_histogram!(
+        ACCEL_PREDICTED_EXECUTION_SECONDS,
+        "SLO mode: each execution's time as the controller predicted it (at the target's percentile), seconds"
+    );
+    describe_histogram!(
+        ACCEL_EXECUTION_SECONDS,
+        "SLO mode: each execution's measured time (input, compute and output), seconds"
+    );
+    describe_counter!(
         ACCEL_BATCH_TOKENS_TOTAL,
         "Tokens of a padded model's executions: kind=real (the requests') and kind=computed (rows x longest)"
     );
@@ -262,6 +294,24 @@ pub struct ModelMetrics {
     pub duty_cycle: Gauge,
     labels: (String, String),
     padding: std::sync::OnceLock<PaddingMetrics>,
+    slo: std::sync::OnceLock<SloMetrics>,
+}
+
+/// Why a request counts against its latency target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SloViolation {
+    Late,
+    Shed,
+}
+
+/// SLO mode's handles.
+#[derive(Debug, Clone)]
+pub struct SloMetrics {
+    pub late: Counter,
+    pub shed: Counter,
+    pub batch_wait: Histogram,
+    pub predicted: Histogram,
+    pub measured: Histogram,
 }
 
 /// A padded model's token counts and their ratio.
@@ -297,7 +347,23 @@ impl ModelMetrics {
             duty_cycle: gauge!(ACCEL_EXECUTOR_DUTY_CYCLE, &labels),
             labels: (model.to_string(), version.to_string()),
             padding: std::sync::OnceLock::new(),
+            slo: std::sync::OnceLock::new(),
         }
+    }
+
+    /// SLO mode's handles (registered at first use, so that other models have no such series).
+    pub fn slo(&self) -> &SloMetrics {
+        self.slo.get_or_init(|| {
+            let (m, v) = &self.labels;
+            let labels = [(LABEL_MODEL, m.clone()), (LABEL_VERSION, v.clone())];
+            SloMetrics {
+                late: counter!(ACCEL_SLO_VIOLATIONS_TOTAL, LABEL_MODEL => m.clone(), LABEL_VERSION => v.clone(), LABEL_REASON => "late"),
+                shed: counter!(ACCEL_SLO_VIOLATIONS_TOTAL, LABEL_MODEL => m.clone(), LABEL_VERSION => v.clone(), LABEL_REASON => "shed"),
+                batch_wait: histogram!(ACCEL_BATCH_WAIT_SECONDS, &labels),
+                predicted: histogram!(ACCEL_PREDICTED_EXECUTION_SECONDS, &labels),
+                measured: histogram!(ACCEL_EXECUTION_SECONDS, &labels),
+            }
+        })
     }
 
     /// The padding handles of a padded model (registered at its first padded execution, so that

@@ -195,6 +195,29 @@ impl ModelStats {
         entry.output_ns += t.output.as_nanos() as u64;
     }
 
+    /// SLO mode: a request answered after its target, or shed.
+    pub fn record_slo_violation(&self, why: crate::metrics::SloViolation) {
+        let m = self.metrics.slo();
+        match why {
+            crate::metrics::SloViolation::Late => m.late.increment(1),
+            crate::metrics::SloViolation::Shed => m.shed.increment(1),
+        }
+    }
+
+    /// SLO mode: how long a batch's oldest request waited before the batch was sent.
+    pub fn record_batch_wait(&self, waited: Duration) {
+        self.metrics.slo().batch_wait.record(waited.as_secs_f64());
+    }
+
+    /// SLO mode: one execution's predicted time (when there was a prediction) and measured time.
+    pub fn record_slo_execution(&self, predicted: Option<f64>, measured: f64) {
+        let m = self.metrics.slo();
+        if let Some(p) = predicted {
+            m.predicted.record(p);
+        }
+        m.measured.record(measured);
+    }
+
     pub fn set_memory_bytes(&self, bytes: u64) {
         self.memory_bytes.store(bytes, Ordering::Relaxed);
         self.metrics.resident_bytes.set(bytes as f64);

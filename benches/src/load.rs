@@ -37,6 +37,8 @@ pub struct Plan {
     /// Zipf exponent for spreading requests over several models (0: uniform).
     pub zipf: f64,
     pub progress: bool,
+    /// A latency target: the result says what fraction of requests met it.
+    pub slo: Option<Duration>,
 }
 
 /// The result of one level.
@@ -66,6 +68,9 @@ pub struct LevelResult {
     pub total_ok: u64,
     pub total_rows: u64,
     pub total_errors: u64,
+    /// With a latency target: the fraction of the reported windows' requests answered within it
+    /// (errors are misses).
+    pub slo_attainment: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -280,6 +285,11 @@ pub async fn run(target: Arc<Target>, models: Arc<Vec<ModelLoad>>, shape: LoadSh
         seconds += s;
     }
     let q = |x: f64| total.histogram.value_at_quantile(x) as f64 / 1000.0;
+    let slo_attainment = plan.slo.map(|slo| {
+        let within = total.histogram.count_between(1, (slo.as_micros() as u64).max(1));
+        let all: u64 = total.requests + total.errors.values().sum::<u64>();
+        if all == 0 { 0.0 } else { within as f64 / all as f64 }
+    });
     LevelResult {
         label,
         concurrency: match shape {
@@ -307,5 +317,6 @@ pub async fn run(target: Arc<Target>, models: Arc<Vec<ModelLoad>>, shape: LoadSh
         total_ok: all.requests,
         total_rows: all.rows,
         total_errors: all.errors.values().sum(),
+        slo_attainment,
     }
 }

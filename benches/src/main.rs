@@ -112,6 +112,10 @@ struct RunArgs {
     /// Open loop: requests in flight beyond which arrivals are dropped and counted as errors.
     #[arg(long, default_value_t = 10_000)]
     max_in_flight: usize,
+    /// A latency target in milliseconds: each level also reports the fraction of its requests
+    /// answered within it (errors count as misses).
+    #[arg(long)]
+    slo_ms: Option<f64>,
     /// Write the results as JSON to this file ("-" for standard output).
     #[arg(long)]
     json: Option<String>,
@@ -358,6 +362,7 @@ async fn try_run(args: RunArgs) -> Result<ExitCode, String> {
         max_in_flight: args.max_in_flight,
         zipf: args.zipf,
         progress: !args.quiet,
+        slo: args.slo_ms.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
     };
     let levels: Vec<LoadShape> = if !args.rate.is_empty() {
         args.rate.iter().map(|&rate| LoadShape::Open { rate }).collect()

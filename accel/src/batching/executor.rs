@@ -13,19 +13,25 @@ use crate::core::{ModelSpec, ValidatedRequest};
 use crate::metrics::FailureReason;
 use crate::stats::{BatchTimes, ModelStats};
 
-pub(super) fn run(spec: &ModelSpec, mut instance: Box<dyn ModelInstance>, stats: &ModelStats, shared: &Shared) {
-    while let Some(mut entries) = shared.next_batch() {
+pub(super) fn run(
+    spec: &ModelSpec,
+    index: usize,
+    mut instance: Box<dyn ModelInstance>,
+    stats: &ModelStats,
+    shared: &Shared,
+) {
+    while let Some(mut entries) = shared.next_batch(index) {
         // A client that went away while its request waited does not get compute spent on it.
         entries.retain(|p| !p.is_cancelled());
         if !entries.is_empty() {
-            execute(spec, instance.as_mut(), stats, shared, entries);
+            execute(spec, (index, instance.as_mut()), stats, shared, entries);
         }
     }
 }
 
 fn execute(
     spec: &ModelSpec,
-    instance: &mut dyn ModelInstance,
+    (index, instance): (usize, &mut dyn ModelInstance),
     stats: &ModelStats,
     shared: &Shared,
     entries: Vec<Pending>,
@@ -80,8 +86,12 @@ fn execute(
         .is_some()
         .then(|| assemble::padding_tokens(&requests));
     let ok = replies.iter().all(Result::is_ok);
+    if ok {
+        shared.record_slo_execution(index, rows, (finished - started).as_secs_f64());
+    }
     for (p, reply) in entries.into_iter().zip(replies) {
         let elapsed = p.received.elapsed();
+        shared.check_slo(&p);
         match &reply {
             Ok(_) => stats.record_success(elapsed),
             Err(SubmitError::Backend {

@@ -26,6 +26,7 @@ use crate::stats::ModelStats;
 
 pub(crate) use decide::Policy;
 use shared::Shared;
+pub use shared::{InstanceState, SloState};
 
 /// Stack of an executor thread.
 const EXECUTOR_STACK: usize = 8 << 20;
@@ -43,14 +44,20 @@ pub enum SubmitError {
     Backend { model: String, source: BackendError },
     #[error("model '{model}': {message}")]
     Output { model: String, message: String },
+    /// SLO mode (`shed`): the request cannot meet its latency target; `reason` gives the numbers.
+    #[error(
+        "model '{model}' shed the request: {reason}; retry later, or with a larger accel.slo_ms if the model allows it"
+    )]
+    Shed { model: String, reason: String },
 }
 
 impl SubmitError {
     pub fn code(&self) -> Code {
         match self {
-            SubmitError::QueueFull { .. } | SubmitError::Timeout { .. } | SubmitError::ShuttingDown { .. } => {
-                Code::Unavailable
-            }
+            SubmitError::QueueFull { .. }
+            | SubmitError::Timeout { .. }
+            | SubmitError::ShuttingDown { .. }
+            | SubmitError::Shed { .. } => Code::Unavailable,
             SubmitError::Backend { source, .. } => source.code(),
             SubmitError::Output { .. } => Code::Internal,
         }
@@ -118,7 +125,7 @@ impl Scheduler {
                 .name(format!("accel-exec-{}-{}-{k}", spec.name, spec.version))
                 // Nested If/Loop plans run recursively.
                 .stack_size(EXECUTOR_STACK)
-                .spawn(move || executor::run(&spec, instance, &stats, &queue));
+                .spawn(move || executor::run(&spec, k, instance, &stats, &queue));
             match thread {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -150,13 +157,20 @@ impl Scheduler {
         let closed = || SubmitError::ShuttingDown {
             model: self.shared.model.clone(),
         };
-        if let Some(deadline) = accepted.reject_at {
+        let withdraw_at = match (accepted.reject_at, accepted.shed_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(deadline) = withdraw_at {
             match tokio::time::timeout_at(deadline.into(), &mut rx).await {
                 Ok(reply) => return reply.unwrap_or_else(|_| Err(closed())),
-                // Still queued at its timeout: withdraw and reject it. Already taken by an executor:
-                // it runs to its answer.
+                // Still queued at its timeout (or past the instant it could meet its target):
+                // withdraw and answer it. Already taken by an executor: it runs to its answer.
                 Err(_) => {
                     if let Some(p) = self.shared.withdraw(accepted.ticket) {
+                        if accepted.shed_at.is_some_and(|s| s <= deadline) {
+                            return Err(self.shared.shed_withdrawn(&p));
+                        }
                         let waited = p.enqueued.elapsed();
                         let stats = self.shared.stats();
                         stats.record_failure(p.received.elapsed(), FailureReason::Rejected);
@@ -169,6 +183,11 @@ impl Scheduler {
             }
         }
         rx.await.unwrap_or_else(|_| Err(closed()))
+    }
+
+    /// SLO mode's state (the controller's view); `None` without SLO mode.
+    pub fn slo_state(&self) -> Option<SloState> {
+        self.shared.slo_state()
     }
 }
 
@@ -193,6 +212,7 @@ pub(crate) fn policy_of(spec: &ModelSpec) -> Policy {
                 min_efficiency_percent: p.min_efficiency_percent,
                 lookahead: PADDED_LOOKAHEAD.max(spec.max_batch_size.saturating_mul(4)).min(1024),
             }),
+            slo: p.slo.clone(),
         },
         crate::core::Scheduling::Direct => Policy {
             dynamic: false,
@@ -201,6 +221,7 @@ pub(crate) fn policy_of(spec: &ModelSpec) -> Policy {
             max_queue_delay: std::time::Duration::ZERO,
             free: Vec::new(),
             padding: None,
+            slo: None,
         },
     }
 }

@@ -13,9 +13,10 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use super::SubmitError;
+use super::decide::slo::{self, Arrivals, ExecModel, SloView};
 use super::decide::{Action, CostModel, Policy, next_action_with};
 use super::queue::{Pending, PriorityQueue, Reply};
-use crate::core::{ModelSpec, QueuePolicy, Scheduling, TimeoutAction, ValidatedRequest};
+use crate::core::{ModelSpec, QueuePolicy, Scheduling, SloAction, SloPolicy, TimeoutAction, ValidatedRequest};
 use crate::metrics::FailureReason;
 use crate::stats::ModelStats;
 
@@ -24,6 +25,9 @@ struct State {
     queue: PriorityQueue,
     /// A padded model's measured execution cost.
     cost: CostModel,
+    /// SLO mode: each instance's measured execution times, and the arrival rate.
+    exec: Vec<ExecModel>,
+    arrivals: Arrivals,
     /// Executors waiting on the condition variable.
     sleeping: usize,
     shutdown: bool,
@@ -44,13 +48,47 @@ pub(super) struct Shared {
     queued: AtomicUsize,
     closing: AtomicBool,
     next_ticket: AtomicU64,
+    /// SLO mode: requests answered after their target, and requests shed.
+    late: AtomicU64,
+    shed: AtomicU64,
 }
 
-/// An accepted request: its ticket, and the instant after which its handler withdraws it (REJECT).
+/// An accepted request: its ticket, and the instant after which its handler withdraws it if it is
+/// still queued: its REJECT timeout, or (SLO mode, `shed`) when it can no longer meet its target.
 #[derive(Debug)]
 pub(super) struct Accepted {
     pub(super) ticket: u64,
     pub(super) reject_at: Option<Instant>,
+    pub(super) shed_at: Option<Instant>,
+}
+
+/// SLO mode's state, as the `slo` endpoint reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SloState {
+    pub target_ms: f64,
+    pub percentile: f64,
+    pub headroom: f64,
+    pub action: &'static str,
+    /// Batch rows arriving per second, as the controller sees it now.
+    pub arrival_rate: f64,
+    /// Requests answered after their target, and requests shed, since the model version loaded.
+    pub late: u64,
+    pub shed: u64,
+    pub instances: Vec<InstanceState>,
+}
+
+/// One instance's model of its execution time.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InstanceState {
+    pub executions: u64,
+    /// `execution ≈ fixed + per_row × rows`, milliseconds; absent until enough executions.
+    pub fixed_ms: Option<f64>,
+    pub per_row_ms: Option<f64>,
+    /// Measured / fitted execution time at the target's percentile.
+    pub spread: f64,
+    pub last_batch: Option<usize>,
+    pub last_predicted_ms: Option<f64>,
+    pub last_measured_ms: Option<f64>,
 }
 
 impl Shared {
@@ -69,6 +107,8 @@ impl Shared {
             state: Mutex::new(State {
                 queue: PriorityQueue::new(policies),
                 cost: CostModel::default(),
+                exec: vec![ExecModel::default(); spec.instance_count.max(1)],
+                arrivals: Arrivals::default(),
                 sleeping: 0,
                 shutdown: false,
             }),
@@ -76,7 +116,13 @@ impl Shared {
             queued: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             next_ticket: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
         }
+    }
+
+    fn slo(&self) -> Option<&SloPolicy> {
+        self.policy.slo.as_ref()
     }
 
     pub(super) fn stats(&self) -> &ModelStats {
@@ -127,6 +173,19 @@ impl Shared {
             });
         }
         let now = Instant::now();
+        let mut shed_at = None;
+        if let Some(slo) = self.policy.slo.as_ref() {
+            st.arrivals.record(now, request.batch_size);
+            if slo.action == SloAction::Shed {
+                match self.shed_at(&st, slo, &request, received, now) {
+                    Ok(at) => shed_at = at,
+                    Err(reason) => {
+                        drop(st);
+                        return Err(self.shed_now(received, reason));
+                    }
+                }
+            }
+        }
         let deadline = timeout.map(|t| now + t);
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         st.queue.push(Pending {
@@ -147,6 +206,134 @@ impl Shared {
         Ok(Accepted {
             ticket,
             reject_at: deadline.filter(|_| rejects),
+            shed_at,
+        })
+    }
+
+    /// When a request just arrived must be shed if it is still queued: the instant after which it
+    /// could not meet its target even executed alone. `Err` with the reason when that is already
+    /// so, or when the work queued ahead of it, run in the most efficient batches, would take it
+    /// past its target.
+    fn shed_at(
+        &self,
+        st: &State,
+        slo: &SloPolicy,
+        request: &ValidatedRequest,
+        received: Instant,
+        now: Instant,
+    ) -> Result<Option<Instant>, String> {
+        // The fastest instance's view: the request may go to any.
+        let Some(model) = st
+            .exec
+            .iter()
+            .filter(|m| m.fit().is_some())
+            .min_by(|a, b| a.mean(1).unwrap_or(0.0).total_cmp(&b.mean(1).unwrap_or(0.0)))
+        else {
+            return Ok(None);
+        };
+        let (Some(alone), Some(fit)) = (model.predict(request.batch_size), model.fit()) else {
+            return Ok(None);
+        };
+        let deadline = received + slo.planned(request.schedule.slo);
+        let max = self.policy.max_batch_size.max(1) as f64;
+        let ahead = st.queue.rows() as f64 * (fit.fixed / max + fit.per_row) / st.exec.len().max(1) as f64;
+        let own = model.mean(request.batch_size).unwrap_or(alone);
+        let waited = now.saturating_duration_since(received).as_secs_f64();
+        let reason = |need: f64| {
+            format!(
+                "its latency target of {:.3} ms cannot be met (waited {:.3} ms; the work ahead and its own execution need at least {:.3} ms)",
+                slo.target_of(request.schedule.slo).as_secs_f64() * 1e3,
+                waited * 1e3,
+                need * 1e3
+            )
+        };
+        if now + Duration::from_secs_f64(ahead + own) > deadline {
+            return Err(reason(ahead + own));
+        }
+        Ok(Some(
+            deadline.checked_sub(Duration::from_secs_f64(alone)).unwrap_or(now),
+        ))
+    }
+
+    /// Counts a request shed and gives its error.
+    fn shed_now(&self, received: Instant, reason: String) -> SubmitError {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        self.stats.record_failure(received.elapsed(), FailureReason::Rejected);
+        self.stats.record_slo_violation(crate::metrics::SloViolation::Shed);
+        SubmitError::Shed {
+            model: self.model.clone(),
+            reason,
+        }
+    }
+
+    /// Withdraws a queued request whose shedding instant passed and answers why.
+    pub(super) fn shed_withdrawn(&self, p: &Pending) -> SubmitError {
+        let slo_ms = self
+            .slo()
+            .map_or(0.0, |s| s.target_of(p.request.schedule.slo).as_secs_f64() * 1e3);
+        let waited = p.received.elapsed().as_secs_f64() * 1e3;
+        self.shed_now(
+            p.received,
+            format!("its latency target of {slo_ms:.3} ms cannot be met (waited {waited:.3} ms in the queue)"),
+        )
+    }
+
+    /// One execution of `rows` by `instance` that took `seconds` (SLO mode), and whether each of
+    /// its requests met its target.
+    pub(super) fn record_slo_execution(&self, instance: usize, rows: usize, seconds: f64) {
+        let Some(slo) = self.slo() else { return };
+        let predicted = {
+            let mut st = self.state.lock();
+            let Some(m) = st.exec.get_mut(instance) else { return };
+            let predicted = m.predict(rows);
+            m.record(rows, seconds, slo.percentile_bp);
+            predicted
+        };
+        self.stats.record_slo_execution(predicted, seconds);
+    }
+
+    /// Counts an answer given after its target (SLO mode).
+    pub(super) fn check_slo(&self, p: &Pending) {
+        if let Some(slo) = self.slo()
+            && p.received.elapsed() > slo.target_of(p.request.schedule.slo)
+        {
+            self.late.fetch_add(1, Ordering::Relaxed);
+            self.stats.record_slo_violation(crate::metrics::SloViolation::Late);
+        }
+    }
+
+    /// SLO mode's state; `None` without SLO mode.
+    pub(super) fn slo_state(&self) -> Option<SloState> {
+        let slo = self.slo()?;
+        let st = self.state.lock();
+        let ms = |s: f64| s * 1e3;
+        Some(SloState {
+            target_ms: ms(slo.target.as_secs_f64()),
+            percentile: f64::from(slo.percentile_bp) / 100.0,
+            headroom: f64::from(slo.headroom_bp) / 10_000.0,
+            action: match slo.action {
+                SloAction::Shed => "shed",
+                SloAction::BestEffort => "best_effort",
+            },
+            arrival_rate: st.arrivals.rate(Instant::now()),
+            late: self.late.load(Ordering::Relaxed),
+            shed: self.shed.load(Ordering::Relaxed),
+            instances: st
+                .exec
+                .iter()
+                .map(|m| {
+                    let fit = m.fit();
+                    InstanceState {
+                        executions: m.samples(),
+                        fixed_ms: fit.map(|f| ms(f.fixed)),
+                        per_row_ms: fit.map(|f| ms(f.per_row)),
+                        spread: m.spread(),
+                        last_batch: m.last.map(|l| l.0),
+                        last_predicted_ms: m.last.map(|l| ms(l.1)).filter(|v| v.is_finite()),
+                        last_measured_ms: m.last.map(|l| ms(l.2)),
+                    }
+                })
+                .collect(),
         })
     }
 
@@ -170,8 +357,8 @@ impl Shared {
         Some(p)
     }
 
-    /// Blocks until there is a batch for this executor; `None` once the model shuts down.
-    pub(super) fn next_batch(&self) -> Option<Vec<Pending>> {
+    /// Blocks until there is a batch for executor `instance`; `None` once the model shuts down.
+    pub(super) fn next_batch(&self, instance: usize) -> Option<Vec<Pending>> {
         let mut st = self.state.lock();
         let mut spun = false;
         loop {
@@ -180,8 +367,30 @@ impl Shared {
             if st.shutdown {
                 return None;
             }
-            let overhead = st.cost.overhead_tokens();
-            let wake = match next_action_with(&st.queue, &self.policy, now, overhead) {
+            let action = match self.slo() {
+                Some(slo) => {
+                    let view = SloView {
+                        slo,
+                        model: &st.exec[instance.min(st.exec.len() - 1)],
+                        rate: st.arrivals.rate(now),
+                        instances: st.exec.len(),
+                    };
+                    slo::slo_action(&st.queue, &self.policy, &view, now)
+                }
+                None => next_action_with(&st.queue, &self.policy, now, st.cost.overhead_tokens()),
+            };
+            let wake = match action {
+                Action::Shed(positions) => {
+                    let shed = st.queue.take_positions(&positions);
+                    self.publish(&st);
+                    drop(st);
+                    for p in shed {
+                        let e = self.shed_withdrawn(&p);
+                        let _ = p.reply.send(Err(e));
+                    }
+                    st = self.state.lock();
+                    continue;
+                }
                 action @ (Action::Dispatch(_) | Action::Pick(_)) => {
                     let batch = match action {
                         Action::Pick(positions) => st.queue.take_positions(&positions),
@@ -192,6 +401,11 @@ impl Shared {
                     drop(st);
                     for p in &batch {
                         self.stats.record_queue(now.saturating_duration_since(p.enqueued));
+                    }
+                    if self.slo().is_some()
+                        && let Some(oldest) = batch.iter().map(|p| p.enqueued).min()
+                    {
+                        self.stats.record_batch_wait(now.saturating_duration_since(oldest));
                     }
                     return Some(batch);
                 }

@@ -117,7 +117,10 @@ fn request(value: f32, timeout: Option<Duration>) -> ValidatedRequest {
         outputs: None,
         classification: Vec::new(),
         lengths: Vec::new(),
-        schedule: ScheduleOptions { priority: 0, timeout },
+        schedule: ScheduleOptions {
+            timeout,
+            ..ScheduleOptions::default()
+        },
     }
 }
 

@@ -16,8 +16,11 @@ pub use error::{Code, Error, ValidationError, panic_message};
 pub use files::{FileError, ModelDir, ModelFile, is_file_name, shown_path};
 pub use model::{
     BatchInputKind, BatchInputSpec, BatchOutputSpec, BatchingPolicy, GraphIo, InstanceKind, IoSpec, ModelSpec, Padding,
-    QueuePolicy, Scheduling, Signature, TimeoutAction, VariableBatching,
+    QueuePolicy, Scheduling, Signature, SloAction, SloPolicy, TimeoutAction, VariableBatching,
 };
-pub use request::{InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, ScheduleOptions};
+pub use request::{
+    InferRequest, InferResponse, ParamValue, Parameters, ROUTING_KEY_PARAMETER, RequestedOutput, SLO_MS_PARAMETER,
+    ScheduleOptions,
+};
 pub use tensor::{Tensor, bytes_elements, element_count};
 pub use validate::{ValidatedRequest, padded_lengths, validate};

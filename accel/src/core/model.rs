@@ -94,6 +94,51 @@ pub struct BatchingPolicy {
     pub default_priority_level: usize,
     /// One policy per level, index 0 = level 1.
     pub queue_policies: Vec<QueuePolicy>,
+    /// SLO mode: batches sized and timed to meet a latency target instead of a fixed delay (the
+    /// delay and the preferred sizes are then ignored).
+    pub slo: Option<SloPolicy>,
+}
+
+/// The config's `parameters` of SLO mode.
+pub const SLO_MS: &str = "accel.slo_ms";
+pub const SLO_PERCENTILE: &str = "accel.slo_percentile";
+pub const SLO_HEADROOM: &str = "accel.slo_headroom";
+pub const SLO_ACTION: &str = "accel.slo_action";
+
+/// What SLO mode does with a request that can no longer meet its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SloAction {
+    /// Answer UNAVAILABLE at once, saying why.
+    Shed,
+    /// Run it anyway, in batches as large as the model takes, to catch up.
+    BestEffort,
+}
+
+/// A latency target at the server (queue + execution) for one model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SloPolicy {
+    pub target: Duration,
+    /// The tail the target protects, in hundredths of a percent (9900 = p99): executions are
+    /// predicted at this quantile of their measured spread.
+    pub percentile_bp: u32,
+    /// The share of the target held back for what the prediction does not see (decoding, sending),
+    /// in hundredths of a percent.
+    pub headroom_bp: u32,
+    pub action: SloAction,
+}
+
+impl SloPolicy {
+    /// The target a request plans against: the model's, or the request's own when lower, less the
+    /// headroom.
+    pub fn planned(&self, requested: Option<Duration>) -> Duration {
+        let target = requested.map_or(self.target, |r| r.min(self.target));
+        target.mul_f64(1.0 - f64::from(self.headroom_bp) / 10_000.0)
+    }
+
+    /// The target a request is answered against (its own when lower than the model's).
+    pub fn target_of(&self, requested: Option<Duration>) -> Duration {
+        requested.map_or(self.target, |r| r.min(self.target))
+    }
 }
 
 impl Default for BatchingPolicy {
@@ -104,6 +149,7 @@ impl Default for BatchingPolicy {
             priority_levels: 1,
             default_priority_level: 1,
             queue_policies: vec![QueuePolicy::default()],
+            slo: None,
         }
     }
 }

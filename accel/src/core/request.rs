@@ -78,4 +78,13 @@ pub struct ScheduleOptions {
     pub priority: u64,
     /// Queue timeout requested by the client.
     pub timeout: Option<Duration>,
+    /// The request's own latency target (`accel.slo_ms`): it may lower an SLO-mode model's target,
+    /// never raise it; ignored by models without SLO mode.
+    pub slo: Option<Duration>,
 }
+
+/// The request parameter that lowers an SLO-mode model's latency target, in milliseconds.
+pub const SLO_MS_PARAMETER: &str = "accel.slo_ms";
+
+/// The request parameter that pins a request to one version of a split (one user, one version).
+pub const ROUTING_KEY_PARAMETER: &str = "accel.routing_key";

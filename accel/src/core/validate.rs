@@ -321,7 +321,31 @@ fn schedule_options(request: &InferRequest) -> Result<ScheduleOptions, Validatio
         // 0 means "no timeout", as in Triton.
         options.timeout = (micros > 0).then(|| Duration::from_micros(micros));
     }
+    if let Some(value) = request.parameter(super::SLO_MS_PARAMETER) {
+        options.slo = Some(slo_ms(value)?);
+    }
     Ok(options)
+}
+
+/// The longest latency target a request may give: an hour.
+const MAX_SLO_MS: f64 = 3_600_000.0;
+
+/// A request's `accel.slo_ms`: a positive number of milliseconds (a string holding one is taken too).
+fn slo_ms(value: &ParamValue) -> Result<Duration, ValidationError> {
+    let ms = match value {
+        ParamValue::Int(v) => Some(*v as f64),
+        ParamValue::Uint(v) => Some(*v as f64),
+        ParamValue::Double(v) => Some(*v),
+        ParamValue::String(s) => s.trim().parse::<f64>().ok(),
+        ParamValue::Bool(_) => None,
+    };
+    match ms {
+        Some(ms) if ms.is_finite() && ms > 0.0 && ms <= MAX_SLO_MS => Ok(Duration::from_secs_f64(ms / 1000.0)),
+        _ => Err(ValidationError::Request(format!(
+            "parameter '{}' must be a number of milliseconds above 0 and at most {MAX_SLO_MS}, got {value:?}",
+            super::SLO_MS_PARAMETER
+        ))),
+    }
 }
 
 fn names(specs: &[IoSpec]) -> String {
@@ -509,6 +533,26 @@ mod tests {
         let mut r = request(vec![tensor("a", DataType::F32, &[1, 4], 16)]);
         r.parameters = vec![("timeout".into(), ParamValue::String("soon".into()))];
         assert!(validate(&spec(8), r).is_err());
+
+        for (value, expected) in [
+            (ParamValue::Int(20), Some(20_000)),
+            (ParamValue::Double(2.5), Some(2_500)),
+            (ParamValue::String(" 7 ".into()), Some(7_000)),
+            (ParamValue::Int(0), None),
+            (ParamValue::Double(-1.0), None),
+            (ParamValue::Double(f64::NAN), None),
+            (ParamValue::Double(1e12), None),
+            (ParamValue::Bool(true), None),
+            (ParamValue::String("soon".into()), None),
+        ] {
+            let mut r = request(vec![tensor("a", DataType::F32, &[1, 4], 16)]);
+            r.parameters = vec![(crate::core::SLO_MS_PARAMETER.into(), value.clone())];
+            match (validate(&spec(8), r), expected) {
+                (Ok(v), Some(us)) => assert_eq!(v.schedule.slo, Some(Duration::from_micros(us)), "{value:?}"),
+                (Err(e), None) => assert!(e.to_string().contains("accel.slo_ms"), "{e}"),
+                (other, _) => panic!("{value:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -12,8 +12,9 @@ use accel_proto::inference::{
 use super::{RepositoryError, pbtxt};
 use crate::core::{
     BatchInputKind, BatchInputSpec, BatchOutputSpec, BatchingPolicy, DataType, InstanceKind, IoSpec, ModelSpec,
-    Padding, QueuePolicy, Scheduling, TimeoutAction, VariableBatching,
+    Padding, QueuePolicy, Scheduling, SloAction, SloPolicy, TimeoutAction, VariableBatching,
     model::{DEFAULT_MIN_PADDING_EFFICIENCY, MAX_BATCH_TOKENS, MIN_PADDING_EFFICIENCY, PADDED_INPUTS, PADDED_OUTPUTS},
+    model::{SLO_ACTION, SLO_HEADROOM, SLO_MS, SLO_PERCENTILE},
 };
 
 /// The most instances (executor threads, each with its own engine state) one model version may
@@ -120,9 +121,20 @@ pub fn to_spec(config: &ModelConfig, version: u64, backend: &str) -> Result<Mode
             }
         }
     }
+    let slo = slo_policy(config)?;
     let scheduling = match &config.scheduling_choice {
         Some(SchedulingChoice::DynamicBatching(d)) if max_batch_size > 0 => {
-            Scheduling::Dynamic(batching_policy(d, max_batch_size)?)
+            let mut policy = batching_policy(d, max_batch_size)?;
+            if slo.is_some() && (!policy.max_queue_delay.is_zero() || !policy.preferred_batch_sizes.is_empty()) {
+                tracing::info!(model = %config.name, "SLO mode: max_queue_delay_microseconds and preferred_batch_size are ignored");
+            }
+            policy.slo = slo;
+            Scheduling::Dynamic(policy)
+        }
+        _ if slo.is_some() => {
+            return Err(format!(
+                "{SLO_MS} needs a model that batches (max_batch_size > 0 and dynamic_batching)"
+            ));
         }
         Some(SchedulingChoice::DynamicBatching(_)) => {
             tracing::warn!(model = %config.name, "dynamic_batching is ignored: max_batch_size is 0, so requests cannot be batched");
@@ -147,6 +159,9 @@ pub fn to_spec(config: &ModelConfig, version: u64, backend: &str) -> Result<Mode
         }
     }
     let variable = variable_batching(config, &inputs, &outputs, max_batch_size)?;
+    if variable.padding.is_some() && matches!(&scheduling, Scheduling::Dynamic(p) if p.slo.is_some()) {
+        return Err(format!("{SLO_MS} cannot be combined with {PADDED_INPUTS} yet"));
+    }
     Ok(ModelSpec {
         name: config.name.clone(),
         version,
@@ -371,6 +386,45 @@ fn padding(
     }))
 }
 
+/// The most a latency target may be: an hour.
+const MAX_SLO_MS: f64 = 3_600_000.0;
+
+/// SLO mode's parameters, when `accel.slo_ms` is given (the others need it).
+fn slo_policy(config: &ModelConfig) -> Result<Option<SloPolicy>, String> {
+    let number = |key: &str, range: std::ops::RangeInclusive<f64>, what: &str| -> Result<Option<f64>, String> {
+        parameter(config, key)
+            .map(|v| match v.parse::<f64>() {
+                Ok(x) if x.is_finite() && range.contains(&x) => Ok(x),
+                _ => Err(format!("{key} must be {what}, got '{v}'")),
+            })
+            .transpose()
+    };
+    let Some(ms) = number(SLO_MS, 0.0..=MAX_SLO_MS, "a number of milliseconds, at most an hour")? else {
+        for key in [SLO_PERCENTILE, SLO_HEADROOM, SLO_ACTION] {
+            if parameter(config, key).is_some() {
+                return Err(format!("parameter {key} needs {SLO_MS}"));
+            }
+        }
+        return Ok(None);
+    };
+    if ms <= 0.0 {
+        return Err(format!("{SLO_MS} must be above 0, got '{ms}'"));
+    }
+    let percentile = number(SLO_PERCENTILE, 50.0..=99.99, "a percentile between 50 and 99.99")?.unwrap_or(99.0);
+    let headroom = number(SLO_HEADROOM, 0.0..=0.9, "a fraction of the target between 0 and 0.9")?.unwrap_or(0.1);
+    let action = match parameter(config, SLO_ACTION) {
+        None | Some("best_effort") => SloAction::BestEffort,
+        Some("shed") => SloAction::Shed,
+        Some(other) => return Err(format!("{SLO_ACTION} must be 'shed' or 'best_effort', got '{other}'")),
+    };
+    Ok(Some(SloPolicy {
+        target: Duration::from_secs_f64(ms / 1000.0),
+        percentile_bp: (percentile * 100.0).round() as u32,
+        headroom_bp: (headroom * 10_000.0).round() as u32,
+        action,
+    }))
+}
+
 /// One pad element of `datatype`, little-endian, from its text.
 fn pad_bytes(datatype: DataType, text: &str) -> Option<Vec<u8>> {
     let int = || text.parse::<i128>().ok();
@@ -473,6 +527,7 @@ fn batching_policy(d: &ModelDynamicBatching, max_batch_size: usize) -> Result<Ba
         priority_levels: levels,
         default_priority_level: default_level,
         queue_policies,
+        slo: None,
     })
 }
 
@@ -616,6 +671,85 @@ mod tests {
         }
         let unbatched = PADDED.replace("max_batch_size: 32", "max_batch_size: 0");
         let (config, _) = parse_config(&unbatched).unwrap();
+        assert!(
+            to_spec(&config, 1, "candle")
+                .unwrap_err()
+                .contains("needs a model that batches")
+        );
+    }
+
+    #[test]
+    fn slo_parameters() {
+        let base = r#"
+            max_batch_size: 8
+            input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]
+            output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
+            dynamic_batching { max_queue_delay_microseconds: 500 }
+        "#;
+        let with = |params: &[(&str, &str)]| {
+            let list: Vec<String> = params
+                .iter()
+                .map(|(k, v)| format!("{{ key: \"{k}\" value: {{ string_value: \"{v}\" }} }}"))
+                .collect();
+            let (config, _) = parse_config(&format!("{base} parameters [ {} ]", list.join(", "))).unwrap();
+            to_spec(&config, 1, "candle").map(|s| match s.scheduling {
+                Scheduling::Dynamic(p) => p.slo,
+                Scheduling::Direct => None,
+            })
+        };
+        assert_eq!(with(&[]).unwrap(), None);
+        let slo = with(&[("accel.slo_ms", "25")]).unwrap().unwrap();
+        assert_eq!(slo.target, Duration::from_millis(25));
+        assert_eq!(
+            (slo.percentile_bp, slo.headroom_bp, slo.action),
+            (9900, 1000, SloAction::BestEffort)
+        );
+        assert_eq!(slo.planned(None), Duration::from_micros(22_500));
+        assert_eq!(slo.planned(Some(Duration::from_millis(10))), Duration::from_millis(9));
+        assert_eq!(
+            slo.target_of(Some(Duration::from_secs(9))),
+            Duration::from_millis(25),
+            "never raised"
+        );
+        let slo = with(&[
+            ("accel.slo_ms", "2.5"),
+            ("accel.slo_percentile", "99.9"),
+            ("accel.slo_headroom", "0"),
+            ("accel.slo_action", "shed"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (slo.target, slo.percentile_bp, slo.headroom_bp, slo.action),
+            (Duration::from_micros(2500), 9990, 0, SloAction::Shed)
+        );
+        for (params, needle) in [
+            (vec![("accel.slo_ms", "0")], "above 0"),
+            (vec![("accel.slo_ms", "-3")], "accel.slo_ms must be"),
+            (vec![("accel.slo_ms", "soon")], "accel.slo_ms must be"),
+            (vec![("accel.slo_ms", "1e9")], "at most an hour"),
+            (
+                vec![("accel.slo_ms", "5"), ("accel.slo_percentile", "100")],
+                "accel.slo_percentile",
+            ),
+            (
+                vec![("accel.slo_ms", "5"), ("accel.slo_headroom", "1")],
+                "accel.slo_headroom",
+            ),
+            (
+                vec![("accel.slo_ms", "5"), ("accel.slo_action", "drop")],
+                "'shed' or 'best_effort'",
+            ),
+            (vec![("accel.slo_action", "shed")], "needs accel.slo_ms"),
+        ] {
+            let err = with(&params).unwrap_err();
+            assert!(err.contains(needle), "{params:?}: {err}");
+        }
+        let (config, _) = parse_config(
+            &(base.replace("dynamic_batching { max_queue_delay_microseconds: 500 }", "")
+                + r#" parameters { key: "accel.slo_ms" value: { string_value: "5" } }"#),
+        )
+        .unwrap();
         assert!(
             to_spec(&config, 1, "candle")
                 .unwrap_err()

@@ -4,7 +4,8 @@
 //! budget checked against live readings of the device (`budget`, `crate::device::memory`), evicts idle
 //! models by value when a load needs room (`policy`), keeps evicted models' prepared weights in host
 //! memory (`host_tier`), and hands the request path leases that keep a model alive while it is used
-//! (`served`). A model that fails to load is UNAVAILABLE with the reason and never affects the others.
+//! (`served`), and splits requests that name no version between a model's versions by weight
+//! (`split`). A model that fails to load is UNAVAILABLE with the reason and never affects the others.
 
 pub mod budget;
 mod engines;
@@ -12,11 +13,12 @@ mod host_tier;
 pub mod policy;
 mod registry;
 mod served;
+pub mod split;
 mod state;
 
 pub use budget::{Bytes, MemorySize};
 pub use engines::DefaultBackend;
-pub use registry::{ControlMode, IndexEntry, LOADER_STACK, LoadOptions, PIN_PARAMETER, Registry};
+pub use registry::{ControlMode, IndexEntry, LOADER_STACK, LoadOptions, PIN_PARAMETER, Registry, Route};
 pub use served::{Lease, ServedModel};
 pub use state::ModelState;
 

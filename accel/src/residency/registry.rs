@@ -22,6 +22,7 @@ use super::engines::{DefaultBackend, Engines};
 use super::host_tier::HostTier;
 use super::policy::{Candidate, Usage, choose_victims};
 use super::served::{Freed, Lease, Preparation, PreparedVersion, ServedModel, prepare};
+use super::split::{self, Split};
 use super::{AcquireError, ModelState};
 use crate::backend::{ExecLimits, LoadLimits};
 use crate::batching::QueueLimits;
@@ -117,6 +118,10 @@ struct Resident {
     loaded_at: Instant,
     /// A reload in progress: this copy serves until the new one is ready.
     reload: Option<Flight>,
+    /// How requests that name no version are split between the versions.
+    split: Option<Split>,
+    /// The configuration it was loaded from, before completion (the override or config.pbtxt).
+    source: Option<Box<ModelConfig>>,
 }
 
 impl Resident {
@@ -154,6 +159,8 @@ struct HostModel {
     versions: Vec<Arc<PreparedVersion>>,
     failed: Vec<(u64, String)>,
     bytes: u64,
+    split: Option<Split>,
+    source: Option<Box<ModelConfig>>,
 }
 
 #[derive(Debug)]
@@ -421,12 +428,23 @@ impl Registry {
     /// mode a model that is not resident is loaded first (one load shared by every request for it),
     /// waiting at most `--model-load-timeout-secs`.
     pub async fn acquire(self: &Arc<Self>, name: &str, version: &str) -> Result<Lease, AcquireError> {
+        self.acquire_for(name, version, Route::Newest).await
+    }
+
+    /// [`Registry::acquire`] for an inference: an empty version follows the model's split, if it
+    /// has one (by the routing key, when given).
+    pub async fn acquire_for(
+        self: &Arc<Self>,
+        name: &str,
+        version: &str,
+        route: Route<'_>,
+    ) -> Result<Lease, AcquireError> {
         if self.options.control_mode != ControlMode::OnDemand {
-            return self.acquire_now(name, version);
+            return self.acquire_now_for(name, version, route);
         }
         let deadline = self.wait_deadline();
         loop {
-            match self.step(name, version)? {
+            match self.step(name, version, route)? {
                 Step::Lease(lease) => return Ok(lease),
                 Step::Wait(flight) => flight.wait(deadline, name).await?,
                 Step::Retry => {
@@ -444,14 +462,20 @@ impl Registry {
         }
     }
 
+    /// Whether requests for `name` that name no version are split between its versions (then the
+    /// routing key must be known before the version is chosen).
+    pub fn has_split(&self, name: &str) -> bool {
+        matches!(&self.state.read().models.get(name).map(|e| &e.phase), Some(Phase::Ready(res)) if res.split.is_some())
+    }
+
     /// What a request can do now: take a lease, wait for a load (started here if needed), or look
     /// again shortly.
-    fn step(self: &Arc<Self>, name: &str, version: &str) -> Result<Step, AcquireError> {
+    fn step(self: &Arc<Self>, name: &str, version: &str, route: Route<'_>) -> Result<Step, AcquireError> {
         {
             let st = self.state.read();
             let entry = st.models.get(name).ok_or_else(|| unknown(name))?;
             match &entry.phase {
-                Phase::Ready(res) => return lease(name, version, res).map(Step::Lease),
+                Phase::Ready(res) => return lease(name, version, res, route).map(Step::Lease),
                 Phase::Loading(f) => return Ok(Step::Wait(f.clone())),
                 Phase::Unloading => return Ok(Step::Retry),
                 Phase::Failed(e) => return Err(e.clone()),
@@ -473,10 +497,14 @@ impl Registry {
 
     /// The model version a request addresses, as it is now: no load.
     pub fn acquire_now(&self, name: &str, version: &str) -> Result<Lease, AcquireError> {
+        self.acquire_now_for(name, version, Route::Newest)
+    }
+
+    fn acquire_now_for(&self, name: &str, version: &str, route: Route<'_>) -> Result<Lease, AcquireError> {
         let st = self.state.read();
         let entry = st.models.get(name).ok_or_else(|| unknown(name))?;
         match &entry.phase {
-            Phase::Ready(res) => lease(name, version, res),
+            Phase::Ready(res) => lease(name, version, res, route),
             Phase::Failed(e) => Err(e.clone()),
             phase => Err(AcquireError::NotReady {
                 model: name.to_string(),
@@ -533,6 +561,11 @@ impl Registry {
     /// Reads (or takes from the host tier), admits and starts a model. On return the entry's phase
     /// is Ready, Failed, or Unloaded (memory could not be found in time: a later request tries again).
     fn load(&self, name: &str, config: Option<ModelConfig>) -> Result<(), AcquireError> {
+        if let Some(c) = &config
+            && let Some(done) = self.reweigh(name, c)
+        {
+            return done;
+        }
         let started = Instant::now();
         let deadline = started + self.options.load_timeout;
         let taken = {
@@ -565,6 +598,53 @@ impl Registry {
         self.start_served(name, model, reserved, started.elapsed().saturating_sub(waited), is_host)
     }
 
+    /// A configuration override that changes nothing but `accel.version_weights` of a READY model
+    /// changes its split in place, without reloading the versions. `None`: it is not such an
+    /// override (a full reload follows).
+    fn reweigh(&self, name: &str, config: &ModelConfig) -> Option<Result<(), AcquireError>> {
+        let source = self.repository.read_model_with(name, Some(config.clone())).ok()?;
+        let wanted = split::without_weights(&source.config);
+        let mut st = self.state.write();
+        let Phase::Ready(res) = &mut st.models.get_mut(name)?.phase else {
+            return None;
+        };
+        let same = res.source.as_ref().is_some_and(|c| split::without_weights(c) == wanted)
+            || res
+                .versions
+                .values()
+                .filter_map(|s| s.served.as_ref())
+                .any(|m| split::without_weights(&m.config) == wanted);
+        let served: Vec<u64> = res.versions.keys().copied().collect();
+        let listed: Vec<u64> = source.versions.iter().map(|(v, _)| *v).collect();
+        if !same || served != listed {
+            return None;
+        }
+        res.reload = None;
+        Some(match Split::of_config(&source.config, &served) {
+            Ok(new) => {
+                tracing::info!(model = %name, weights = new.as_ref().map_or("none", Split::text),
+                    "version weights changed without reloading the versions");
+                res.split = new;
+                res.source = Some(Box::new(source.config));
+                Ok(())
+            }
+            Err(reason) => Err(AcquireError::NotReady {
+                model: name.to_string(),
+                version: String::new(),
+                state: ModelState::Unavailable,
+                reason: format!("{reason}; the current split keeps serving"),
+            }),
+        })
+    }
+
+    /// The split's weights of a READY model, as its config says them now.
+    pub fn version_weights(&self, name: &str) -> Option<String> {
+        match &self.state.read().models.get(name)?.phase {
+            Phase::Ready(res) => res.split.as_ref().map(|s| s.text().to_string()),
+            _ => None,
+        }
+    }
+
     /// The cold path: reads the model's files, admitting an estimate first, then its measured size.
     /// Returns the prepared versions, the bytes reserved for them, and the time spent waiting for
     /// memory.
@@ -587,6 +667,8 @@ impl Registry {
         if !source.ignored_fields.is_empty() {
             tracing::info!(model = %name, fields = ?source.ignored_fields, "config.pbtxt fields that Accel does not use are ignored");
         }
+        let numbers: Vec<u64> = source.versions.iter().map(|(v, _)| *v).collect();
+        let split = Split::of_config(&source.config, &numbers).map_err(unavailable)?;
         let backend = self
             .engines
             .select(&source.config.backend, &source.config.platform)
@@ -667,6 +749,8 @@ impl Registry {
                 versions,
                 failed,
                 bytes,
+                split,
+                source: Some(Box::new(source.config)),
             },
             reserved,
             waited,
@@ -758,6 +842,8 @@ impl Registry {
                 hits: AtomicU64::new(0),
                 loaded_at: Instant::now(),
                 reload: None,
+                split: model.split.clone(),
+                source: model.source.clone(),
             };
             match std::mem::replace(&mut entry.phase, Phase::Ready(resident)) {
                 Phase::Ready(old) => Some(old),
@@ -949,6 +1035,8 @@ impl Registry {
             versions,
             failed: res.failed.clone(),
             bytes,
+            split: res.split.clone(),
+            source: res.source.clone(),
         };
         drop(res); // the served models: their executor threads stop
         st.budget.release(bytes);
@@ -1234,15 +1322,37 @@ fn phase_reason(phase: &Phase) -> String {
     }
 }
 
-/// The lease of a version of a resident model (empty version: the newest READY one).
-fn lease(name: &str, version: &str, res: &Resident) -> Result<Lease, AcquireError> {
+/// How a request that names no version chooses one.
+#[derive(Clone, Copy, Debug)]
+pub enum Route<'a> {
+    /// The newest READY version (metadata, config, and models without a split).
+    Newest,
+    /// By the model's split, if it has one; the key, when given, makes the draw deterministic.
+    Split(Option<&'a str>),
+}
+
+/// The lease of a version of a resident model (empty version: the newest READY one, or the split's
+/// draw for an inference).
+fn lease(name: &str, version: &str, res: &Resident, route: Route<'_>) -> Result<Lease, AcquireError> {
     let available = || res.versions.keys().map(u64::to_string).collect::<Vec<_>>().join(", ");
     let chosen = if version.is_empty() {
-        res.versions
-            .iter()
-            .rev()
-            .find(|(_, s)| s.state == ModelState::Ready)
-            .or_else(|| res.versions.iter().next_back())
+        match (route, &res.split) {
+            (Route::Split(key), Some(split)) => {
+                let order = split.choose(split::point(key));
+                // The drawn version, or the next weighted one that is READY.
+                let ready = order
+                    .iter()
+                    .find(|v| res.versions.get(v).is_some_and(|s| s.state == ModelState::Ready))
+                    .or(order.first());
+                ready.and_then(|v| res.versions.get_key_value(v))
+            }
+            _ => res
+                .versions
+                .iter()
+                .rev()
+                .find(|(_, s)| s.state == ModelState::Ready)
+                .or_else(|| res.versions.iter().next_back()),
+        }
     } else {
         let Ok(n) = version.parse::<u64>() else {
             return Err(AcquireError::UnknownVersion {

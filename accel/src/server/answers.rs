@@ -117,9 +117,15 @@ pub(super) async fn model_config(
     version: &str,
 ) -> Result<ModelConfigResponse, Error> {
     let lease = registry.acquire(name, version).await?;
-    Ok(ModelConfigResponse {
-        config: Some(lease.config.clone()),
-    })
+    let mut config = lease.config.clone();
+    // Weights changed through the repository API take effect without a reload: report them.
+    if let Some(weights) = registry.version_weights(name) {
+        config.parameters.insert(
+            crate::residency::split::VERSION_WEIGHTS.to_string(),
+            accel_proto::inference::ModelParameter { string_value: weights },
+        );
+    }
+    Ok(ModelConfigResponse { config: Some(config) })
 }
 
 fn duration(s: &DurationStat) -> Option<StatisticDuration> {

@@ -267,6 +267,23 @@ pub(super) fn infer_response(
     }
 }
 
+/// The request's `accel.routing_key` parameter, as text (an integer key is its decimal digits, so
+/// that it lands where the same key sent as a header does).
+pub(super) fn routing_key(req: &ModelInferRequest) -> Result<Option<String>, Error> {
+    let Some(p) = req.parameters.get(crate::core::ROUTING_KEY_PARAMETER) else {
+        return Ok(None);
+    };
+    match &p.parameter_choice {
+        Some(ParameterChoice::StringParam(s)) => Ok(Some(s.clone())),
+        Some(ParameterChoice::Int64Param(i)) => Ok(Some(i.to_string())),
+        Some(ParameterChoice::Uint64Param(u)) => Ok(Some(u.to_string())),
+        _ => Err(Error::invalid_argument(format!(
+            "parameter '{}' must be a string or an integer",
+            crate::core::ROUTING_KEY_PARAMETER
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use accel_proto::inference::model_infer_request::InferInputTensor;

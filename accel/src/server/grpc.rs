@@ -42,14 +42,30 @@ impl InferenceService {
         InferenceService { inference }
     }
 
-    /// One inference, start to end: the same path for unary and streaming calls.
-    async fn infer(&self, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+    /// One inference, start to end: the same path for unary and streaming calls. `metadata_key` is
+    /// the call's `accel-routing-key` metadata; the request's own parameter wins over it.
+    async fn infer(&self, req: ModelInferRequest, metadata_key: Option<&str>) -> Result<ModelInferResponse, Status> {
         let (model, version) = (req.model_name.clone(), req.model_version.clone());
+        let key = convert::routing_key(&req)?;
+        let key = key.as_deref().or(metadata_key);
         let r = self
             .inference
-            .infer(&model, &version, move |_| convert::infer_request(req))
+            .infer(&model, &version, key, move |_| convert::infer_request(req))
             .await?;
         Ok(convert::infer_response(r.model_name, r.model_version, r.id, r.outputs))
+    }
+}
+
+/// The call's `accel-routing-key` metadata, if any.
+fn routing_metadata(metadata: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status> {
+    match metadata.get(crate::residency::split::ROUTING_KEY_HEADER) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(|s| Some(s.to_string())).map_err(|_| {
+            Status::invalid_argument(format!(
+                "metadata {} must be text",
+                crate::residency::split::ROUTING_KEY_HEADER
+            ))
+        }),
     }
 }
 
@@ -96,7 +112,10 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        self.infer(request.into_inner()).await.map(Response::new)
+        let key = routing_metadata(request.metadata())?;
+        self.infer(request.into_inner(), key.as_deref())
+            .await
+            .map(Response::new)
     }
 
     async fn model_stream_infer(
@@ -104,16 +123,18 @@ impl GrpcInferenceService for InferenceService {
         request: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<StreamOf<ModelStreamInferResponse>>, Status> {
         let service = self.clone();
+        let key = routing_metadata(request.metadata())?;
         let responses = request
             .into_inner()
             .map(move |next| {
                 let service = service.clone();
+                let key = key.clone();
                 async move {
                     let req = next?;
                     let (model_name, model_version, id) =
                         (req.model_name.clone(), req.model_version.clone(), req.id.clone());
                     // Errors travel in-band; the stream stays open for the next request.
-                    Ok(match service.infer(req).await {
+                    Ok(match service.infer(req, key.as_deref()).await {
                         Ok(r) => ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(r),

@@ -14,7 +14,8 @@ use crate::backend::Prepare;
 use crate::batching::SubmitError;
 use crate::core::{Code, Error, InferRequest, InferResponse, ModelSpec, ValidatedRequest, validate};
 use crate::metrics::FailureReason;
-use crate::residency::{Lease, Registry};
+use crate::residency::split::MAX_ROUTING_KEY;
+use crate::residency::{Lease, Registry, Route};
 use crate::shm::{self, Bound, SharedMemory, TensorRef};
 
 use super::lifecycle::{Admission, Lifecycle};
@@ -79,10 +80,23 @@ impl Inference {
     }
 
     /// Admits a request for `model`/`version` and takes the model's lease (loading it on demand).
-    pub async fn begin(&self, model: &str, version: &str) -> Result<Ticket, Error> {
+    /// An empty version follows the model's split between its versions, by `routing_key` when
+    /// the request gives one.
+    pub async fn begin(&self, model: &str, version: &str, routing_key: Option<&str>) -> Result<Ticket, Error> {
         let received = Instant::now();
         let admission = self.lifecycle.admit()?;
-        let lease = self.registry.acquire(model, version).await?;
+        if let Some(key) = routing_key
+            && key.len() > MAX_ROUTING_KEY
+        {
+            return Err(Error::invalid_argument(format!(
+                "the routing key is {} bytes, more than {MAX_ROUTING_KEY}",
+                key.len()
+            )));
+        }
+        let lease = self
+            .registry
+            .acquire_for(model, version, Route::Split(routing_key))
+            .await?;
         Ok(Ticket {
             _admission: admission,
             lease,
@@ -104,9 +118,10 @@ impl Inference {
         &self,
         model: &str,
         version: &str,
+        routing_key: Option<&str>,
         decode: impl FnOnce(&ModelSpec) -> Result<Decoded, Error>,
     ) -> Result<InferResponse, Error> {
-        let ticket = self.begin(model, version).await?;
+        let ticket = self.begin(model, version, routing_key).await?;
         let request = decode(ticket.spec()).map_err(|e| ticket.failed(e))?;
         ticket.run(request).await
     }

@@ -17,6 +17,9 @@
 use std::time::{Duration, Instant};
 
 use super::queue::PriorityQueue;
+use crate::core::SloPolicy;
+
+pub(crate) mod slo;
 
 /// The batching parameters of one model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub(crate) struct Policy {
     pub free: Vec<bool>,
     /// Present for a padded model.
     pub padding: Option<PaddingPolicy>,
+    /// Present in SLO mode (`slo::slo_action` decides instead of the delay).
+    pub slo: Option<SloPolicy>,
 }
 
 /// How a padded model's batches are chosen.
@@ -57,6 +62,9 @@ pub(crate) enum Action {
     Dispatch(usize),
     /// Send the requests at these positions (in dispatch order, ascending) as one batch.
     Pick(Vec<usize>),
+    /// Answer the requests at these positions (ascending) UNAVAILABLE: they cannot meet their
+    /// latency target (SLO mode, `shed`).
+    Shed(Vec<usize>),
     /// Nothing to send before this instant, unless more requests arrive.
     WaitUntil(Instant),
     /// The queue is empty.

@@ -81,6 +81,7 @@ fn policy(max: usize, preferred: &[usize], delay_us: u64) -> Policy {
         max_queue_delay: Duration::from_micros(delay_us),
         free: Vec::new(),
         padding: None,
+        slo: None,
     }
 }
 

@@ -125,6 +125,43 @@ fn param<'a>(p: &'a Parameters, key: &str) -> Option<&'a ParamValue> {
     p.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
+/// The request's `accel.routing_key` parameter, read from the body's JSON before the model version
+/// (and so the spec to decode against) is chosen. A string, or an integer as its digits.
+pub(super) fn routing_key(header_length: Option<&str>, body: &[u8]) -> Result<Option<String>, Error> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    }
+    let json_len = match header_length {
+        None => body.len(),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) => n,
+            // decode says what is wrong with it.
+            Err(_) => return Ok(None),
+        },
+    };
+    let Some(json) = body.get(..json_len).filter(|j| !j.is_empty()) else {
+        return Ok(None);
+    };
+    let Ok(head) = serde_json::from_slice::<Head>(json) else {
+        return Ok(None);
+    };
+    match head
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get(crate::core::ROUTING_KEY_PARAMETER))
+    {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
+        Some(other) => Err(invalid(format!(
+            "parameter '{}' must be a string or an integer, got {other}",
+            crate::core::ROUTING_KEY_PARAMETER
+        ))),
+    }
+}
+
 /// Decodes a body for `spec`'s model: splits it into its JSON header and binary section (or takes
 /// it as the one input's raw bytes when `Inference-Header-Content-Length` is 0). Inputs in shared
 /// memory come back as references, bound by `Ticket::run`.

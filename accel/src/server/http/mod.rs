@@ -70,6 +70,8 @@ pub(super) fn router(inference: Inference, body: BodyLimits) -> Router {
         .route("/v2/models/{model}/versions/{version}/config", get(model_config_v))
         .route("/v2/models/{model}/stats", get(model_stats))
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
+        .route("/v2/models/{model}/slo", get(model_slo))
+        .route("/v2/models/{model}/versions/{version}/slo", get(model_slo_v))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .route("/v2/repository/index", post(repository_index))
@@ -387,6 +389,43 @@ fn stats(s: &Rest, model: &str, version: &str) -> Result<Json<Value>, Error> {
     Ok(Json(proto_json(&st, "inference.ModelStatisticsResponse")?))
 }
 
+/// SLO mode's state of each READY version (or of one): Accel's own endpoint.
+fn slo(s: &Rest, model: &str, version: &str) -> Result<Json<Value>, Error> {
+    let registry = &s.inference.registry;
+    let versions = if version.is_empty() {
+        registry.versions(model)
+    } else {
+        vec![version.to_string()]
+    };
+    let mut out = Vec::new();
+    for v in versions {
+        match registry.acquire_now(model, &v) {
+            Ok(lease) => out.push(serde_json::json!({
+                "version": v,
+                "slo": lease.scheduler.slo_state(),
+            })),
+            Err(e) if !version.is_empty() => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    if out.is_empty() {
+        // Report why, as inference would.
+        registry.acquire_now(model, version)?;
+    }
+    Ok(Json(serde_json::json!({ "name": model, "versions": out })))
+}
+
+async fn model_slo(State(s): State<Rest>, Path(model): Path<String>) -> Result<Json<Value>, Error> {
+    slo(&s, &model, "")
+}
+
+async fn model_slo_v(
+    State(s): State<Rest>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, Error> {
+    slo(&s, &model, &version)
+}
+
 async fn all_stats(State(s): State<Rest>) -> Result<Json<Value>, Error> {
     stats(&s, "", "")
 }
@@ -538,6 +577,19 @@ async fn infer_v(
     run_infer(&s, &model, &version, &headers, body).await
 }
 
+/// The `accel-routing-key` header, if any.
+pub(super) fn routing_header(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    match headers.get(crate::residency::split::ROUTING_KEY_HEADER) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(|s| Some(s.to_string())).map_err(|_| {
+            Error::invalid_argument(format!(
+                "header {} must be text",
+                crate::residency::split::ROUTING_KEY_HEADER
+            ))
+        }),
+    }
+}
+
 /// One REST inference: the model is found (and loaded) before the body is read, the body is read
 /// within its limits, decoded against the model (on a blocking thread when large), run, and the
 /// answer encoded the same way.
@@ -566,12 +618,25 @@ async fn run_infer(
         ),
         None => None,
     };
+    let header_key = routing_header(headers).map_err(IntoResponse::into_response)?;
+    // A model split between versions: the body's routing key (which wins over the header) must
+    // be known before the version, and so the spec to decode against, is chosen.
+    let (key, body) = if version.is_empty() && s.inference.registry.has_split(model) {
+        let body = read_body(body, s.body).await?;
+        let key = codec::routing_key(header_length.as_deref(), &body).map_err(IntoResponse::into_response)?;
+        (key.or(header_key), Ok(body))
+    } else {
+        (header_key, Err(body))
+    };
     let ticket = s
         .inference
-        .begin(model, version)
+        .begin(model, version, key.as_deref())
         .await
         .map_err(IntoResponse::into_response)?;
-    let body = read_body(body, s.body).await?;
+    let body = match body {
+        Ok(read) => read,
+        Err(body) => read_body(body, s.body).await?,
+    };
     let spec = ticket.spec().clone();
     let size = body.len();
     let decoded = off_runtime(&s.codecs, size, move || {

@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -79,7 +79,8 @@ fn texts(input: &Value) -> Result<Vec<&str>, String> {
         .collect()
 }
 
-pub(super) async fn embeddings(State(s): State<Rest>, body: Body) -> Result<Response, Response> {
+pub(super) async fn embeddings(State(s): State<Rest>, headers: HeaderMap, body: Body) -> Result<Response, Response> {
+    let key = super::routing_header(&headers).map_err(from_error)?;
     let body = read_body(body, s.body).await?;
     let request: EmbeddingsRequest = serde_json::from_slice(&body)
         .map_err(|e| invalid(format!("the body is not an embeddings request: {e}"), "body"))?;
@@ -94,7 +95,11 @@ pub(super) async fn embeddings(State(s): State<Rest>, body: Body) -> Result<Resp
         }
     };
     let strings = texts(&request.input).map_err(|m| invalid(m, "input"))?;
-    let ticket = s.inference.begin(&request.model, "").await.map_err(from_error)?;
+    let ticket = s
+        .inference
+        .begin(&request.model, "", key.as_deref())
+        .await
+        .map_err(from_error)?;
     let spec = ticket.spec().clone();
     let embedding_model = spec.input(TEXT_INPUT).is_some_and(|i| i.datatype == DataType::Bytes)
         && spec.inputs.iter().all(|i| i.name == TEXT_INPUT || i.optional)

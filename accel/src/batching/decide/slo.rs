@@ -1,0 +1,327 @@
+//! SLO mode's decision: batches sized and timed to meet a latency target instead of a fixed delay.
+//! A pure function of the queue, the model's measured execution times, the arrival rate and the
+//! time, asked each time an executor is free, like [`super::next_action`].
+//!
+//! Each request must be answered within its target (the model's `accel.slo_ms`, or its own when
+//! lower, less the headroom) counted from when the server received it. The executions the executors
+//! already time fit a model of execution time by batch rows (`ExecModel`: `t = a + b·rows`, by
+//! decaying least squares, times the chosen quantile of the measured/fitted ratio, so the spread is
+//! measured, not assumed). With it the decision:
+//! - sheds (in `shed` mode) a request that could not meet its target even alone;
+//! - caps the batch at the largest prefix whose predicted time still lets every member meet its
+//!   target (requests already late do not cap it: they go in batches as large as the model takes);
+//! - sends at once unless waiting raises throughput: only while the executors, at the current batch
+//!   size, could not keep up with the measured arrival rate does it wait for the batch to grow to the
+//!   size that keeps up, and never past the instant when the oldest request's wait plus the predicted
+//!   execution reaches its target. An idle model (no arrivals of late) therefore sends a lone
+//!   request at once.
+//!
+//! Until the model has timed enough executions it dispatches what is queued at once (a zero delay),
+//! which is also how it gathers the samples.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::super::queue::{Pending, PriorityQueue};
+use super::{Action, Policy};
+use crate::core::{SloAction, SloPolicy};
+
+/// An online fit of one instance's execution time against the batch rows it ran, with the spread of
+/// measured times around the fit.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ExecModel {
+    w: f64,
+    x: f64,
+    y: f64,
+    xx: f64,
+    xy: f64,
+    samples: u64,
+    /// Recent measured / predicted-mean ratios.
+    ratios: VecDeque<f64>,
+    /// The ratios' quantile at the policy's percentile, recomputed at each sample.
+    spread: f64,
+    /// The last execution: rows, predicted seconds (at the quantile), measured seconds.
+    pub(crate) last: Option<(usize, f64, f64)>,
+}
+
+/// The fit's coefficients, clamped to a physical cost: `seconds = fixed + per_row · rows`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Fit {
+    pub fixed: f64,
+    pub per_row: f64,
+}
+
+impl ExecModel {
+    /// Each sample's weight decays by this per new one: the fit follows the last few dozen
+    /// executions, so it adapts when the model starts sharing the device.
+    const DECAY: f64 = 0.95;
+    /// Executions timed before predictions are made.
+    pub(crate) const MIN_SAMPLES: u64 = 8;
+    /// Ratios kept for the spread.
+    const RATIOS: usize = 256;
+
+    /// Records one execution of `rows` rows that took `seconds`; `percentile_bp` is the quantile
+    /// the spread is kept at.
+    pub(crate) fn record(&mut self, rows: usize, seconds: f64, percentile_bp: u32) {
+        let x = rows as f64;
+        if !(x >= 1.0 && seconds.is_finite() && seconds >= 0.0) {
+            return;
+        }
+        let predicted = self.predict(rows);
+        if let Some(mean) = self.mean(rows)
+            && mean > 0.0
+        {
+            if self.ratios.len() == Self::RATIOS {
+                self.ratios.pop_front();
+            }
+            self.ratios.push_back(seconds / mean);
+            self.spread = quantile(&self.ratios, percentile_bp);
+        }
+        let d = Self::DECAY;
+        self.w = self.w * d + 1.0;
+        self.x = self.x * d + x;
+        self.y = self.y * d + seconds;
+        self.xx = self.xx * d + x * x;
+        self.xy = self.xy * d + x * seconds;
+        self.samples += 1;
+        self.last = Some((rows, predicted.unwrap_or(f64::NAN), seconds));
+    }
+
+    pub(crate) fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// The fit, once there are enough samples. Batches all of one size give no slope: the cost is
+    /// then taken as proportional to the rows, which overestimates larger batches (a safe cap) and
+    /// says waiting gains nothing.
+    pub(crate) fn fit(&self) -> Option<Fit> {
+        if self.samples < Self::MIN_SAMPLES || self.w <= 0.0 {
+            return None;
+        }
+        let (mx, my) = (self.x / self.w, self.y / self.w);
+        let var = self.xx / self.w - mx * mx;
+        let proportional = Fit {
+            fixed: 0.0,
+            per_row: my / mx.max(1.0),
+        };
+        if var <= (mx * 0.05).powi(2) {
+            return Some(proportional);
+        }
+        let b = (self.xy / self.w - mx * my) / var;
+        let a = my - b * mx;
+        Some(if !b.is_finite() || !a.is_finite() {
+            proportional
+        } else if b < 0.0 {
+            Fit {
+                fixed: my,
+                per_row: 0.0,
+            }
+        } else if a <= my * 1e-3 {
+            // No fixed part, up to rounding.
+            proportional
+        } else {
+            Fit { fixed: a, per_row: b }
+        })
+    }
+
+    /// The mean execution time of a batch of `rows`.
+    pub(crate) fn mean(&self, rows: usize) -> Option<f64> {
+        self.fit().map(|f| f.fixed + f.per_row * rows as f64)
+    }
+
+    /// The execution time of a batch of `rows` at the kept quantile.
+    pub(crate) fn predict(&self, rows: usize) -> Option<f64> {
+        let spread = if self.ratios.is_empty() {
+            1.0
+        } else {
+            self.spread.max(1.0)
+        };
+        self.mean(rows).map(|m| m * spread)
+    }
+
+    /// The measured/fitted ratio at the kept quantile (1 before there are any).
+    pub(crate) fn spread(&self) -> f64 {
+        if self.ratios.is_empty() { 1.0 } else { self.spread }
+    }
+}
+
+/// The `bp` (hundredths of a percent) quantile of `values`, by nearest rank.
+fn quantile(values: &VecDeque<f64>, bp: u32) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().collect();
+    if v.is_empty() {
+        return 1.0;
+    }
+    let rank = ((v.len() as f64) * f64::from(bp) / 10_000.0).ceil() as usize;
+    let k = rank.clamp(1, v.len()) - 1;
+    let (_, q, _) = v.select_nth_unstable_by(k, f64::total_cmp);
+    *q
+}
+
+/// The arrival rate of one model's requests, in batch rows per second: an exponentially weighted
+/// mean of the gaps between arrivals, which the time since the last arrival overrides when longer
+/// (so a model that has gone quiet is seen as idle at once).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Arrivals {
+    last: Option<Instant>,
+    /// Seconds per row.
+    gap: f64,
+    seen: u64,
+}
+
+impl Arrivals {
+    /// Weight of the newest gap.
+    const ALPHA: f64 = 1.0 / 16.0;
+
+    pub(crate) fn record(&mut self, now: Instant, rows: usize) {
+        if let Some(last) = self.last {
+            let gap = now.saturating_duration_since(last).as_secs_f64() / rows.max(1) as f64;
+            self.gap = if self.seen < 2 {
+                gap
+            } else {
+                self.gap + (gap - self.gap) * Self::ALPHA
+            };
+        }
+        self.last = Some(now.max(self.last.unwrap_or(now)));
+        self.seen += 1;
+    }
+
+    /// Rows per second at `now`: 0 until two requests have arrived.
+    pub(crate) fn rate(&self, now: Instant) -> f64 {
+        let Some(last) = self.last else { return 0.0 };
+        if self.seen < 2 {
+            return 0.0;
+        }
+        let gap = self.gap.max(now.saturating_duration_since(last).as_secs_f64());
+        if gap <= 0.0 { f64::INFINITY } else { 1.0 / gap }
+    }
+}
+
+/// What the decision knows besides the queue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SloView<'a> {
+    pub slo: &'a SloPolicy,
+    /// The free executor's instance.
+    pub model: &'a ExecModel,
+    /// Rows per second arriving.
+    pub rate: f64,
+    /// The model's executors.
+    pub instances: usize,
+}
+
+/// The instant by which `p` must be answered to meet its planned target.
+pub(crate) fn deadline(slo: &SloPolicy, p: &Pending) -> Instant {
+    p.received + slo.planned(p.request.schedule.slo)
+}
+
+/// Whether `p` can no longer meet its target, even executed alone now.
+fn doomed(view: &SloView<'_>, p: &Pending, now: Instant) -> bool {
+    view.model
+        .predict(p.request.batch_size)
+        .is_some_and(|t| now + secs(t) > deadline(view.slo, p))
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// SLO mode's decision (see the module's comment).
+pub(crate) fn slo_action(queue: &PriorityQueue, policy: &Policy, view: &SloView<'_>, now: Instant) -> Action {
+    let Some(first) = queue.iter().next() else {
+        return Action::Idle;
+    };
+    let max = policy.max_batch_size.max(1);
+    if view.model.fit().is_none() {
+        // Nothing measured yet: what is queued goes at once.
+        let mut rows = 0;
+        let mut count = 0;
+        for e in queue.iter() {
+            if count > 0 && (!e.request.batches_with(&first.request, &policy.free) || rows + e.request.batch_size > max)
+            {
+                break;
+            }
+            rows += e.request.batch_size;
+            count += 1;
+        }
+        return Action::Dispatch(count.max(1));
+    }
+    if view.slo.action == SloAction::Shed {
+        let shed: Vec<usize> = queue
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| doomed(view, e, now))
+            .map(|(k, _)| k)
+            .collect();
+        if !shed.is_empty() {
+            return Action::Shed(shed);
+        }
+    }
+    let predict = |rows: usize| secs(view.model.predict(rows).unwrap_or(0.0));
+    let mut rows = 0usize;
+    let mut count = 0usize;
+    // The earliest deadline of the members that can still meet theirs.
+    let mut earliest: Option<Instant> = None;
+    let mut full = false;
+    for e in queue.iter() {
+        let b = e.request.batch_size;
+        if count > 0 && (!e.request.batches_with(&first.request, &policy.free) || rows + b > max) {
+            full = true;
+            break;
+        }
+        let candidate = if doomed(view, e, now) {
+            earliest
+        } else {
+            Some(earliest.map_or(deadline(view.slo, e), |d| d.min(deadline(view.slo, e))))
+        };
+        if count > 0 && candidate.is_some_and(|d| now + predict(rows + b) > d) {
+            full = true;
+            break;
+        }
+        rows += b;
+        count += 1;
+        earliest = candidate;
+    }
+    let count = count.max(1);
+    let Some(earliest) = earliest else {
+        // Every member is late already: send as many as the model takes.
+        return Action::Dispatch(count);
+    };
+    if full || rows >= max {
+        return Action::Dispatch(count);
+    }
+    // Would waiting raise throughput? Only while the executors cannot keep up at this batch size.
+    let Some(fit) = view.model.fit() else {
+        return Action::Dispatch(count);
+    };
+    let rate = view.rate;
+    let instances = view.instances.max(1) as f64;
+    let keeps_up = |b: usize| rate * (fit.fixed / b as f64 + fit.per_row) < instances;
+    // A cost without a fixed part is the same per row at every size: waiting cannot help.
+    if !(rate.is_finite() && rate > 0.0) || fit.fixed <= 0.0 || keeps_up(rows) {
+        return Action::Dispatch(count);
+    }
+    // Grow towards the smallest size that keeps up, as far as the deadline lets the batch grow.
+    let mut goal = None;
+    for b in rows + 1..=max {
+        let gathered = now + secs((b - rows) as f64 / rate);
+        if gathered + predict(b) > earliest {
+            break;
+        }
+        goal = Some((b, gathered));
+        if keeps_up(b) {
+            break;
+        }
+    }
+    let Some((b, gathered)) = goal else {
+        return Action::Dispatch(count);
+    };
+    let latest = earliest.checked_sub(predict(b)).unwrap_or(now);
+    let until = gathered.min(latest);
+    if until <= now {
+        Action::Dispatch(count)
+    } else {
+        Action::WaitUntil(until)
+    }
+}
+
+#[cfg(test)]
+mod tests;
