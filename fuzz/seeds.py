@@ -64,6 +64,10 @@ batch_output [ { target_name: "OUT" kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_
 dynamic_batching { }
 """,
         "input [ { name: \"x\" dims: [ -2 ] } ]",
+        modelgen.mlp_config("slo", extra='parameters [ { key: "accel.slo_ms" value: { string_value: "2.5" } }, '
+                            '{ key: "accel.slo_percentile" value: { string_value: "99.9" } }, '
+                            '{ key: "accel.slo_action" value: { string_value: "shed" } }, '
+                            '{ key: "accel.version_weights" value: { string_value: "1:90, 2:10,3:0" } } ]\n'),
     ]
     for t in texts:
         write("config_pbtxt", t.encode())
@@ -96,6 +100,7 @@ def rest_bodies() -> None:
     write("rest_body", bytes([1 + 3 * len(strings)]) + header + strings)
     # mode 2: the raw binary body of a one-input model (here refused: the spec has three).
     write("rest_body", b"\x02" + binary)
+    write("rest_body", b"\x00" + json_body([a, c], parameters={"accel.routing_key": "user-7", "accel.slo_ms": 2.5}))
     write("rest_body", b"\x00" + b'{"inputs":[{"name":"a","shape":[1,3],"datatype":"FP32","data":[[[[1]]],2,3]}]}')
 
 

@@ -20,6 +20,7 @@ pub fn config_text(data: &[u8]) {
     };
     if let Ok((config, _)) = crate::repository::parse_config(text) {
         let _ = crate::repository::to_spec(&config, 1, "candle");
+        let _ = crate::residency::split::Split::of_config(&config, &[1, 2, 3]);
     }
 }
 

@@ -210,10 +210,11 @@ impl Shared {
         })
     }
 
-    /// When a request just arrived must be shed if it is still queued: the instant after which it
-    /// could not meet its target even executed alone. `Err` with the reason when that is already
-    /// so, or when the work queued ahead of it, run in the most efficient batches, would take it
-    /// past its target.
+    /// When a request just arrived must be shed if it is still queued: the instant its target
+    /// passes (a certain miss; the executor sheds earlier what its prediction dooms). `Err` with
+    /// the reason when the work queued ahead of it, run in the most efficient batches, and its own
+    /// execution would take it past its target. A request that finds the queue empty is never shed
+    /// here: it executes, and so the predictions keep being measured.
     fn shed_at(
         &self,
         st: &State,
@@ -222,37 +223,34 @@ impl Shared {
         received: Instant,
         now: Instant,
     ) -> Result<Option<Instant>, String> {
+        let deadline = received + slo.planned(request.schedule.slo);
         // The fastest instance's view: the request may go to any.
-        let Some(model) = st
+        let model = st
             .exec
             .iter()
             .filter(|m| m.fit().is_some())
-            .min_by(|a, b| a.mean(1).unwrap_or(0.0).total_cmp(&b.mean(1).unwrap_or(0.0)))
-        else {
-            return Ok(None);
+            .min_by(|a, b| a.mean(1).unwrap_or(0.0).total_cmp(&b.mean(1).unwrap_or(0.0)));
+        let (Some(fit), Some(own)) = (
+            model.and_then(ExecModel::fit),
+            model.and_then(|m| m.mean(request.batch_size)),
+        ) else {
+            return Ok(Some(deadline));
         };
-        let (Some(alone), Some(fit)) = (model.predict(request.batch_size), model.fit()) else {
-            return Ok(None);
-        };
-        let deadline = received + slo.planned(request.schedule.slo);
+        if st.queue.len() == 0 {
+            return Ok(Some(deadline));
+        }
         let max = self.policy.max_batch_size.max(1) as f64;
         let ahead = st.queue.rows() as f64 * (fit.fixed / max + fit.per_row) / st.exec.len().max(1) as f64;
-        let own = model.mean(request.batch_size).unwrap_or(alone);
-        let waited = now.saturating_duration_since(received).as_secs_f64();
-        let reason = |need: f64| {
-            format!(
-                "its latency target of {:.3} ms cannot be met (waited {:.3} ms; the work ahead and its own execution need at least {:.3} ms)",
+        let need = ahead + own;
+        if now + slo::secs(need) > deadline {
+            return Err(format!(
+                "its latency target of {:.3} ms cannot be met (waited {:.3} ms; the work queued ahead and its own execution need at least {:.3} ms)",
                 slo.target_of(request.schedule.slo).as_secs_f64() * 1e3,
-                waited * 1e3,
+                now.saturating_duration_since(received).as_secs_f64() * 1e3,
                 need * 1e3
-            )
-        };
-        if now + Duration::from_secs_f64(ahead + own) > deadline {
-            return Err(reason(ahead + own));
+            ));
         }
-        Ok(Some(
-            deadline.checked_sub(Duration::from_secs_f64(alone)).unwrap_or(now),
-        ))
+        Ok(Some(deadline))
     }
 
     /// Counts a request shed and gives its error.

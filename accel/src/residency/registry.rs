@@ -616,7 +616,10 @@ impl Registry {
                 .any(|m| split::without_weights(&m.config) == wanted);
         let served: Vec<u64> = res.versions.keys().copied().collect();
         let listed: Vec<u64> = source.versions.iter().map(|(v, _)| *v).collect();
-        if !same || served != listed {
+        let weights = |c: &ModelConfig| c.parameters.get(split::VERSION_WEIGHTS).map(|p| p.string_value.clone());
+        let current = res.split.as_ref().map(|s| s.text().to_string());
+        // The same weights: an explicit reload (of changed files, say), as in Triton.
+        if !same || served != listed || weights(&source.config).map(|w| w.trim().to_string()) == current {
             return None;
         }
         res.reload = None;

@@ -7,14 +7,14 @@
 //! already time fit a model of execution time by batch rows (`ExecModel`: `t = a + b·rows`, by
 //! decaying least squares, times the chosen quantile of the measured/fitted ratio, so the spread is
 //! measured, not assumed). With it the decision:
-//! - sheds (in `shed` mode) a request that could not meet its target even alone;
+//! - sheds (in `shed` mode) a request that could not meet its target even alone, except the head of
+//!   the queue while its target has not passed (so executions, and the measurements, never stop);
 //! - caps the batch at the largest prefix whose predicted time still lets every member meet its
 //!   target (requests already late do not cap it: they go in batches as large as the model takes);
 //! - sends at once unless waiting raises throughput: only while the executors, at the current batch
 //!   size, could not keep up with the measured arrival rate does it wait for the batch to grow to the
 //!   size that keeps up, and never past the instant when the oldest request's wait plus the predicted
-//!   execution reaches its target. An idle model (no arrivals of late) therefore sends a lone
-//!   request at once.
+//!   execution reaches its target. A lone request is never held.
 //!
 //! Until the model has timed enough executions it dispatches what is queued at once (a zero delay),
 //! which is also how it gathers the samples.
@@ -157,29 +157,36 @@ fn quantile(values: &VecDeque<f64>, bp: u32) -> f64 {
     *q
 }
 
-/// The arrival rate of one model's requests, in batch rows per second: an exponentially weighted
-/// mean of the gaps between arrivals, which the time since the last arrival overrides when longer
-/// (so a model that has gone quiet is seen as idle at once).
+/// The arrival rate of one model's requests, in batch rows per second: exponentially weighted means
+/// of the gaps between arrivals and of the rows per request (their ratio, not the mean of ratios,
+/// which a closed loop of mixed sizes biases high); the time since the last arrival overrides the
+/// mean gap when longer, so a model that has gone quiet is seen as idle at once.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Arrivals {
     last: Option<Instant>,
-    /// Seconds per row.
+    /// Seconds between requests.
     gap: f64,
+    /// Rows per request.
+    rows: f64,
     seen: u64,
 }
 
 impl Arrivals {
-    /// Weight of the newest gap.
+    /// Weight of the newest sample.
     const ALPHA: f64 = 1.0 / 16.0;
 
     pub(crate) fn record(&mut self, now: Instant, rows: usize) {
+        let rows = rows.max(1) as f64;
         if let Some(last) = self.last {
-            let gap = now.saturating_duration_since(last).as_secs_f64() / rows.max(1) as f64;
-            self.gap = if self.seen < 2 {
-                gap
+            let gap = now.saturating_duration_since(last).as_secs_f64();
+            if self.seen < 2 {
+                (self.gap, self.rows) = (gap, rows);
             } else {
-                self.gap + (gap - self.gap) * Self::ALPHA
-            };
+                self.gap += (gap - self.gap) * Self::ALPHA;
+                self.rows += (rows - self.rows) * Self::ALPHA;
+            }
+        } else {
+            self.rows = rows;
         }
         self.last = Some(now.max(self.last.unwrap_or(now)));
         self.seen += 1;
@@ -192,7 +199,7 @@ impl Arrivals {
             return 0.0;
         }
         let gap = self.gap.max(now.saturating_duration_since(last).as_secs_f64());
-        if gap <= 0.0 { f64::INFINITY } else { 1.0 / gap }
+        if gap <= 0.0 { f64::INFINITY } else { self.rows / gap }
     }
 }
 
@@ -220,8 +227,10 @@ fn doomed(view: &SloView<'_>, p: &Pending, now: Instant) -> bool {
         .is_some_and(|t| now + secs(t) > deadline(view.slo, p))
 }
 
-fn secs(s: f64) -> Duration {
-    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
+/// Seconds as a duration, at most a day (far beyond any target, and safe to add to an instant).
+pub(crate) fn secs(s: f64) -> Duration {
+    const DAY: Duration = Duration::from_secs(86_400);
+    Duration::try_from_secs_f64(s.max(0.0)).map_or(DAY, |d| d.min(DAY))
 }
 
 /// SLO mode's decision (see the module's comment).
@@ -245,10 +254,13 @@ pub(crate) fn slo_action(queue: &PriorityQueue, policy: &Policy, view: &SloView<
         return Action::Dispatch(count.max(1));
     }
     if view.slo.action == SloAction::Shed {
+        // The head is shed only once its target has passed: it always executes otherwise, so the
+        // measurements that predictions rest on never stop (a pessimistic fit cannot lock the
+        // model out by shedding everything).
         let shed: Vec<usize> = queue
             .iter()
             .enumerate()
-            .filter(|(_, e)| doomed(view, e, now))
+            .filter(|(k, e)| if *k == 0 { now > deadline(view.slo, e) } else { doomed(view, e, now) })
             .map(|(k, _)| k)
             .collect();
         if !shed.is_empty() {
@@ -285,7 +297,8 @@ pub(crate) fn slo_action(queue: &PriorityQueue, policy: &Policy, view: &SloView<
         // Every member is late already: send as many as the model takes.
         return Action::Dispatch(count);
     };
-    if full || rows >= max {
+    // A lone request is never held: the model is idle, or its callers wait for their answers.
+    if full || rows >= max || count == 1 {
         return Action::Dispatch(count);
     }
     // Would waiting raise throughput? Only while the executors cannot keep up at this batch size.

@@ -97,6 +97,7 @@ pub(super) fn router(inference: Inference, body: BodyLimits) -> Router {
 
 /// Decodes `body` for `spec`, validates it, and encodes an answer made of its inputs (fuzzing).
 pub(super) fn fuzz_body(header_length: Option<&str>, body: Bytes, spec: &crate::core::ModelSpec) {
+    let _ = codec::routing_key(header_length, &body);
     let Ok((decoded, form)) = codec::decode(header_length, body, spec) else {
         return;
     };
