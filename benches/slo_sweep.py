@@ -2,7 +2,7 @@
 side in one Accel: each model is served six ways on the same weights (SLO mode with a target, and
 static max_queue_delay_microseconds 0, 100, 500, 2000), at four rates from 10% to 95% of the model's
 saturated throughput, the settings interleaved within each rate and the rounds repeated. For each
-rate and setting: attainment of the target (the fraction of requests answered within it, measured by
+rate and setting (medians over the rounds; attainment also min-max): attainment of the target (the fraction of requests answered within it, measured by
 the client from each request's intended send time; errors are misses), throughput, p50 and p99.
 
 Writes the results as JSON, a Markdown table for BENCHMARKS.md, and a plot (attainment and throughput
@@ -148,7 +148,9 @@ def main() -> None:
             runs = {s: {r: [] for r in rates} for s in settings}
             for rnd in range(a.rounds):
                 for rate in rates:
-                    order = settings if rnd % 2 == 0 else list(reversed(settings))
+                    # Each round starts from another setting, so none is always first after a change.
+                    shift = (rnd * 5 + rates.index(rate)) % len(settings)
+                    order = settings[shift:] + settings[:shift]
                     for s in order:
                         level = bench(a, grpc, s, extra, ["--rate", str(rate)], target)
                         runs[s][rate].append(level)
@@ -163,6 +165,8 @@ def main() -> None:
                     summary[s].append({
                         "rate": rate,
                         "attainment": median([lv["slo_attainment"] for lv in levels]),
+                        "attainment_min": min(lv["slo_attainment"] for lv in levels),
+                        "attainment_max": max(lv["slo_attainment"] for lv in levels),
                         "infer_per_sec": median([lv["infer_per_sec"] for lv in levels]),
                         "p50_ms": median([lv["p50_ms"] for lv in levels]),
                         "p99_ms": median([lv["p99_ms"] for lv in levels]),
@@ -184,13 +188,14 @@ def markdown(results: dict) -> str:
     for model, r in results["models"].items():
         target = results["targets"][model]
         out.append(f"\n**{model}** (saturated {r['saturated']:.0f} infer/s; target {target} ms)\n")
-        out.append("| rate /s | setting | attainment | infer/s | p50 ms | p99 ms | errors |")
+        out.append("| rate /s | setting | attainment, median (min-max) | infer/s | p50 ms | p99 ms | errors |")
         out.append("|---|---|---|---|---|---|---|")
         for k, rate in enumerate(r["rates"]):
             for s, rows in r["summary"].items():
                 row = rows[k]
                 label = label_of(s)
-                out.append(f"| {rate:.0f} | {label} | {row['attainment']:.4f} | {row['infer_per_sec']:.0f} | "
+                out.append(f"| {rate:.0f} | {label} | {row['attainment']:.3f} ({row['attainment_min']:.3f}-"
+                           f"{row['attainment_max']:.3f}) | {row['infer_per_sec']:.0f} | "
                            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} |")
         out.append("")
         out.append("| rate /s | best static attainment (delay) | SLO attainment | SLO infer/s / best static's | "

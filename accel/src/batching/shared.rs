@@ -177,7 +177,7 @@ impl Shared {
         if let Some(slo) = self.policy.slo.as_ref() {
             st.arrivals.record(now, request.batch_size);
             if slo.action == SloAction::Shed {
-                match self.shed_at(&st, slo, &request, received, now) {
+                match self.shed_at(&st, slo, &request, now) {
                     Ok(at) => shed_at = at,
                     Err(reason) => {
                         drop(st);
@@ -220,10 +220,9 @@ impl Shared {
         st: &State,
         slo: &SloPolicy,
         request: &ValidatedRequest,
-        received: Instant,
         now: Instant,
     ) -> Result<Option<Instant>, String> {
-        let deadline = received + slo.planned(request.schedule.slo);
+        let deadline = now + slo.planned(request.schedule.slo);
         // The fastest instance's view: the request may go to any.
         let model = st
             .exec
@@ -244,9 +243,8 @@ impl Shared {
         let need = ahead + own;
         if now + slo::secs(need) > deadline {
             return Err(format!(
-                "its latency target of {:.3} ms cannot be met (waited {:.3} ms; the work queued ahead and its own execution need at least {:.3} ms)",
+                "its latency target of {:.3} ms cannot be met (the work queued ahead and its own execution need at least {:.3} ms)",
                 slo.target_of(request.schedule.slo).as_secs_f64() * 1e3,
-                now.saturating_duration_since(received).as_secs_f64() * 1e3,
                 need * 1e3
             ));
         }
@@ -269,7 +267,7 @@ impl Shared {
         let slo_ms = self
             .slo()
             .map_or(0.0, |s| s.target_of(p.request.schedule.slo).as_secs_f64() * 1e3);
-        let waited = p.received.elapsed().as_secs_f64() * 1e3;
+        let waited = p.enqueued.elapsed().as_secs_f64() * 1e3;
         self.shed_now(
             p.received,
             format!("its latency target of {slo_ms:.3} ms cannot be met (waited {waited:.3} ms in the queue)"),
@@ -293,7 +291,7 @@ impl Shared {
     /// Counts an answer given after its target (SLO mode).
     pub(super) fn check_slo(&self, p: &Pending) {
         if let Some(slo) = self.slo()
-            && p.received.elapsed() > slo.target_of(p.request.schedule.slo)
+            && p.enqueued.elapsed() > slo.target_of(p.request.schedule.slo)
         {
             self.late.fetch_add(1, Ordering::Relaxed);
             self.stats.record_slo_violation(crate::metrics::SloViolation::Late);

@@ -3,14 +3,16 @@
 //! time, asked each time an executor is free, like [`super::next_action`].
 //!
 //! Each request must be answered within its target (the model's `accel.slo_ms`, or its own when
-//! lower, less the headroom) counted from when the server received it. The executions the executors
+//! lower, less the headroom) counted from when it was queued. The executions the executors
 //! already time fit a model of execution time by batch rows (`ExecModel`: `t = a + b·rows`, by
 //! decaying least squares, times the chosen quantile of the measured/fitted ratio, so the spread is
 //! measured, not assumed). With it the decision:
 //! - sheds (in `shed` mode) a request that could not meet its target even alone, except the head of
 //!   the queue while its target has not passed (so executions, and the measurements, never stop);
 //! - caps the batch at the largest prefix whose predicted time still lets every member meet its
-//!   target (requests already late do not cap it: they go in batches as large as the model takes);
+//!   target (requests already late do not cap it: they go in batches as large as the model takes;
+//!   nor, in `best_effort`, does it cap when the executors could not keep up at the capped size,
+//!   which would only make the requests behind late and lower throughput);
 //! - sends at once unless waiting raises throughput: only while the executors, at the current batch
 //!   size, could not keep up with the measured arrival rate does it wait for the batch to grow to the
 //!   size that keeps up, and never past the instant when the oldest request's wait plus the predicted
@@ -215,9 +217,11 @@ pub(crate) struct SloView<'a> {
     pub instances: usize,
 }
 
-/// The instant by which `p` must be answered to meet its planned target.
+/// The instant by which `p` must be answered to meet its planned target, counted from when it was
+/// queued (a load on demand or decoding before that is not the batcher's to control; the headroom
+/// is for decoding and sending).
 pub(crate) fn deadline(slo: &SloPolicy, p: &Pending) -> Instant {
-    p.received + slo.planned(p.request.schedule.slo)
+    p.enqueued + slo.planned(p.request.schedule.slo)
 }
 
 /// Whether `p` can no longer meet its target, even executed alone now.
@@ -260,7 +264,13 @@ pub(crate) fn slo_action(queue: &PriorityQueue, policy: &Policy, view: &SloView<
         let shed: Vec<usize> = queue
             .iter()
             .enumerate()
-            .filter(|(k, e)| if *k == 0 { now > deadline(view.slo, e) } else { doomed(view, e, now) })
+            .filter(|(k, e)| {
+                if *k == 0 {
+                    now > deadline(view.slo, e)
+                } else {
+                    doomed(view, e, now)
+                }
+            })
             .map(|(k, _)| k)
             .collect();
         if !shed.is_empty() {
@@ -268,29 +278,45 @@ pub(crate) fn slo_action(queue: &PriorityQueue, policy: &Policy, view: &SloView<
         }
     }
     let predict = |rows: usize| secs(view.model.predict(rows).unwrap_or(0.0));
-    let mut rows = 0usize;
-    let mut count = 0usize;
-    // The earliest deadline of the members that can still meet theirs.
-    let mut earliest: Option<Instant> = None;
-    let mut full = false;
-    for e in queue.iter() {
-        let b = e.request.batch_size;
-        if count > 0 && (!e.request.batches_with(&first.request, &policy.free) || rows + b > max) {
-            full = true;
-            break;
+    let Some(fit) = view.model.fit() else {
+        return Action::Dispatch(1);
+    };
+    let rate = view.rate;
+    let instances = view.instances.max(1) as f64;
+    // Whether the executors keep up with the arrivals in batches of `b` rows.
+    let keeps_up = |b: usize| rate.is_finite() && rate * (fit.fixed / b.max(1) as f64 + fit.per_row) < instances;
+    // The batch: the queue's prefix, capped where the next request would make a member late.
+    let walk = |capped: bool| {
+        let mut rows = 0usize;
+        let mut count = 0usize;
+        // The earliest deadline of the members that can still meet theirs.
+        let mut earliest: Option<Instant> = None;
+        let mut full = false;
+        for e in queue.iter() {
+            let b = e.request.batch_size;
+            if count > 0 && (!e.request.batches_with(&first.request, &policy.free) || rows + b > max) {
+                full = true;
+                break;
+            }
+            let candidate = if doomed(view, e, now) {
+                earliest
+            } else {
+                Some(earliest.map_or(deadline(view.slo, e), |d| d.min(deadline(view.slo, e))))
+            };
+            if capped && count > 0 && candidate.is_some_and(|d| now + predict(rows + b) > d) {
+                return (rows, count, earliest, true, true);
+            }
+            rows += b;
+            count += 1;
+            earliest = candidate;
         }
-        let candidate = if doomed(view, e, now) {
-            earliest
-        } else {
-            Some(earliest.map_or(deadline(view.slo, e), |d| d.min(deadline(view.slo, e))))
-        };
-        if count > 0 && candidate.is_some_and(|d| now + predict(rows + b) > d) {
-            full = true;
-            break;
-        }
-        rows += b;
-        count += 1;
-        earliest = candidate;
+        (rows, count, earliest, full, false)
+    };
+    let (mut rows, mut count, mut earliest, mut full, cut) = walk(true);
+    // Best effort: a cap the executors cannot keep up with at that size only moves the lateness to
+    // the requests behind it (and lowers throughput, so more are late): take what the model takes.
+    if cut && view.slo.action == SloAction::BestEffort && !keeps_up(rows) {
+        (rows, count, earliest, full, _) = walk(false);
     }
     let count = count.max(1);
     let Some(earliest) = earliest else {
@@ -302,12 +328,6 @@ pub(crate) fn slo_action(queue: &PriorityQueue, policy: &Policy, view: &SloView<
         return Action::Dispatch(count);
     }
     // Would waiting raise throughput? Only while the executors cannot keep up at this batch size.
-    let Some(fit) = view.model.fit() else {
-        return Action::Dispatch(count);
-    };
-    let rate = view.rate;
-    let instances = view.instances.max(1) as f64;
-    let keeps_up = |b: usize| rate * (fit.fixed / b as f64 + fit.per_row) < instances;
     // A cost without a fixed part is the same per row at every size: waiting cannot help.
     if !(rate.is_finite() && rate > 0.0) || fit.fixed <= 0.0 || keeps_up(rows) {
         return Action::Dispatch(count);
