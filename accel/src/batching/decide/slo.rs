@@ -15,8 +15,9 @@
 //!   which would only make the requests behind late and lower throughput);
 //! - sends at once unless waiting raises throughput: only while the executors, at the current batch
 //!   size, could not keep up with the measured arrival rate does it wait for the batch to grow to the
-//!   size that keeps up, and never past the instant when the oldest request's wait plus the predicted
-//!   execution reaches its target. A lone request is never held.
+//!   size that keeps up, never longer than one execution's fixed cost (what the merge saves), and
+//!   never past the instant when the oldest request's wait plus the predicted execution reaches its
+//!   target. A lone request is never held.
 //!
 //! Until the model has timed enough executions it dispatches what is queued at once (a zero delay),
 //! which is also how it gathers the samples.
@@ -348,7 +349,9 @@ pub(crate) fn slo_action(queue: &PriorityQueue, policy: &Policy, view: &SloView<
         return Action::Dispatch(count);
     };
     let latest = earliest.checked_sub(predict(b)).unwrap_or(now);
-    let until = gathered.min(latest);
+    // Merging the rows still to come saves at most one execution's fixed cost; an executor idle for
+    // longer than that loses more than the merge gains.
+    let until = gathered.min(latest).min(now + secs(fit.fixed));
     if until <= now {
         Action::Dispatch(count)
     } else {

@@ -229,6 +229,13 @@ fn under_load_it_waits_for_the_batch_that_keeps_up_but_not_past_the_target() {
         slo_action(&h.queue, &policy(64), &view(&tight, &m, 1000.0), late),
         Action::Dispatch(2)
     );
+    // Never idle longer than the fixed cost a merge saves: with 1 ms of it, at most 1 ms.
+    let cheap = measured(1.0 * MS, 0.01 * MS);
+    let action = slo_action(&h.queue, &policy(64), &view(&s, &cheap, 4000.0), now);
+    let Action::WaitUntil(until) = action else {
+        panic!("expected a wait, got {action:?}");
+    };
+    assert!(until - now <= Duration::from_millis(1), "{:?}", until - now);
     // A full batch goes at once.
     let mut h = Harness::new();
     for k in 0..8 {
