@@ -9,7 +9,7 @@ Writes the results as JSON, a Markdown table for BENCHMARKS.md, and a plot (atta
 against rate, one panel per model) as a PNG.
 
     .venv-bench/bin/python benches/slo_sweep.py [--bin target/release/accel]
-        [--bench target/release/accel-bench] [--rounds 2] [--window 3]
+        [--bench target/release/accel-bench] [--rounds 3] [--window 3] [--warmup 2]
         [--out benches/results/slo]
 """
 from __future__ import annotations
@@ -113,9 +113,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "accel"))
     p.add_argument("--bench", default=os.path.join(ROOT, "target", "release", "accel-bench"))
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--window", type=float, default=3.0)
-    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--models", default="mlp,ppocr_cls")
     p.add_argument("--target", action="append", default=[], help="MODEL=MS: the SLO target of a model")
     p.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "slo"))

@@ -71,12 +71,11 @@ pub(crate) enum Action {
     Idle,
 }
 
-/// An online fit of a padded model's execution time against the tokens it computed, `t = a + b·x`,
-/// by least squares over recent batches (each sample's weight decays by [`CostModel::DECAY`] per
-/// new one). `a / b` is what an execution costs in tokens: merging a request is worth it when the
-/// padding it adds is fewer tokens than that.
+/// Least squares of `y` against `x` over recent samples: each sample's weight decays by
+/// [`DecayingFit::DECAY`] per new one, so the fit follows the last few dozen (a model that starts
+/// sharing the device is seen within them).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct CostModel {
+pub(crate) struct DecayingFit {
     w: f64,
     x: f64,
     y: f64,
@@ -85,13 +84,22 @@ pub(crate) struct CostModel {
     samples: u64,
 }
 
-impl CostModel {
-    const DECAY: f64 = 0.95;
-    /// Batches timed before the fit is used.
-    const MIN_SAMPLES: u64 = 16;
+/// What a [`DecayingFit`] says: the weighted means, the variance of `x`, and the line's slope and
+/// intercept (`y = intercept + slope·x`; not finite when `x` did not vary).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Line {
+    pub mean_x: f64,
+    pub mean_y: f64,
+    pub var_x: f64,
+    pub slope: f64,
+    pub intercept: f64,
+}
 
-    pub(crate) fn record(&mut self, tokens: u64, seconds: f64) {
-        let (x, y) = (tokens as f64, seconds);
+impl DecayingFit {
+    pub(crate) const DECAY: f64 = 0.95;
+
+    /// Adds a sample; non-finite ones are ignored.
+    pub(crate) fn record(&mut self, x: f64, y: f64) {
         if !x.is_finite() || !y.is_finite() {
             return;
         }
@@ -104,23 +112,60 @@ impl CostModel {
         self.samples += 1;
     }
 
+    pub(crate) fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// The fit, once there is a sample.
+    pub(crate) fn line(&self) -> Option<Line> {
+        if self.samples == 0 || self.w <= 0.0 {
+            return None;
+        }
+        let (mean_x, mean_y) = (self.x / self.w, self.y / self.w);
+        let var_x = self.xx / self.w - mean_x * mean_x;
+        let slope = (self.xy / self.w - mean_x * mean_y) / var_x;
+        Some(Line {
+            mean_x,
+            mean_y,
+            var_x,
+            slope,
+            intercept: mean_y - slope * mean_x,
+        })
+    }
+}
+
+/// An online fit of a padded model's execution time against the tokens it computed, `t = a + b·x`
+/// ([`DecayingFit`] over recent batches). `a / b` is what an execution costs in tokens: merging a
+/// request is worth it when the padding it adds is fewer tokens than that.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CostModel {
+    fit: DecayingFit,
+}
+
+impl CostModel {
+    /// Batches timed before the fit is used.
+    const MIN_SAMPLES: u64 = 16;
+
+    pub(crate) fn record(&mut self, tokens: u64, seconds: f64) {
+        self.fit.record(tokens as f64, seconds);
+    }
+
     /// The execution's fixed cost in tokens (`a / b`), once there are enough samples of varied sizes.
     pub(crate) fn overhead_tokens(&self) -> Option<f64> {
-        if self.samples < Self::MIN_SAMPLES {
+        if self.fit.samples() < Self::MIN_SAMPLES {
             return None;
         }
-        let (mx, my) = (self.x / self.w, self.y / self.w);
-        let var = self.xx / self.w - mx * mx;
-        if var <= (mx * 0.01).powi(2) {
+        let line = self.fit.line()?;
+        if line.var_x <= (line.mean_x * 0.01).powi(2) {
             return None;
         }
-        let b = (self.xy / self.w - mx * my) / var;
+        let b = line.slope;
         if b <= 0.0 || !b.is_finite() {
             return None;
         }
         // Every execution has a fixed cost: a fit without one is noise (a hiccup on a shared
         // machine), not a reason to stop batching.
-        let a = my - b * mx;
+        let a = line.intercept;
         (a > 0.0).then_some(a / b)
     }
 }

@@ -26,19 +26,14 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::super::queue::{Pending, PriorityQueue};
-use super::{Action, Policy};
+use super::{Action, DecayingFit, Policy};
 use crate::core::{SloAction, SloPolicy};
 
 /// An online fit of one instance's execution time against the batch rows it ran, with the spread of
 /// measured times around the fit.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ExecModel {
-    w: f64,
-    x: f64,
-    y: f64,
-    xx: f64,
-    xy: f64,
-    samples: u64,
+    fit: DecayingFit,
     /// Recent measured / predicted-mean ratios.
     ratios: VecDeque<f64>,
     /// The ratios' quantile at the policy's percentile, recomputed at each sample.
@@ -55,9 +50,6 @@ pub(crate) struct Fit {
 }
 
 impl ExecModel {
-    /// Each sample's weight decays by this per new one: the fit follows the last few dozen
-    /// executions, so it adapts when the model starts sharing the device.
-    const DECAY: f64 = 0.95;
     /// Executions timed before predictions are made.
     pub(crate) const MIN_SAMPLES: u64 = 8;
     /// Ratios kept for the spread.
@@ -80,38 +72,31 @@ impl ExecModel {
             self.ratios.push_back(seconds / mean);
             self.spread = quantile(&self.ratios, percentile_bp);
         }
-        let d = Self::DECAY;
-        self.w = self.w * d + 1.0;
-        self.x = self.x * d + x;
-        self.y = self.y * d + seconds;
-        self.xx = self.xx * d + x * x;
-        self.xy = self.xy * d + x * seconds;
-        self.samples += 1;
+        self.fit.record(x, seconds);
         self.last = Some((rows, predicted.unwrap_or(f64::NAN), seconds));
     }
 
     pub(crate) fn samples(&self) -> u64 {
-        self.samples
+        self.fit.samples()
     }
 
     /// The fit, once there are enough samples. Batches all of one size give no slope: the cost is
     /// then taken as proportional to the rows, which overestimates larger batches (a safe cap) and
     /// says waiting gains nothing.
     pub(crate) fn fit(&self) -> Option<Fit> {
-        if self.samples < Self::MIN_SAMPLES || self.w <= 0.0 {
+        if self.fit.samples() < Self::MIN_SAMPLES {
             return None;
         }
-        let (mx, my) = (self.x / self.w, self.y / self.w);
-        let var = self.xx / self.w - mx * mx;
+        let line = self.fit.line()?;
+        let (mx, my) = (line.mean_x, line.mean_y);
         let proportional = Fit {
             fixed: 0.0,
             per_row: my / mx.max(1.0),
         };
-        if var <= (mx * 0.05).powi(2) {
+        if line.var_x <= (mx * 0.05).powi(2) {
             return Some(proportional);
         }
-        let b = (self.xy / self.w - mx * my) / var;
-        let a = my - b * mx;
+        let (a, b) = (line.intercept, line.slope);
         Some(if !b.is_finite() || !a.is_finite() {
             proportional
         } else if b < 0.0 {
