@@ -86,8 +86,23 @@ fn execute(
         .is_some()
         .then(|| assemble::padding_tokens(&requests));
     let ok = replies.iter().all(Result::is_ok);
+    // Counted before anyone is answered: a client that reads the statistics after its answer sees
+    // its execution.
     if ok {
         shared.record_slo_execution(index, rows, (finished - started).as_secs_f64());
+        if let Some((real, padded)) = tokens {
+            stats.record_padding(real, padded);
+            shared.record_cost(padded, computed - assembled);
+        }
+        stats.record_execution(
+            rows,
+            count,
+            BatchTimes {
+                input: assembled - started,
+                infer: computed - assembled,
+                output: finished - computed,
+            },
+        );
     }
     for (p, reply) in entries.into_iter().zip(replies) {
         let elapsed = p.received.elapsed();
@@ -102,20 +117,5 @@ fn execute(
             Err(_) => stats.record_failure(elapsed, FailureReason::Other),
         }
         let _ = p.reply.send(reply);
-    }
-    if ok {
-        if let Some((real, padded)) = tokens {
-            stats.record_padding(real, padded);
-            shared.record_cost(padded, computed - assembled);
-        }
-        stats.record_execution(
-            rows,
-            count,
-            BatchTimes {
-                input: assembled - started,
-                infer: computed - assembled,
-                output: finished - computed,
-            },
-        );
     }
 }
