@@ -174,7 +174,7 @@ impl Shared {
         }
         let now = Instant::now();
         let mut shed_at = None;
-        if let Some(slo) = self.policy.slo.as_ref() {
+        if let Some(slo) = self.slo() {
             st.arrivals.record(now, request.batch_size);
             if slo.action == SloAction::Shed {
                 match self.shed_at(&st, slo, &request, now) {
@@ -223,21 +223,20 @@ impl Shared {
         now: Instant,
     ) -> Result<Option<Instant>, String> {
         let deadline = now + slo.planned(request.schedule.slo);
-        // The fastest instance's view: the request may go to any.
-        let model = st
-            .exec
-            .iter()
-            .filter(|m| m.fit().is_some())
-            .min_by(|a, b| a.mean(1).unwrap_or(0.0).total_cmp(&b.mean(1).unwrap_or(0.0)));
-        let (Some(fit), Some(own)) = (
-            model.and_then(ExecModel::fit),
-            model.and_then(|m| m.mean(request.batch_size)),
-        ) else {
-            return Ok(Some(deadline));
-        };
         if st.queue.len() == 0 {
             return Ok(Some(deadline));
         }
+        // The fastest instance's view: the request may go to any.
+        let one = |f: &slo::Fit| f.fixed + f.per_row;
+        let Some(fit) = st
+            .exec
+            .iter()
+            .filter_map(ExecModel::fit)
+            .min_by(|a, b| one(a).total_cmp(&one(b)))
+        else {
+            return Ok(Some(deadline));
+        };
+        let own = fit.fixed + fit.per_row * request.batch_size as f64;
         let max = self.policy.max_batch_size.max(1) as f64;
         let ahead = st.queue.rows() as f64 * (fit.fixed / max + fit.per_row) / st.exec.len().max(1) as f64;
         let need = ahead + own;
@@ -274,16 +273,14 @@ impl Shared {
         )
     }
 
-    /// One execution of `rows` by `instance` that took `seconds` (SLO mode), and whether each of
-    /// its requests met its target.
+    /// One execution of `rows` by `instance` that took `seconds` (SLO mode): into the instance's
+    /// model, and its prediction against the measurement into the metrics.
     pub(super) fn record_slo_execution(&self, instance: usize, rows: usize, seconds: f64) {
         let Some(slo) = self.slo() else { return };
         let predicted = {
             let mut st = self.state.lock();
             let Some(m) = st.exec.get_mut(instance) else { return };
-            let predicted = m.predict(rows);
-            m.record(rows, seconds, slo.percentile_bp);
-            predicted
+            m.record(rows, seconds, slo.percentile_bp)
         };
         self.stats.record_slo_execution(predicted, seconds);
     }

@@ -56,11 +56,11 @@ impl ExecModel {
     const RATIOS: usize = 256;
 
     /// Records one execution of `rows` rows that took `seconds`; `percentile_bp` is the quantile
-    /// the spread is kept at.
-    pub(crate) fn record(&mut self, rows: usize, seconds: f64, percentile_bp: u32) {
+    /// the spread is kept at. Returns what was predicted for it.
+    pub(crate) fn record(&mut self, rows: usize, seconds: f64, percentile_bp: u32) -> Option<f64> {
         let x = rows as f64;
         if !(x >= 1.0 && seconds.is_finite() && seconds >= 0.0) {
-            return;
+            return None;
         }
         let predicted = self.predict(rows);
         if let Some(mean) = self.mean(rows)
@@ -74,6 +74,7 @@ impl ExecModel {
         }
         self.fit.record(x, seconds);
         self.last = Some((rows, predicted.unwrap_or(f64::NAN), seconds));
+        predicted
     }
 
     pub(crate) fn samples(&self) -> u64 {
@@ -229,48 +230,7 @@ pub(crate) fn slo_action(queue: &PriorityQueue, policy: &Policy, view: &SloView<
         return Action::Idle;
     };
     let max = policy.max_batch_size.max(1);
-    if view.model.fit().is_none() {
-        // Nothing measured yet: what is queued goes at once.
-        let mut rows = 0;
-        let mut count = 0;
-        for e in queue.iter() {
-            if count > 0 && (!e.request.batches_with(&first.request, &policy.free) || rows + e.request.batch_size > max)
-            {
-                break;
-            }
-            rows += e.request.batch_size;
-            count += 1;
-        }
-        return Action::Dispatch(count.max(1));
-    }
-    if view.slo.action == SloAction::Shed {
-        // The head is shed only once its target has passed: it always executes otherwise, so the
-        // measurements that predictions rest on never stop (a pessimistic fit cannot lock the
-        // model out by shedding everything).
-        let shed: Vec<usize> = queue
-            .iter()
-            .enumerate()
-            .filter(|(k, e)| {
-                if *k == 0 {
-                    now > deadline(view.slo, e)
-                } else {
-                    doomed(view, e, now)
-                }
-            })
-            .map(|(k, _)| k)
-            .collect();
-        if !shed.is_empty() {
-            return Action::Shed(shed);
-        }
-    }
     let predict = |rows: usize| secs(view.model.predict(rows).unwrap_or(0.0));
-    let Some(fit) = view.model.fit() else {
-        return Action::Dispatch(1);
-    };
-    let rate = view.rate;
-    let instances = view.instances.max(1) as f64;
-    // Whether the executors keep up with the arrivals in batches of `b` rows.
-    let keeps_up = |b: usize| rate.is_finite() && rate * (fit.fixed / b.max(1) as f64 + fit.per_row) < instances;
     // The batch: the queue's prefix, capped where the next request would make a member late.
     let walk = |capped: bool| {
         let mut rows = 0usize;
@@ -298,6 +258,34 @@ pub(crate) fn slo_action(queue: &PriorityQueue, policy: &Policy, view: &SloView<
         }
         (rows, count, earliest, full, false)
     };
+    let Some(fit) = view.model.fit() else {
+        // Nothing measured yet: what is queued goes at once (no prediction dooms or caps it).
+        return Action::Dispatch(walk(false).1.max(1));
+    };
+    if view.slo.action == SloAction::Shed {
+        // The head is shed only once its target has passed: it always executes otherwise, so the
+        // measurements that predictions rest on never stop (a pessimistic fit cannot lock the
+        // model out by shedding everything).
+        let shed: Vec<usize> = queue
+            .iter()
+            .enumerate()
+            .filter(|(k, e)| {
+                if *k == 0 {
+                    now > deadline(view.slo, e)
+                } else {
+                    doomed(view, e, now)
+                }
+            })
+            .map(|(k, _)| k)
+            .collect();
+        if !shed.is_empty() {
+            return Action::Shed(shed);
+        }
+    }
+    let rate = view.rate;
+    let instances = view.instances.max(1) as f64;
+    // Whether the executors keep up with the arrivals in batches of `b` rows.
+    let keeps_up = |b: usize| rate.is_finite() && rate * (fit.fixed / b.max(1) as f64 + fit.per_row) < instances;
     let (mut rows, mut count, mut earliest, mut full, cut) = walk(true);
     // Best effort: a cap the executors cannot keep up with at that size only moves the lateness to
     // the requests behind it (and lowers throughput, so more are late): take what the model takes.
